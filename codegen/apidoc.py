@@ -37,7 +37,8 @@ KERNEL_ARCH_NAMES = {
 }
 
 IOCTL_CHAPTER = "4"
-ENABLE_ON_BY_CHAPTER = {"6": frozenset({"vcpu"}), "7": frozenset({"vm"}), "8": frozenset[str]()}
+ENABLE_ON_BY_CHAPTER = {"6": frozenset({"vcpu"}), "7": frozenset({"vm"})}
+DOCUMENTING_CHAPTERS = {IOCTL_CHAPTER, "6", "7", "8"}  # 8: informational capabilities
 
 SUMMARY_MAX_CHARS = 200
 
@@ -146,12 +147,15 @@ def parse(text: str) -> ApiDoc:
     ioctls: dict[str, IoctlDoc] = {}
     caps: dict[str, CapDoc] = {}
     for section in _sections(text):
+        if section.chapter not in DOCUMENTING_CHAPTERS:
+            continue
+        names = _title_names(section.title)
+        # Titles name capabilities in chapters 6 to 8, and once (5.10's 4.97) in chapter 4.
+        for cap in _cap_docs(section, [n for n in names if n.startswith("KVM_CAP_")]):
+            caps[cap.name] = _merged_cap(caps.get(cap.name), cap)
         if section.chapter == IOCTL_CHAPTER:
-            for ioctl in _ioctl_docs(section):
+            for ioctl in _ioctl_docs(section, [n for n in names if not n.startswith("KVM_CAP_")]):
                 ioctls.setdefault(ioctl.name, ioctl)
-        elif section.chapter in ENABLE_ON_BY_CHAPTER:
-            for cap in _cap_docs(section):
-                caps[cap.name] = _merged_cap(caps.get(cap.name), cap)
     return ApiDoc(ioctls, caps)
 
 
@@ -171,7 +175,10 @@ _TITLE_UNDERLINE = re.compile(r"^(-{3,}|={3,})\s*$")
 
 
 def _sections(text: str) -> Iterator[_Section]:
-    """Numbered sections ("4.37 KVM_ENABLE_CAP" underlined with dashes); chapters have no body here."""
+    """Numbered sections ("4.37 KVM_ENABLE_CAP" underlined with dashes).
+
+    Chapter titles ("4. API description") end the section before them but are not yielded.
+    """
     lines = text.splitlines()
     starts = [
         i for i in range(len(lines) - 1)
@@ -191,9 +198,17 @@ def _title_names(title: str) -> list[str]:
     return re.findall(r"\bKVM_\w+", expanded)
 
 
-# api.rst writes fields as `:Name: value`; a few capability sections drop the leading colon.
-_FIELD = re.compile(r"^:?(Capability|Architectures?|Type|Target|Parameters|Returns|Extended by):\s*(.*)$")
+_FIELD = re.compile(r"^(:?)(Capability|Architectures?|Type|Target|Parameters|Returns|Extended by)\b(:?)\s*(.*)$")
 _FIELD_ALIASES = {"architecture": "architectures"}
+
+
+def _field(line: str) -> tuple[str, str] | None:
+    """(lowercased name, value) of a field line ":Name: value", or of its slips "Name: value", ":Name value"."""
+    match = _FIELD.match(line)
+    if not match or not (match[1] or match[3]):
+        return None
+    name = match[2].lower()
+    return _FIELD_ALIASES.get(name, name), match[4].strip()
 
 
 def _field_blocks(lines: list[str]) -> list[dict[str, str]]:
@@ -206,13 +221,13 @@ def _field_blocks(lines: list[str]) -> list[dict[str, str]]:
     block: dict[str, str] | None = None
     name = ""
     for line in lines:
-        field = _FIELD.match(line)
+        field = _field(line)
         if field:
-            name = _FIELD_ALIASES.get(field[1].lower(), field[1].lower())
+            name, value = field
             if block is None or name in block:
                 block = {}
                 blocks.append(block)
-            block[name] = field[2].strip()
+            block[name] = value
         elif block is not None and line[:1].isspace() and line.strip():
             block[name] += " " + line.strip()
         elif not line.strip():
@@ -222,11 +237,11 @@ def _field_blocks(lines: list[str]) -> list[dict[str, str]]:
     return blocks
 
 
-def _ioctl_docs(section: _Section) -> list[IoctlDoc]:
+def _ioctl_docs(section: _Section, names: list[str]) -> list[IoctlDoc]:
     blocks = _field_blocks(section.lines) or [{}]
     summary = _summary(section.lines)
     docs = []
-    for name in _title_names(section.title):
+    for name in names:
         capability, capability_on_arch = _capability_per_arch(blocks, name)
         docs.append(IoctlDoc(
             name=name,
@@ -242,19 +257,26 @@ def _ioctl_docs(section: _Section) -> list[IoctlDoc]:
     return docs
 
 
-def _cap_docs(section: _Section) -> list[CapDoc]:
-    blocks = _field_blocks(section.lines) or [{}]
+def _cap_docs(section: _Section, names: list[str]) -> list[CapDoc]:
+    fields = (_field_blocks(section.lines) or [{}])[0]
     return [
         CapDoc(
             name=name,
             section=section.number,
-            enable_on=ENABLE_ON_BY_CHAPTER[section.chapter],
-            arches=parse_arches(blocks[0].get("architectures", "all")),
-            parameters=blocks[0].get("parameters", ""),
+            enable_on=_enable_on(section.chapter, fields.get("target", "")),
+            arches=parse_arches(fields.get("architectures", "all")),
+            parameters=fields.get("parameters", ""),
             summary=_summary(section.lines),
         )
-        for name in _title_names(section.title)
+        for name in names
     ]
+
+
+def _enable_on(chapter: str, target: str) -> frozenset[str]:
+    """The chapter says where a capability is enabled, unless its `:Target:` names the fd (6.8 says vm)."""
+    by_chapter = ENABLE_ON_BY_CHAPTER.get(chapter, frozenset())
+    by_target = parse_fds(target) & {"vm", "vcpu"}
+    return by_target if by_chapter and by_target else by_chapter
 
 
 def _merged_cap(earlier: CapDoc | None, later: CapDoc) -> CapDoc:
@@ -281,7 +303,8 @@ def parse_arches(text: str) -> frozenset[str] | None:
     """
     before, _, excepted = text.lower().partition("except")
     if re.search(r"\b(all|none)\b", before):
-        return ALL_ARCHES - _arch_words(excepted)
+        excluded = _arch_words(excepted)
+        return ALL_ARCHES - excluded if excluded else None
     return _arch_words(text.lower())
 
 
@@ -350,15 +373,18 @@ def _capability_per_arch(blocks: list[dict[str, str]], ioctl: str) -> tuple[str 
 
 
 def _capability_on(blocks: list[dict[str, str]], ioctl: str, arch: str | None) -> str | None:
-    covering = [b for b in blocks if arch is None or _covers(parse_arches(b.get("architectures", "all")), arch)]
-    if not covering:
-        covering = blocks
-    choices = _capability_choices(covering[0].get("capability", "basic"))
+    """The capability gating `ioctl` on `arch` (None: on arches without a note of their own)."""
+    # On an arch that no block covers the ioctl does not exist; the first block's answer will do.
+    block = next((b for b in blocks if arch is None or _covers(parse_arches(b.get("architectures", "all")), arch)),
+                 blocks[0])
+    choices = _capability_choices(block.get("capability", "basic"))
     choices = [c for c in choices if c.only_for == ioctl] or [c for c in choices if c.only_for is None]
     on_arch = [c for c in choices if arch is not None and c.arches is not None and arch in c.arches]
-    general = [c for c in choices if c.arches is None]
-    chosen = (on_arch or general or choices or [_CapabilityChoice(None, None, None)])[0]
-    return chosen.name
+    without_arch_note = [c for c in choices if c.arches is None]
+    for candidates in (on_arch, without_arch_note, choices):
+        if candidates:
+            return candidates[0].name
+    return None
 
 
 def _covers(arches: frozenset[str] | None, arch: str) -> bool:
@@ -371,7 +397,7 @@ def _covers(arches: frozenset[str] | None, arch: str) -> bool:
 
 def _summary(lines: list[str]) -> str:
     """The first sentence of the section's first prose paragraph, trimmed to one short line."""
-    without_fields = ["" if _FIELD.match(line) else line for line in lines]
+    without_fields = ["" if _field(line) else line for line in lines]
     for paragraph in _paragraphs(without_fields):
         if _is_prose(paragraph):
             return _trimmed(_first_sentence(" ".join(paragraph)))
@@ -394,8 +420,8 @@ def _is_prose(paragraph: list[str]) -> bool:
     That leaves out indented blocks, directives, tables, ``literals`` and (asides).
     """
     first = paragraph[0]
-    if not first[:1].isalpha():
-        return False
+    if not first[:1].isalpha() or " " not in first.strip():
+        return False  # not at the margin, markup, or a lone term such as "KVM_PV_DISABLE"
     if len(paragraph) > 1 and (paragraph[1][:1].isspace() or re.fullmatch(r"([-=^~])\1+\s*", paragraph[1])):
         return False  # a definition-list term, or a title
     return not (len(paragraph) == 1 and first.rstrip().endswith(":"))
