@@ -78,7 +78,8 @@ def _macros(tree: HeadersTree, parsed: cparse.ParsedHeaders, layout: Layout) -> 
     requests: dict[str, str] = {n: n for n in names}
     for name in names:
         m = _IOCTL_MACRO.match(parsed.macros[name].body)
-        if m:
+        # `__KVM_DEPRECATED_*` reserve the numbers of removed ioctls; they are constants, not ioctls.
+        if m and not name.startswith("__"):
             args = _split_args(m.group(2))
             if len(args) != (2 if m.group(1) is None else 3):
                 raise BuildError(f"{parsed.macros[name].file}: cannot read ioctl {name}: {parsed.macros[name].body}")
@@ -171,7 +172,7 @@ def _enum_groups(constants: dict[str, int], arch: str) -> dict[str, EnumGroup]:
 
 
 def _annotate(model: Model, api_rst: str) -> None:
-    from . import apidoc
+    from . import apidoc, apidoc_fixes
     doc = apidoc.parse(api_rst)
     caps = [n for n in model.constants if n.startswith("KVM_CAP_")]
     metas = apidoc.annotate(doc, model.ioctls, caps, model.arch)
@@ -183,4 +184,4 @@ def _annotate(model: Model, api_rst: str) -> None:
     for cap, enable_on in apidoc.enable_caps(doc).items():
         if cap in model.constants:
             model.caps[cap] = CapInfo(cap, tuple(sorted(enable_on)), doc.caps[cap].section, doc.caps[cap].summary)
-    model.apidoc_fixes = apidoc.fixes_count()
+    model.apidoc_fixes = sum(apidoc_fixes.table_size())

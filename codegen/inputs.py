@@ -33,6 +33,10 @@ class InputError(Exception):
     """A pinned input is missing, unreachable, or does not match its pin."""
 
 
+class PinGoneError(InputError):
+    """The mirror no longer serves a pinned version (Debian keeps only each suite's current one)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Package:
     kernel: str
@@ -218,7 +222,7 @@ def downloaded(pkg: Package, *, download: bool = True) -> pathlib.Path:
             data = resp.read()
     except urllib.error.HTTPError as e:
         if e.code == 404:
-            raise InputError(
+            raise PinGoneError(
                 f"pin gone: {pkg.name} {pkg.version} ({pkg.deb_arch}) is no longer on the {kernel.suite} mirror; "
                 f"run `kvm-bindgen repin {pkg.kernel}` to move it to the suite's current version"
             ) from None
