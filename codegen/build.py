@@ -175,7 +175,8 @@ def _annotate(model: Model, api_rst: str) -> None:
     from . import apidoc, apidoc_fixes
     doc = apidoc.parse(api_rst)
     caps = [n for n in model.constants if n.startswith("KVM_CAP_")]
-    metas = apidoc.annotate(doc, model.ioctls, caps, model.arch)
+    available = [name for name, ioctl in model.ioctls.items() if ioctl.number is not None]
+    metas = apidoc.annotate(doc, available, caps, model.arch)
     for name, meta in metas.items():
         old = model.ioctls[name]
         model.ioctls[name] = Ioctl(**{**old.__dict__, "fds": tuple(sorted(meta.fds)), "capability": meta.capability,
@@ -184,4 +185,4 @@ def _annotate(model: Model, api_rst: str) -> None:
     for cap, enable_on in apidoc.enable_caps(doc).items():
         if cap in model.constants:
             model.caps[cap] = CapInfo(cap, tuple(sorted(enable_on)), doc.caps[cap].section, doc.caps[cap].summary)
-    model.apidoc_fixes = sum(apidoc_fixes.table_size())
+    model.apidoc_fixes = apidoc_fixes.table_size()[0]

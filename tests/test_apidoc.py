@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from codegen import apidoc, apidoc_fixes, inputs
-from codegen.arches import ARCHES
+from kvm_bindgen import apidoc, apidoc_fixes, inputs
+from kvm_bindgen.arches import ARCHES
 
 ALL_ARCHES = tuple(ARCHES)
 ARCHES_TESTED = {
