@@ -10,6 +10,8 @@ natural alignment allows, the record cannot be expressed and generation fails lo
 
 from __future__ import annotations
 
+import dataclasses
+
 from .cparse import INT128_NAMES
 from .model import Member, Model, Record
 
@@ -54,8 +56,10 @@ class _Renderer:
 
     def body(self, record: Record, indent: str) -> list[str]:
         lines: list[str] = []
-        cursor = 0
+        cursor = 0  # bytes used so far, as cffi will count them
         for m in record.members:
+            if self.is_empty_record(m):
+                continue  # GNU C's empty struct takes no space; cffi would give it one byte
             if record.kind == "struct" and m.bit_width is None:
                 natural = -(-cursor // self.member_align(m)) * self.member_align(m)
                 if m.offset < natural:
@@ -64,13 +68,21 @@ class _Renderer:
                 if m.offset > natural:
                     lines.append(f"{indent}uint8_t __pad{self._pad()}[{m.offset - cursor}];")
             lines += self.member(m, indent)
-            if record.kind == "struct" and m.bit_width is None:
-                cursor = m.offset + m.size
+            if record.kind == "struct":
+                if m.bit_width is not None:
+                    assert m.bit_offset is not None
+                    cursor = max(cursor, -(-(m.bit_offset + m.bit_width) // 8))
+                else:
+                    cursor = m.offset + m.size
         if record.kind == "struct":
             natural_size = -(-cursor // self.record_align(record)) * self.record_align(record)
-            if record.size > natural_size and not any(m.bit_width for m in record.members):
+            if record.size > natural_size:
                 lines.append(f"{indent}uint8_t __pad{self._pad()}[{record.size - cursor}];")
         return lines
+
+    def is_empty_record(self, m: Member) -> bool:
+        record = m.inline or self.model.records.get(m.base)
+        return m.size == 0 and not m.dims and record is not None and not record.members
 
     def _pad(self) -> int:
         self.pad_count += 1
@@ -84,6 +96,13 @@ class _Renderer:
         name = m.name or ""
         if m.bit_width is not None:
             return [f"{indent}{m.base} {name} : {m.bit_width};"]
+        if m.inline is not None and _is_union_of_flex_arrays(m.inline):
+            # cffi allows no flexible (or zero-length) array inside a union: declare a flexible array
+            # of the union instead, so `x.data[0].vmx` reaches the same bytes.
+            elements = [dataclasses.replace(_flex_array(e) or e, dims=(_flex_array(e) or e).dims[1:])
+                        for e in m.inline.members]
+            return ([f"{indent}union {{"] + [line for e in elements for line in self.member(e, indent + "    ")]
+                    + [f"{indent}}}{(' ' + name) if name else ''}[];"])
         if m.inline is not None:
             return ([f"{indent}{m.inline.kind} {{"] + self.body(m.inline, indent + "    ")
                     + [f"{indent}}}{(' ' + name) if name else ''}{dims};"])
@@ -117,6 +136,11 @@ def _flex_array(m: Member) -> Member | None:
     if empty.name and empty.name.startswith("__empty_") and array.dims[:1] == (None,):
         return array
     return None
+
+
+def _is_union_of_flex_arrays(record: Record) -> bool:
+    return record.kind == "union" and bool(record.members) and all(
+        (_flex_array(m) or m).dims[:1] in ((None,), (0,)) for m in record.members)
 
 
 def _dependency_order(model: Model) -> list[Record]:
