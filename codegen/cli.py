@@ -136,6 +136,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from . import diff
+
+    return diff.command(args.old, args.new, args.arch, args.vs_arch, args.format, args.fail_on_abi_break)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvm-bindgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_repin)
     p = sub.add_parser("summary", help="count what each bundled binding holds")
     p.set_defaults(func=cmd_summary)
+    p = sub.add_parser("diff", help="what changed in the KVM ABI between two versions or headers trees, "
+                                     "or two arches (--vs-arch); breaks first (see docs/diff.md)")
+    p.add_argument("old", metavar="OLD", help="a bundled version (6.1, 6.12.117) or a headers tree directory")
+    p.add_argument("new", metavar="NEW", nargs="?", help="the same kinds; may be left out with --vs-arch")
+    p.add_argument("--arch", help="arch of OLD and NEW (default: the host's)")
+    p.add_argument("--vs-arch", metavar="ARCH", help="compare with this arch (NEW, or OLD again, on ARCH)")
+    p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    p.add_argument("--fail-on-abi-break", action="store_true", help="exit 1 when an ABI break is found")
+    p.set_defaults(func=cmd_diff)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
