@@ -71,8 +71,11 @@ def index_source(models: list[Model]) -> str:
 
 def render_all(models: list[Model], package: str = "kvm.generated") -> dict[str, str]:
     """File name -> contents of every generated file."""
+    from .wrappers import wrappers_source
+
     files = {"__init__.py": index_source(models)}
     for model in models:
         files[f"{model.module_name}.py"] = binding_source(model)
+        files[f"ioctls_{model.module_name}.py"] = wrappers_source(model)
         files[f"_ffi_{model.module_name}.py"] = ffi_source(model, f"{package}._ffi_{model.module_name}")
     return files
