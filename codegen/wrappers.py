@@ -131,7 +131,7 @@ SPECIAL_RETURNS = {
     "xsave2": "a new cdata of `size` bytes (KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) on the VM fd)",
 }
 # Names the generated bodies use, which a keyword field must not shadow.
-RESERVED = frozenset({"self", "ffi", "len", "int", "bytes", "list", "dict", "isinstance", "min", "max", "range"})
+RESERVED = frozenset({"self", "ffi", "p"})
 # sizeof(sigset_t) in the kernel, which KVM_SET_SIGNAL_MASK insists on.
 SIGSET_BYTES = {"mips64el": 16}
 

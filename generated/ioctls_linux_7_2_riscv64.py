@@ -464,14 +464,14 @@ class VmIoctls(_Ioctls):
         """
         return self._ioctl("KVM_HAS_DEVICE_ATTR", _attr(group, attr, flags, 0))
 
-    def ioeventfd(self, arg: CData | None = None, /, *, datamatch: int | None = None, addr: int | None = None, len_: int | None = None, fd: int | None = None, flags: int | None = None, pad: Sequence[int] | bytes | None = None) -> int:
+    def ioeventfd(self, arg: CData | None = None, /, *, datamatch: int | None = None, addr: int | None = None, len: int | None = None, fd: int | None = None, flags: int | None = None, pad: Sequence[int] | bytes | None = None) -> int:
         """KVM_IOEVENTFD: This ioctl attaches or detaches an ioeventfd to a legal pio/mmio address within the guest.
 
         capability: KVM_CAP_IOEVENTFD; fd: vm; arches: all; api.rst: section 4.59
         encoding: _IOW(0xae, 0x79, struct kvm_ioeventfd) = 0x4040ae79
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_ioeventfd *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_IOEVENTFD", _struct("struct kvm_ioeventfd", arg, {"datamatch": datamatch, "addr": addr, "len": len_, "fd": fd, "flags": flags, "pad": pad}))
+        return self._ioctl("KVM_IOEVENTFD", _struct("struct kvm_ioeventfd", arg, {"datamatch": datamatch, "addr": addr, "len": len, "fd": fd, "flags": flags, "pad": pad}))
 
     def irq_line(self, arg: CData | None = None, /, *, irq: int | None = None, status: int | None = None, level: int | None = None) -> int:
         """KVM_IRQ_LINE: Sets the level of a GSI input to the interrupt controller model in the kernel.

@@ -464,14 +464,14 @@ class VmIoctls(_Ioctls):
         """
         return self._ioctl("KVM_HAS_DEVICE_ATTR", _attr(group, attr, flags, 0))
 
-    def ioeventfd(self, arg: CData | None = None, /, *, datamatch: int | None = None, addr: int | None = None, len_: int | None = None, fd: int | None = None, flags: int | None = None, pad: Sequence[int] | bytes | None = None) -> int:
+    def ioeventfd(self, arg: CData | None = None, /, *, datamatch: int | None = None, addr: int | None = None, len: int | None = None, fd: int | None = None, flags: int | None = None, pad: Sequence[int] | bytes | None = None) -> int:
         """KVM_IOEVENTFD: This ioctl attaches or detaches an ioeventfd to a legal pio/mmio address within the guest.
 
         capability: KVM_CAP_IOEVENTFD; fd: vm; arches: all; api.rst: section 4.59
         encoding: _IOW(0xae, 0x79, struct kvm_ioeventfd) = 0x4040ae79
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_ioeventfd *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_IOEVENTFD", _struct("struct kvm_ioeventfd", arg, {"datamatch": datamatch, "addr": addr, "len": len_, "fd": fd, "flags": flags, "pad": pad}))
+        return self._ioctl("KVM_IOEVENTFD", _struct("struct kvm_ioeventfd", arg, {"datamatch": datamatch, "addr": addr, "len": len, "fd": fd, "flags": flags, "pad": pad}))
 
     def irq_line(self, arg: CData | None = None, /, *, irq: int | None = None, status: int | None = None, level: int | None = None) -> int:
         """KVM_IRQ_LINE: Sets the level of a GSI input to the interrupt controller model in the kernel.
@@ -996,14 +996,14 @@ class VcpuIoctls(_Ioctls):
         """
         return self._ioctl("KVM_S390_CLEAR_RESET", 0)
 
-    def s390_get_irq_state(self, arg: CData | None = None, /, *, buf: int | None = None, flags: int | None = None, len_: int | None = None, reserved: Sequence[int] | bytes | None = None) -> int:
+    def s390_get_irq_state(self, arg: CData | None = None, /, *, buf: int | None = None, flags: int | None = None, len: int | None = None, reserved: Sequence[int] | bytes | None = None) -> int:
         """KVM_S390_GET_IRQ_STATE: This ioctl allows userspace to retrieve the complete state of all currently pending interrupts in a single buffer.
 
         capability: KVM_CAP_S390_IRQ_STATE; fd: vcpu; arches: s390x; api.rst: section 4.94
         encoding: _IOW(0xae, 0xb6, struct kvm_s390_irq_state) = 0x4020aeb6
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_irq_state *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_GET_IRQ_STATE", _struct("struct kvm_s390_irq_state", arg, {"buf": buf, "flags": flags, "len": len_, "reserved": reserved}))
+        return self._ioctl("KVM_S390_GET_IRQ_STATE", _struct("struct kvm_s390_irq_state", arg, {"buf": buf, "flags": flags, "len": len, "reserved": reserved}))
 
     def s390_initial_reset(self) -> int:
         """KVM_S390_INITIAL_RESET: This ioctl resets VCPU registers and control structures according to the initial cpu reset definition in the POP.
@@ -1070,14 +1070,14 @@ class VcpuIoctls(_Ioctls):
         """
         return self._ioctl("KVM_S390_SET_INITIAL_PSW", _struct("struct kvm_s390_psw", arg, {"mask": mask, "addr": addr}))
 
-    def s390_set_irq_state(self, arg: CData | None = None, /, *, buf: int | None = None, flags: int | None = None, len_: int | None = None, reserved: Sequence[int] | bytes | None = None) -> int:
+    def s390_set_irq_state(self, arg: CData | None = None, /, *, buf: int | None = None, flags: int | None = None, len: int | None = None, reserved: Sequence[int] | bytes | None = None) -> int:
         """KVM_S390_SET_IRQ_STATE: This ioctl allows userspace to set the complete state of all cpu-local interrupts currently pending for the vcpu.
 
         capability: KVM_CAP_S390_IRQ_STATE; fd: vcpu; arches: s390x; api.rst: section 4.95
         encoding: _IOW(0xae, 0xb5, struct kvm_s390_irq_state) = 0x4020aeb5
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_irq_state *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_SET_IRQ_STATE", _struct("struct kvm_s390_irq_state", arg, {"buf": buf, "flags": flags, "len": len_, "reserved": reserved}))
+        return self._ioctl("KVM_S390_SET_IRQ_STATE", _struct("struct kvm_s390_irq_state", arg, {"buf": buf, "flags": flags, "len": len, "reserved": reserved}))
 
     def s390_store_status(self, addr: int) -> int:
         """KVM_S390_STORE_STATUS: KVM_S390_STORE_STATUS (undocumented in api.rst).
