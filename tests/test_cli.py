@@ -1,0 +1,74 @@
+"""`python -m kvm caps|info` on the real /dev/kvm."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kvm import cli
+from kvm.generated import load
+
+pytestmark = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="no usable /dev/kvm")
+
+
+def run(*argv: str) -> str:
+    out = io.StringIO()
+    assert cli.main(list(argv), out) == 0
+    return out.getvalue()
+
+
+def test_caps_table() -> None:
+    text = run("caps")
+    header = text.splitlines()[0].split()
+    assert header[:4] == ["CAPABILITY", "NUMBER", "VALUE", "ENABLE"]
+    assert "KVM_CAP_USER_MEMORY" in text and "KVM_SET_USER_MEMORY_REGION" in text
+    assert "capabilities reported" in text
+
+
+def test_caps_json_matches_check_extension() -> None:
+    data = json.loads(run("caps", "--json", "--all"))
+    binding = load()
+    rows = {r["name"]: r for r in data["capabilities"]}
+    assert set(binding.CAPS) <= set(rows)
+    assert rows["KVM_CAP_USER_MEMORY"]["value"] == 1
+    enable = rows["KVM_CAP_DIRTY_LOG_RING"]["enable_on"]
+    assert enable == sorted(binding.CAPS["KVM_CAP_DIRTY_LOG_RING"].enable_on)
+    assert "KVM_CREATE_IRQCHIP" in rows["KVM_CAP_IRQCHIP"]["ioctls"]
+
+
+def test_info_json() -> None:
+    data = json.loads(run("info", "--json"))
+    assert data["kernel_release"] == os.uname().release
+    assert data["api_version"] == 12
+    assert data["binding"]["kernel"] == load().KERNEL and data["binding"]["why"]
+    assert all(c["value"] != 0 for c in data["capabilities"])
+    assert any(c["name"] == "KVM_CAP_USER_MEMORY" for c in data["capabilities"])
+
+
+def test_unknown_capabilities_are_shown_not_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    old = load("5.10")  # the oldest bundled binding: a newer running kernel reports numbers it does not name
+    monkeypatch.setattr(cli, "_binding", lambda: old)
+    data = json.loads(run("info", "--json"))
+    known_max = max(c.value for c in old.CAPS.values())
+    host = cli.Host(load())
+    try:
+        newer = [n for n in range(known_max + 1, cli.PROBE_MAX + 1) if host.check(n)]
+    finally:
+        host.close()
+    if not newer:
+        pytest.skip("the running kernel reports no capability newer than Linux 5.10's")
+    unknown = {c["number"] for c in data["capabilities"] if not c["known"]}
+    assert set(newer) <= unknown
+    text = run("info")
+    assert f"unknown ({newer[0]})" in text
+
+
+def test_module_entry_point() -> None:
+    done = subprocess.run([sys.executable, "-m", "kvm", "info"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "KVM API version: 12" in done.stdout
