@@ -163,6 +163,11 @@ RULES: dict[str, Rule] = _rules(
     ("field.grew", "changed", BREAK, "grew",
      "a field's size (or bit width) increased",
      "old programs leave the added bytes to whatever was there before"),
+    ("field.grew_in_place", "changed", COMPATIBLE, "grew in place",
+     "a field whose type is a record (named, or an anonymous struct or union member) that only grew at its end "
+     "(nothing in it moved, shrank or went away) now also covers "
+     "bytes that were padding, unused, or other members of the same union",
+     "old programs leave those bytes zero, which the new tail reads as 'unused'; nothing else moved"),
     ("field.retyped", "changed", COMPATIBLE, "retyped",
      "a field's C type changed, with the same offset and size (signedness, a typedef, element type)",
      "the same bytes are in the same place; the value's meaning should be reviewed"),
@@ -170,6 +175,11 @@ RULES: dict[str, Rule] = _rules(
      "a field's type is a record whose layout changed (the changes are listed under that record)",
      "the field's bytes are laid out differently inside the containing record"),
 )
+
+# The record and field rules that change where bytes are: they make the ioctls passing the record, and
+# the records containing it, break too (ioctl.arg_layout, field.nested).
+LAYOUT_BREAKS = frozenset({"record.kind", "record.shrank", "record.align", "field.removed", "field.moved",
+                           "field.shrank", "field.grew", "field.nested"})
 
 KINDS = ("ioctl", "record", "field", "constant", "enum_member", "capability", "exit_reason")
 _KIND_TITLES = {"ioctl": "ioctls", "record": "structs and unions", "field": "fields", "constant": "constants",
@@ -401,6 +411,7 @@ class _Differ:
 
     def run(self) -> list[Change]:
         self.records()
+        self.grown_in_place()
         self.nested()
         self.ioctls()
         self.values()
@@ -437,10 +448,20 @@ class _Differ:
     def fields(self, name: str, a: StructSpec, b: StructSpec) -> None:
         old = {f.name: f for f in a.fields}
         new = {f.name: f for f in b.fields}
-        for key in [k for k in old if k in new]:
-            self.field(name, old[key], new[key])
         removed = [old[k] for k in old if k not in new]
         added = [new[k] for k in new if k not in old]
+        for key in [k for k in old if k in new]:
+            f, g = old[key], new[key]
+            if _is_padding(key) and _shape(f) != _shape(g) and f.bit_width is None and g.bit_width is None:
+                vacated = sorted(set(range(f.offset, f.offset + f.size)) - set(range(g.offset, g.offset + g.size)))
+                users = [h.name for h in added if any(h.offset <= i < h.offset + h.size for i in vacated)]
+                inside = f.offset <= g.offset and g.offset + g.size <= f.offset + f.size
+                if inside and vacated and _covered_bytes(vacated, [h for h in added if h.name in users]):
+                    self.add("field.padding_reused", name, _field_json(f), _field_json(g),
+                             f"{f.ctype} at offset {f.offset} -> {g.ctype} at offset {g.offset}; "
+                             f"the bytes it gave up are now {', '.join(users)}", key)
+                    continue
+            self.field(name, f, g)
         for f in list(removed):
             twin = next((g for g in added if _shape(g) == _shape(f)), None)
             if twin is None:
@@ -474,11 +495,43 @@ class _Differ:
         elif a.size != b.size:
             rule = "field.shrank" if b.size < a.size else "field.grew"
             self.add(rule, name, aj, bj, f"size {a.size} -> {b.size} bytes{types_}", a.name)
-        elif a.ctype != b.ctype:
+        elif _ctype(a.ctype) != _ctype(b.ctype):
             self.add("field.retyped", name, aj, bj, f"{a.ctype} -> {b.ctype}, same offset and size", a.name)
 
+    def grown_in_place(self) -> None:
+        """Reclassify field.grew as field.grew_in_place where a record type only grew into free bytes.
+
+        The record type is a named one (its own changes tell) or an anonymous member (its flattened
+        members' changes tell); inner members are settled first, so repeat until nothing changes.
+        """
+        again = True
+        while again:
+            again = False
+            for i, c in enumerate(self.changes):
+                if c.rule != "field.grew" or c.old["ctype"] != c.new["ctype"] or c.old["offset"] != c.new["offset"]:
+                    continue
+                base = _base_type(c.new["ctype"])
+                if base in ("struct {...}", "union {...}"):
+                    inner = [ch for ch in self.record_changes[c.name] if (ch.field or "").startswith(c.old["name"] + ".")]
+                elif base != c.name and base in self.old.STRUCTS and base in self.new.STRUCTS:
+                    inner = self.record_changes.get(base, [])
+                else:
+                    continue
+                if any(ch.rule in LAYOUT_BREAKS for ch in inner):
+                    continue
+                start, end = c.old["offset"] + c.old["size"], c.new["offset"] + c.new["size"]
+                fields = self.old.STRUCTS[c.name].fields
+                if all(_free_for(c.old["name"], c.old["offset"], f, fields) for f in fields
+                       if f.offset < end and start < f.offset + f.size):
+                    relaxed = dataclasses.replace(c, rule="field.grew_in_place")
+                    self.changes[i] = relaxed
+                    mine = self.record_changes[c.name]
+                    mine[mine.index(c)] = relaxed
+                    again = True
+
     def broken_records(self) -> set[str]:
-        return {n for n, cs in self.record_changes.items() if any(c.classification == BREAK for c in cs)}
+        """Kept records whose layout changed (a rename breaks source, not the layout)."""
+        return {n for n, cs in self.record_changes.items() if any(c.rule in LAYOUT_BREAKS for c in cs)}
 
     def nested(self) -> None:
         """A record whose field's record type changed layout changed too: repeat until nothing new."""
@@ -648,26 +701,43 @@ def _first_n(items: list[str], n: int) -> str:
 
 
 def _first_break(changes: list[Change]) -> str:
-    said = [(f"{c.field}: " if c.field else "") + c.detail for c in changes if c.classification == BREAK]
+    said = [(f"{c.field}: " if c.field else "") + c.detail for c in changes if c.rule in LAYOUT_BREAKS]
     return _first_n(said, 2)
 
 
+def _ctype(ctype: str) -> str:
+    """A C type for comparing: GNU's zero-length array `T[0]` is the same as the flexible `T[]`."""
+    return ctype[:-3] + "[]" if ctype.endswith("[0]") else ctype
+
+
 def _shape(f: FieldSpec) -> tuple[int, int, str, int | None, int | None]:
-    return (f.offset, f.size, f.ctype, f.bit_offset, f.bit_width)
+    return (f.offset, f.size, _ctype(f.ctype), f.bit_offset, f.bit_width)
 
 
 def _is_padding(designator: str) -> bool:
     return bool(_PADDING.match(designator.rsplit(".", 1)[-1].split("[", 1)[0]))
 
 
+def _free_for(name: str, offset: int, other: FieldSpec, fields: Iterable[FieldSpec]) -> bool:
+    """Whether field `name` (at `offset`) may grow into `other`'s bytes: `other` is padding, encloses it,
+    or is another member of the same union (one starting where it starts) or inside one."""
+    if _is_padding(other.name) or other.name == name or name.startswith(other.name + "."):
+        return True
+    siblings = {f.name for f in fields if f.offset == offset and f.size > 0 and f.name != name
+                and not name.startswith(f.name + ".")}
+    return other.name in siblings or any(other.name.startswith(s + ".") for s in siblings)
+
+
 def _covered(f: FieldSpec, others: list[FieldSpec]) -> bool:
     """Whether `others` together cover every byte of `f`."""
-    if not others or f.size == 0:
-        return False
+    return f.size > 0 and _covered_bytes(range(f.offset, f.offset + f.size), others)
+
+
+def _covered_bytes(offsets: Iterable[int], others: list[FieldSpec]) -> bool:
     covered: set[int] = set()
     for g in others:
         covered.update(range(g.offset, g.offset + g.size))
-    return all(i in covered for i in range(f.offset, f.offset + f.size))
+    return bool(covered) and all(i in covered for i in offsets)
 
 
 def _annotated(module: types.ModuleType) -> bool:
