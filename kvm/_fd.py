@@ -1,0 +1,194 @@
+"""`KvmFd`: the base of every object that owns a KVM file descriptor.
+
+It owns the fd (close-on-exec), closes it deterministically (and its children first), refuses use after
+close or from a forked child, and issues ioctls by name: the number, and the capability that gates the
+ioctl, come from the binding in use (`kvm.generated` by default), never from this file.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from types import ModuleType
+from typing import Any
+
+from . import _sys
+from .errors import CapabilityError, ClosedError, ForkedError, KvmError
+
+_CLOSED = -1
+_FORKED = -2
+
+# Every open KvmFd, so that a fork() can mark the child's copies unusable.
+_LIVE: weakref.WeakSet[KvmFd] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for obj in list(_LIVE):
+        if obj._fd >= 0:
+            obj._inherited_fd = obj._fd
+            obj._fd = _FORKED
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_raw_ioctl = _sys.raw_ioctl()
+_cast = _sys.ffi.cast
+_void_p = _sys.ffi.typeof("void *")
+_sys_ffi = _sys.ffi
+
+
+class KvmFd:
+    """Owns one KVM fd. Subclasses set `fd_kind` ("system", "vm", "vcpu", "device")."""
+
+    fd_kind = "system"
+
+    def __init__(self, fd: int, binding: ModuleType, parent: KvmFd | None = None) -> None:
+        self._fd = fd
+        self._inherited_fd = -1
+        self._pid = os.getpid()
+        self._binding = binding
+        self._ioctls = binding.IOCTLS
+        self._parent = parent
+        self._children: dict[int, Any] = {}
+        self._caps: dict[int, int] = {}  # KVM_CHECK_EXTENSION answers of this fd
+        self._gate_ok: set[str] = set()  # ioctl names whose capability was found present
+        if parent is not None:
+            parent._children[id(self)] = self
+        _LIVE.add(self)
+
+    # -- lifetime ---------------------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        fd = self._fd
+        if fd < 0:
+            self._raise_unusable()
+        return fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd == _CLOSED
+
+    def close(self) -> None:
+        """Close the fd (and every child object first). Idempotent."""
+        fd = self._fd
+        if fd == _CLOSED:
+            return
+        if fd == _FORKED:
+            fd = self._inherited_fd
+        for child in list(self._children.values()):
+            child.close()
+        try:
+            self._release()
+        finally:
+            self._fd = _CLOSED
+            self._children.clear()
+            if self._parent is not None:
+                self._parent._children.pop(id(self), None)
+            _LIVE.discard(self)
+            if fd >= 0:
+                os.close(fd)
+
+    def _release(self) -> None:
+        """Subclass hook: free what the object maps or owns besides its fd (called before the fd closes)."""
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._fd != _CLOSED and self._pid == os.getpid():
+                self.close()
+        except Exception:
+            pass
+
+    def _raise_unusable(self) -> None:
+        if self._fd == _FORKED or self._pid != os.getpid():
+            raise ForkedError(
+                f"this {type(self).__name__} ({self.fd_kind} fd) was created in process {self._pid} and is used "
+                f"from forked child {os.getpid()}: KVM fds inherited through fork() cannot be used; "
+                "create a new Kvm() in the child"
+            )
+        raise ClosedError(f"{type(self).__name__} ({self.fd_kind} fd) is closed")
+
+    def _check_open(self) -> int:
+        fd = self._fd
+        if fd < 0:
+            self._raise_unusable()
+        return fd
+
+    # -- ioctls -----------------------------------------------------------------------------------
+
+    def _spec(self, name: str) -> Any:
+        try:
+            return self._ioctls[name]
+        except KeyError:
+            binding = self._binding
+            reason = getattr(binding, "UNAVAILABLE_IOCTLS", {}).get(name)
+            where = f"Linux {getattr(binding, 'KERNEL', '?')} on {getattr(binding, 'ARCH', '?')}"
+            if reason:
+                raise LookupError(f"{name} is not available for {where}: {reason}") from None
+            raise LookupError(f"no ioctl named {name} in the binding for {where}") from None
+
+    def _ioctl(self, name: str, arg: Any = 0) -> int:
+        """Issue ioctl `name` on this fd, after checking (once) the capability that gates it.
+
+        `arg` is an int passed by value or a cffi pointer/buffer. Raises KvmError (with the ioctl's name,
+        this fd's kind and errno), or CapabilityError without issuing the ioctl.
+        """
+        fd = self._fd
+        if fd < 0:
+            self._raise_unusable()
+        spec = self._ioctls.get(name)
+        if spec is None:
+            spec = self._spec(name)
+        if spec.capability is not None and name not in self._gate_ok:
+            self._check_gate(name, spec.capability)
+        if arg.__class__ is int:
+            arg = _cast(_void_p, arg)
+        result = _raw_ioctl(fd, spec.number, arg)
+        if result < 0:
+            raise KvmError(name, self.fd_kind, _sys_ffi.errno)
+        return result
+
+    # -- capabilities -----------------------------------------------------------------------------
+
+    def _cap_owner(self) -> KvmFd:
+        """The object whose fd answers KVM_CHECK_EXTENSION for this one (overridden by Vm, Vcpu, Device)."""
+        return self
+
+    def _check_gate(self, ioctl: str, capability: str) -> None:
+        value = self._binding.CONSTANTS.get(capability)
+        if value is None:  # a capability this binding has no number for: nothing to check against
+            self._gate_ok.add(ioctl)
+            return
+        owner = self._cap_owner()
+        if owner._query_cap(value) <= 0:
+            raise CapabilityError(ioctl, self.fd_kind, capability, owner.fd_kind)
+        self._gate_ok.add(ioctl)
+
+    def _query_cap(self, value: int) -> int:
+        cached = self._caps.get(value)
+        if cached is None:
+            fd = self._check_open()
+            result = _raw_ioctl(fd, self._ioctls["KVM_CHECK_EXTENSION"].number, _cast(_void_p, value))
+            if result < 0:
+                raise KvmError("KVM_CHECK_EXTENSION", self.fd_kind, _sys_ffi.errno)
+            cached = self._caps[value] = int(result)
+        return cached
+
+    def _cap_value(self, cap: Any) -> int:
+        if isinstance(cap, str):
+            name = cap if cap.startswith("KVM_CAP_") else "KVM_CAP_" + cap
+            try:
+                return self._binding.CONSTANTS[name]
+            except KeyError:
+                raise LookupError(f"no capability named {name} in this binding") from None
+        return int(cap)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd == _CLOSED else ("forked" if self._fd == _FORKED else f"fd={self._fd}")
+        return f"<{type(self).__name__} {state}>"

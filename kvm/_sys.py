@@ -1,0 +1,116 @@
+"""The system calls the KVM layer needs, through cffi's ABI mode on the C library.
+
+Functions are resolved from the process's own C library (`dlopen(NULL)`) with cffi's backend, whose
+small built-in C type parser needs no cdef and no pycparser at import time. cffi releases the GIL for
+the duration of every call, so a blocking KVM_RUN in one thread does not stop the others.
+
+`ioctl(2)` is variadic in C; it is declared here with a fixed `void *` third argument, which is how
+the kernel receives it on every Linux ABI (integers are passed cast to a pointer).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import _cffi_backend as _backend
+
+ffi = _backend.FFI()
+_libc = _backend.load_library(None)
+
+
+def _function(signature: str, name: str) -> Any:
+    return _libc.load_function(ffi.typeof(signature), name)
+
+
+_ioctl = _function("int(*)(int, unsigned long, void *)", "ioctl")
+_mmap = _function("void *(*)(void *, size_t, int, int, int, long)", "mmap")
+_munmap = _function("int(*)(void *, size_t)", "munmap")
+_eventfd = _function("int(*)(unsigned int, int)", "eventfd")
+_memfd_create = _function("int(*)(const char *, unsigned int)", "memfd_create")
+_syscall3 = _function("long(*)(long, long, long, long)", "syscall")
+
+NULL = ffi.NULL
+_void_p = ffi.typeof("void *")
+_cast = ffi.cast
+
+# mmap(2) and friends: the values are the kernel's generic ones, identical on every arch Linux runs on.
+PROT_READ = 0x1
+PROT_WRITE = 0x2
+MAP_SHARED = 0x01
+MAP_PRIVATE = 0x02
+MAP_FAILED = 2**64 - 1 if ffi.sizeof("void *") == 8 else 2**32 - 1
+EFD_CLOEXEC = os.O_CLOEXEC
+EFD_NONBLOCK = os.O_NONBLOCK
+MFD_CLOEXEC = 0x0001
+
+# SYS_tgkill: differs per arch (the generic table is used by arm64, riscv64, loongarch64).
+_SYS_TGKILL = {"x86_64": 234, "s390x": 241, "ppc64le": 250, "mips64": 5225}.get(os.uname().machine, 131)
+
+
+def _raise_errno(what: str) -> None:
+    err = ffi.errno
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def ioctl(fd: int, request: int, arg: Any = 0) -> int:
+    """ioctl(2): `arg` is an int (passed by value) or a cffi pointer/buffer; returns the result >= 0.
+
+    Raises OSError with the call's errno on failure.
+    """
+    if arg.__class__ is int:
+        arg = _cast(_void_p, arg)
+    result = _ioctl(fd, request, arg)
+    if result < 0:
+        err = ffi.errno
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def raw_ioctl() -> Any:
+    """The bare cffi function `int ioctl(int, unsigned long, void *)`, for hot loops (errno: `ffi.errno`)."""
+    return _ioctl
+
+
+def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
+    """mmap(2) at an address the kernel picks; returns the address as an int."""
+    address = _mmap(NULL, length, prot, flags, fd, offset)
+    value = int(_cast("uintptr_t", address))
+    if value == MAP_FAILED:
+        _raise_errno("mmap")
+    return value
+
+
+def munmap(address: int, length: int) -> None:
+    if _munmap(_cast(_void_p, address), length) < 0:
+        _raise_errno("munmap")
+
+
+def eventfd(initval: int = 0, flags: int = EFD_CLOEXEC) -> int:
+    """eventfd(2), close-on-exec by default; returns the fd."""
+    fd = _eventfd(initval, flags)
+    if fd < 0:
+        _raise_errno("eventfd")
+    return int(fd)
+
+
+def memfd_create(name: str, flags: int = MFD_CLOEXEC) -> int:
+    """memfd_create(2), close-on-exec by default; returns the fd."""
+    fd = _memfd_create(name.encode(), flags)
+    if fd < 0:
+        _raise_errno("memfd_create")
+    return int(fd)
+
+
+def tgkill(tid: int, sig: int) -> bool:
+    """Send `sig` to thread `tid` of this process; False when the thread no longer exists."""
+    if _syscall3(_SYS_TGKILL, os.getpid(), tid, sig) < 0:
+        if ffi.errno == 3:  # ESRCH
+            return False
+        _raise_errno("tgkill")
+    return True
+
+
+def address_of(cdata: Any) -> int:
+    """The address a cffi pointer or buffer cdata points to."""
+    return int(_cast("uintptr_t", cdata))

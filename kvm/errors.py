@@ -1,0 +1,64 @@
+"""Exceptions of the KVM layer."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class KvmError(OSError):
+    """An ioctl failed: carries the ioctl's name, the kind of fd it was issued on, and errno.
+
+    str(): ``KVM_CREATE_VCPU on vm fd: EINVAL (Invalid argument)``.
+    """
+
+    def __init__(self, ioctl: str, fd_kind: str, err: int | None, detail: str | None = None) -> None:
+        strerror = os.strerror(err) if err is not None else None
+        super().__init__(err, strerror)
+        self.ioctl = ioctl
+        self.fd_kind = fd_kind
+        self.detail = detail
+
+    @property
+    def errno_name(self) -> str:
+        return _errno.errorcode.get(self.errno, str(self.errno)) if self.errno is not None else "?"
+
+    def __str__(self) -> str:
+        text = f"{self.ioctl} on {self.fd_kind} fd: {self.errno_name} ({self.strerror})"
+        return f"{text}: {self.detail}" if self.detail else text
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.ioctl, self.fd_kind, self.errno, self.detail))
+
+
+class CapabilityError(KvmError):
+    """An ioctl was not issued because the capability that gates it is absent on this host."""
+
+    def __init__(self, ioctl: str, fd_kind: str, capability: str, checked_on: str = "system") -> None:
+        super().__init__(ioctl, fd_kind, None)
+        self.capability = capability
+        self.checked_on = checked_on
+
+    def __str__(self) -> str:
+        return (
+            f"{self.ioctl} needs {self.capability}, which KVM_CHECK_EXTENSION on the {self.checked_on} fd "
+            "reports absent on this host (the ioctl was not issued)"
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.ioctl, self.fd_kind, self.capability, self.checked_on))
+
+
+class ClosedError(ValueError):
+    """An object (or the VM it belongs to) was used after close()."""
+
+
+class ForkedError(RuntimeError):
+    """A KVM object was used from a forked child: KVM fds inherited through fork() are not usable there."""
+
+
+class GuestMemoryError(IndexError):
+    """A guest-physical access falls outside the guest memory it was made on."""
+
+
+__all__ = ["KvmError", "CapabilityError", "ClosedError", "ForkedError", "GuestMemoryError"]

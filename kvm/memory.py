@@ -1,0 +1,162 @@
+"""`GuestMemory`: one memory slot of a VM, backed by a host mapping.
+
+Access is by guest-physical address and always bounds-checked against the slot: an access outside it
+raises `GuestMemoryError` and never touches host memory. The mapping is a Python `mmap`, so a
+`memoryview` handed out by `view()` keeps the pages mapped for as long as it lives, even after the slot
+is removed.
+"""
+
+from __future__ import annotations
+
+import mmap as _mmap
+import os
+import sys
+from typing import Any
+
+from .errors import ClosedError, GuestMemoryError
+
+PAGE_SIZE = _mmap.PAGESIZE
+
+
+class GuestMemory:
+    """A slot of guest-physical memory: `guest_addr`, `size`, `slot`, `flags`; read/write/view by address."""
+
+    def __init__(
+        self,
+        vm: Any,
+        slot: int,
+        guest_addr: int,
+        size: int,
+        flags: int,
+        mapping: _mmap.mmap,
+        *,
+        fd: int = -1,
+        owns_fd: bool = False,
+        guest_memfd: Any = None,
+        guest_memfd_offset: int = 0,
+    ) -> None:
+        self.vm = vm
+        self.slot = slot
+        self.guest_addr = guest_addr
+        self.size = size
+        self.flags = flags
+        self._mm: _mmap.mmap | None = mapping
+        self._view: memoryview | None = memoryview(mapping)
+        self._fd = fd
+        self._owns_fd = owns_fd
+        self.guest_memfd = guest_memfd
+        self.guest_memfd_offset = guest_memfd_offset
+        holder = vm._binding.ffi.from_buffer(mapping)
+        self.host_addr = int(vm._binding.ffi.cast("uintptr_t", holder))
+        vm._binding.ffi.release(holder)
+
+    # -- lifetime ---------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._view is None
+
+    @property
+    def end(self) -> int:
+        """The first guest-physical address after the slot."""
+        return self.guest_addr + self.size
+
+    @property
+    def fd(self) -> int:
+        """The file (memfd or user file) backing the slot, or -1 for anonymous memory."""
+        return self._fd
+
+    def close(self) -> None:
+        """Remove the slot from its VM (if still registered) and unmap. Idempotent."""
+        if self._view is None:
+            return
+        vm = self.vm
+        if vm is not None and not vm.closed and vm._memory.get(self.slot) is self:
+            vm.remove_memory(self)
+            return
+        self._unmap()
+
+    def _unmap(self) -> None:
+        view, mm = self._view, self._mm
+        self._view = None
+        self._mm = None
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:
+                pass
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                # A memoryview from view() is still alive: the pages stay mapped until it is dropped.
+                pass
+        if self._owns_fd and self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+        if self.guest_memfd is not None and getattr(self.guest_memfd, "_owned_by_memory", False):
+            self.guest_memfd.close()
+
+    def __enter__(self) -> GuestMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __contains__(self, address: object) -> bool:
+        return isinstance(address, int) and self.guest_addr <= address < self.guest_addr + self.size
+
+    def __repr__(self) -> str:
+        state = " closed" if self._view is None else ""
+        return f"<GuestMemory slot={self.slot} gpa={self.guest_addr:#x} size={self.size:#x} flags={self.flags:#x}{state}>"
+
+    # -- access -----------------------------------------------------------------------------------
+
+    def _offset(self, address: int, length: int) -> int:
+        if self._view is None:
+            raise ClosedError(f"guest memory slot {self.slot} is closed")
+        offset = address - self.guest_addr
+        if length < 0 or offset < 0 or offset + length > self.size:
+            raise GuestMemoryError(
+                f"guest access [{address:#x}, {address + length:#x}) is outside slot {self.slot} "
+                f"[{self.guest_addr:#x}, {self.guest_addr + self.size:#x})"
+            )
+        return offset
+
+    def read(self, address: int, length: int) -> bytes:
+        """`length` bytes at guest-physical `address`."""
+        offset = self._offset(address, length)
+        return bytes(self._view[offset : offset + length])  # type: ignore[index]
+
+    def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy `data` to guest-physical `address`."""
+        length = len(memoryview(data).cast("B")) if not isinstance(data, (bytes, bytearray)) else len(data)
+        offset = self._offset(address, length)
+        self._view[offset : offset + length] = memoryview(data).cast("B")  # type: ignore[index]
+
+    def view(self, address: int | None = None, length: int | None = None) -> memoryview:
+        """A writable zero-copy memoryview of guest memory (the whole slot by default)."""
+        if address is None:
+            address = self.guest_addr
+        if length is None:
+            length = self.guest_addr + self.size - address
+        offset = self._offset(address, length)
+        return self._view[offset : offset + length]  # type: ignore[index]
+
+    def read_int(self, address: int, size: int = 8, *, signed: bool = False) -> int:
+        """An integer of `size` bytes in the host byte order (the guest's, for KVM)."""
+        return int.from_bytes(self.read(address, size), sys.byteorder, signed=signed)
+
+    def write_int(self, address: int, value: int, size: int = 8) -> None:
+        self.write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, sys.byteorder))
+
+    def fill(self, address: int, length: int, byte: int = 0) -> None:
+        offset = self._offset(address, length)
+        self._view[offset : offset + length] = bytes([byte]) * length  # type: ignore[index]
+
+    def page_index(self, address: int) -> int:
+        """The page number of `address` within the slot (as dirty logs count pages)."""
+        return self._offset(address, 0) // PAGE_SIZE

@@ -1,0 +1,135 @@
+"""`Kvm`: the /dev/kvm system fd."""
+
+from __future__ import annotations
+
+import errno
+import os
+from types import ModuleType
+from typing import Any, Iterable, NamedTuple
+
+from ._fd import KvmFd
+from .errors import KvmError
+
+
+def default_binding() -> ModuleType:
+    import kvm.generated
+
+    return kvm.generated._default  # type: ignore[no-any-return]
+
+
+class CpuidEntry(NamedTuple):
+    """One `struct kvm_cpuid_entry2`."""
+
+    function: int
+    index: int = 0
+    flags: int = 0
+    eax: int = 0
+    ebx: int = 0
+    ecx: int = 0
+    edx: int = 0
+
+
+def _grow(start: int, get: Any) -> Any:
+    """Call get(n) with a growing buffer size until it stops failing with E2BIG."""
+    n = start
+    while True:
+        try:
+            return get(n)
+        except KvmError as exc:
+            if exc.errno != errno.E2BIG or n >= 1 << 16:
+                raise
+            n *= 2
+
+
+def cpuid_entries(cpuid2: Any) -> list[CpuidEntry]:
+    return [
+        CpuidEntry(int(e.function), int(e.index), int(e.flags), int(e.eax), int(e.ebx), int(e.ecx), int(e.edx))
+        for e in (cpuid2.entries[i] for i in range(int(cpuid2.nent)))
+    ]
+
+
+class Kvm(KvmFd):
+    """The KVM subsystem: `Kvm()` opens /dev/kvm (close-on-exec).
+
+    `binding` picks another bundled binding (`kvm.generated.load("6.12")`); the default is the host
+    arch at the newest bundled kernel.
+    """
+
+    fd_kind = "system"
+
+    def __init__(self, path: str = "/dev/kvm", *, binding: ModuleType | None = None) -> None:
+        binding = binding if binding is not None else default_binding()
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        super().__init__(fd, binding)
+        self.path = path
+        self._mmap_size: int | None = None
+
+    @property
+    def binding(self) -> ModuleType:
+        return self._binding
+
+    @property
+    def ffi(self) -> Any:
+        return self._binding.ffi
+
+    @property
+    def api_version(self) -> int:
+        return self._ioctl("KVM_GET_API_VERSION")
+
+    def check_extension(self, cap: Any) -> int:
+        """KVM_CHECK_EXTENSION on /dev/kvm: 0 when absent, else a positive (often meaningful) value.
+
+        `cap`: a `Cap` member, a number, or a name ("KVM_CAP_IRQCHIP" or "IRQCHIP").
+        """
+        return self._query_cap(self._cap_value(cap))
+
+    @property
+    def vcpu_mmap_size(self) -> int:
+        if self._mmap_size is None:
+            self._mmap_size = self._ioctl("KVM_GET_VCPU_MMAP_SIZE")
+        return self._mmap_size
+
+    def _cpuid2(self, ioctl: str, nent: int) -> Any:
+        buf = self._binding.ffi.new("struct kvm_cpuid2 *", {"nent": nent, "entries": nent})
+        self._ioctl(ioctl, buf)
+        return buf
+
+    def supported_cpuid(self) -> list[CpuidEntry]:
+        """KVM_GET_SUPPORTED_CPUID: what KVM and the host CPU can expose to a guest."""
+        return cpuid_entries(_grow(64, lambda n: self._cpuid2("KVM_GET_SUPPORTED_CPUID", n)))
+
+    def emulated_cpuid(self) -> list[CpuidEntry]:
+        """KVM_GET_EMULATED_CPUID: what KVM can emulate beyond the host CPU."""
+        return cpuid_entries(_grow(64, lambda n: self._cpuid2("KVM_GET_EMULATED_CPUID", n)))
+
+    def _msr_list(self, ioctl: str) -> list[int]:
+        ffi = self._binding.ffi
+
+        def get(n: int) -> Any:
+            buf = ffi.new("struct kvm_msr_list *", {"nmsrs": n, "indices": n})
+            self._ioctl(ioctl, buf)
+            return buf
+
+        buf = _grow(256, get)
+        return [int(buf.indices[i]) for i in range(int(buf.nmsrs))]
+
+    def msr_index_list(self) -> list[int]:
+        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM_GET_MSRS/KVM_SET_MSRS accept on a vCPU."""
+        return self._msr_list("KVM_GET_MSR_INDEX_LIST")
+
+    def msr_feature_index_list(self) -> list[int]:
+        """KVM_GET_MSR_FEATURE_INDEX_LIST: the feature MSRs readable on /dev/kvm."""
+        return self._msr_list("KVM_GET_MSR_FEATURE_INDEX_LIST")
+
+    def get_msr_features(self, indices: Iterable[int]) -> dict[int, int]:
+        """KVM_GET_MSRS on /dev/kvm: values of feature MSRs."""
+        from .vcpu import _read_msrs
+
+        return _read_msrs(self, list(indices))
+
+    def create_vm(self, type: int = 0) -> Any:
+        """KVM_CREATE_VM: a new `Vm` (type 0 is the default VM type)."""
+        from .vm import Vm
+
+        fd = self._ioctl("KVM_CREATE_VM", int(type))
+        return Vm(self, fd, int(type))
