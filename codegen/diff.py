@@ -223,10 +223,6 @@ class Change:
     def reason(self) -> str:
         return RULES[self.rule].why
 
-    @property
-    def subject(self) -> str:
-        return f"{self.name}: {self.field}" if self.field is not None else self.name
-
     def sort_key(self) -> tuple[int, int, str, str, str]:
         return (CLASSIFICATIONS.index(self.classification), KINDS.index(self.kind if self.kind != "field" else "record"),
                 self.name, self.field or "", self.rule)
