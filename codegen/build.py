@@ -13,11 +13,12 @@ from .model import CapInfo, EnumGroup, Ioctl, Model, Record, Typedef
 _IOCTL_MACRO = re.compile(r"^_IO(R|W|WR)?\s*\((.*)\)$", re.S)
 _DIRECTIONS = {None: "none", "R": "read", "W": "write", "WR": "readwrite"}
 
-# Constants the kernel groups by prefix, rendered as enum classes:
-# (class name, prefix, IntFlag?, name fragments that mark a different group sharing the prefix).
+# Constants the kernel groups by prefix, rendered as enum classes: (class name, prefix, IntFlag?, name
+# fragments that mark a different group sharing the prefix, required suffix). Ioctls are never members.
 ENUM_GROUPS = [
     ("Cap", "KVM_CAP_", False, ()),
-    ("ExitReason", "KVM_EXIT_", False, ("KVM_EXIT_IO_", "KVM_EXIT_HYPERV_", "KVM_EXIT_XEN_")),
+    ("ExitReason", "KVM_EXIT_", False, ("KVM_EXIT_IO_", "KVM_EXIT_HYPERV_", "KVM_EXIT_XEN_",
+                                        "KVM_EXIT_HYPERCALL_")),
     ("MemoryRegionFlag", "KVM_MEM_", True, ()),
     ("SystemEvent", "KVM_SYSTEM_EVENT_", False, ("_FLAG_",)),
     ("InternalErrorSuberror", "KVM_INTERNAL_ERROR_", False, ()),
@@ -32,9 +33,7 @@ ENUM_GROUPS = [
     ("StatsBase", "KVM_STATS_BASE_", False, ("_SHIFT", "_MASK", "_MAX")),
     ("VcpuEventFlag", "KVM_VCPUEVENT_", True, ()),
     ("SyncRegsFlag", "KVM_SYNC_X86_", True, ("_VALID_FIELDS",)),
-    ("VmType", "KVM_X86_", False, ("KVM_X86_QUIRK_", "KVM_X86_DISABLE_", "KVM_X86_SET_", "KVM_X86_SHADOW_",
-                                    "KVM_X86_NOTIFY_", "KVM_X86_XCOMP_", "KVM_X86_GRP_", "KVM_X86_SEV_",
-                                    "KVM_X86_TDX_", "KVM_X86_SNP_", "KVM_X86_APIC_", "KVM_X86_DEFAULT_VM_TYPE_")),
+    ("VmType", "KVM_X86_", False, (), "_VM"),
 ]
 
 
@@ -50,7 +49,7 @@ def build(tree: HeadersTree, kernel: str, api_rst: str | None) -> Model:
         if layout.enumerator_file[name] in cparse.KVM_HEADERS:
             constants.setdefault(name, value)
     records = _records(layout)
-    enums = _enum_groups(constants, tree.arch.name)
+    enums = _enum_groups(constants, set(ioctls))
     model = Model(kernel, tree.linux_version, tree.arch.name, tree.origin, dict(sorted(constants.items())),
                   ioctls, records, {}, enums)
     model.typedefs = _used_typedefs(layout.typedefs(), records)
@@ -158,12 +157,13 @@ def _records(layout: Layout) -> dict[str, Record]:
     return dict(sorted(out.items()))
 
 
-def _enum_groups(constants: dict[str, int], arch: str) -> dict[str, EnumGroup]:
+def _enum_groups(constants: dict[str, int], ioctls: set[str]) -> dict[str, EnumGroup]:
     groups = {}
-    for class_name, prefix, flag, exclude in ENUM_GROUPS:
+    for class_name, prefix, flag, exclude, *suffix in ENUM_GROUPS:
         members = []
         for name, value in constants.items():
-            if name.startswith(prefix) and not any(x in name for x in exclude) and name != prefix.rstrip("_"):
+            if (name.startswith(prefix) and not any(x in name for x in exclude) and name.endswith(tuple(suffix) or "")
+                    and name != prefix.rstrip("_") and name not in ioctls):
                 member = name[len(prefix):]
                 members.append(("_" + member if member[0].isdigit() else member, value))
         if members:

@@ -34,9 +34,12 @@ def build_all() -> list[Model]:
 
 
 def generated_files(models: list[Model]) -> dict[str, str]:
+    """Every file of generated/ (relative path -> text): the bindings and the diff reports between them."""
+    from .diff import reports
     from .render import render_all
 
-    return render_all(models)
+    files = render_all(models)
+    return files | reports(files)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -91,20 +94,26 @@ def _generate_from_tree(args: argparse.Namespace) -> int:
     return 0
 
 
+_GENERATED_PATTERNS = ("*.py", "reports/*.md")
+
+
+def _existing(out: pathlib.Path) -> set[str]:
+    return {str(p.relative_to(out)) for pattern in _GENERATED_PATTERNS for p in out.glob(pattern)}
+
+
 def _write(files: dict[str, str], out: pathlib.Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.py"):
-        if stale.name not in files:
-            stale.unlink()
+    for stale in _existing(out) - set(files):
+        (out / stale).unlink()
     for name, text in files.items():
         path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if not path.is_file() or path.read_text() != text:
             path.write_text(text)
 
 
 def _drift(files: dict[str, str], out: pathlib.Path) -> list[str]:
     lines = []
-    existing = {p.name for p in out.glob("*.py")}
+    existing = _existing(out)
     for name, text in sorted(files.items()):
         path = out / name
         if not path.is_file():

@@ -2116,7 +2116,6 @@ class ExitReason(IntEnum):
 
     UNKNOWN = 0
     EXCEPTION = 1
-    HYPERCALL_LONG_MODE = 1
     IO = 2
     HYPERCALL = 3
     DEBUG = 4
@@ -2309,8 +2308,9 @@ class VmType(IntEnum):
 
     DEFAULT_VM = 0
     SW_PROTECTED_VM = 1
-    SETUP_MCE = 0x4008ae9c
-    GET_MCE_CAP_SUPPORTED = 0x8008ae9d
+    SEV_VM = 2
+    SEV_ES_VM = 3
+    SNP_VM = 4
 
 
 CAPS: dict[str, _Cap] = {

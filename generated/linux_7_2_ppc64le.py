@@ -2053,13 +2053,6 @@ class StatsBase(IntEnum):
     POW2 = 256
 
 
-class VmType(IntEnum):
-    """KVM_X86_* constants."""
-
-    GET_MCE_CAP_SUPPORTED = 0x4008ae9d
-    SETUP_MCE = 0x8008ae9c
-
-
 CAPS: dict[str, _Cap] = {
     "KVM_CAP_ADJUST_CLOCK": _Cap("KVM_CAP_ADJUST_CLOCK", 39, frozenset([]), ('KVM_GET_CLOCK', 'KVM_SET_CLOCK'), None, ''),
     "KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED": _Cap("KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED", 243, frozenset(['vm']), (), '7.44', 'This capability indicate to the userspace whether a PFNMAP memory region can be safely mapped as cacheable.'),

@@ -2252,7 +2252,6 @@ class ExitReason(IntEnum):
     UNKNOWN = 0
     ARM_SEA_FLAG_GPA_VALID = 1
     EXCEPTION = 1
-    HYPERCALL_LONG_MODE = 1
     IO = 2
     HYPERCALL = 3
     DEBUG = 4
@@ -2455,10 +2454,10 @@ class VmType(IntEnum):
 
     DEFAULT_VM = 0
     SW_PROTECTED_VM = 1
-    REG_TYPE_MSR = 2
-    REG_TYPE_KVM = 3
-    SETUP_MCE = 0x4008ae9c
-    GET_MCE_CAP_SUPPORTED = 0x8008ae9d
+    SEV_VM = 2
+    SEV_ES_VM = 3
+    SNP_VM = 4
+    TDX_VM = 5
 
 
 CAPS: dict[str, _Cap] = {
