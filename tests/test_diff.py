@@ -366,15 +366,13 @@ def test_every_rule_has_a_known_kind_and_classification() -> None:
         assert rule.label and rule.when and rule.why
 
 
-def test_reports_cover_consecutive_bundled_pairs_and_match_the_committed_files() -> None:
+def test_reports_cover_consecutive_bundled_pairs() -> None:
+    # that the committed files equal them is the drift test's job (tests/test_generator.py)
     files = diff.reports()
     assert sorted(files) == sorted(f"reports/{a}-{b}-{arch}.md" for arch in ("x86_64", "arm64")
                                    for a, b in (("5.10", "6.1"), ("6.1", "6.12"), ("6.12", "7.2")))
     sources = {p.name: p.read_text() for p in (REPO / "generated").glob("linux_*.py")}
     assert diff.reports(sources) == files  # from files about to be written, as `generate` does
-    for name, text in files.items():
-        path = REPO / "generated" / name
-        assert path.is_file() and path.read_text() == text, f"{name} is stale: regenerate generated/reports/"
 
 
 def test_command_writes_to_the_given_stream() -> None:
