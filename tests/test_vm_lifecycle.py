@@ -1,0 +1,176 @@
+"""Lifetimes, threads and processes: close semantics, immediate_exit, kick, concurrent vCPUs, fork, fd leaks."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+
+import pytest
+
+import kvm
+from guests import *  # noqa: F403  (fixtures: system, vm)
+from guests import real_mode_guest, require_cap
+
+SPIN = bytes([0xEB, 0xFE])  # jmp $   (spins until kicked)
+
+
+def _kvm_fds() -> int:
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}").startswith("anon_inode:kvm")
+        except OSError:
+            pass
+    return count
+
+
+def test_close_is_deterministic_and_cascades(system):
+    baseline = _kvm_fds()
+    vm = system.create_vm()
+    mem = vm.add_memory(0, 0x1000)
+    vcpu = vm.create_vcpu(0)
+    assert _kvm_fds() > baseline
+    vm.close()
+    vm.close()  # idempotent
+    assert vm.closed and vcpu.closed and mem.closed
+    assert _kvm_fds() == baseline  # the VM and vCPU fds are closed right away
+    with pytest.raises(kvm.ClosedError):
+        vm.fileno()
+    with pytest.raises(kvm.ClosedError):
+        vcpu.run()
+    with pytest.raises(kvm.ClosedError):
+        vcpu.regs
+    with pytest.raises(kvm.ClosedError):
+        vm.create_vcpu(1)
+    with pytest.raises(kvm.ClosedError):
+        mem.read(0, 1)
+    with system.create_vm() as vm2:
+        with vm2.create_vcpu(0) as v:
+            assert not v.closed
+        assert v.closed and not vm2.closed
+    assert vm2.closed
+
+
+def test_immediate_exit_gives_eintr(vm):
+    require_cap(vm, "IMMEDIATE_EXIT")
+    _, vcpu = real_mode_guest(vm, bytes([0xF4]))
+    vcpu.immediate_exit = True
+    with pytest.raises(kvm.KvmError) as info:
+        vcpu._ioctl("KVM_RUN")
+    assert (info.value.ioctl, info.value.errno) == ("KVM_RUN", errno.EINTR)
+    exit = vcpu.run()
+    assert isinstance(exit, kvm.IntrExit)
+    assert vcpu.immediate_exit  # set by the user: left alone
+    vcpu.immediate_exit = False
+    assert isinstance(vcpu.run(), kvm.HltExit)
+
+
+def test_kick_from_another_thread(vm):
+    require_cap(vm, "IMMEDIATE_EXIT")
+    _, vcpu = real_mode_guest(vm, SPIN)
+    result = {}
+
+    def runner():
+        start = time.monotonic()
+        result["exit"] = vcpu.run()
+        result["elapsed"] = time.monotonic() - start
+
+    thread = threading.Thread(target=runner)
+    thread.start()
+    time.sleep(0.2)
+    assert thread.is_alive()  # the guest spins, the GIL is free for this thread
+    kicked_at = time.monotonic()
+    vcpu.kick()
+    thread.join(5)
+    assert not thread.is_alive(), "kick() did not interrupt run()"
+    assert isinstance(result["exit"], kvm.IntrExit)
+    assert time.monotonic() - kicked_at < 2
+    assert not vcpu.immediate_exit  # the kick's immediate_exit is consumed
+    # a kick before run() is not lost: the next run() returns at once
+    vcpu.kick()
+    assert isinstance(vcpu.run(), kvm.IntrExit)
+
+
+def test_vcpus_run_in_threads_concurrently(vm):
+    count = 4
+    mem = vm.add_memory(0, 0x10000)
+    code = bytes([
+        0xE6, 0x10,  # out 0x10, al   (al = 1 + vCPU id, set below)
+        0xEB, 0xFE,  # jmp $          (spin until kicked)
+    ])
+    mem.write(0x1000, code)
+    vcpus = []
+    for i in range(count):
+        v = vm.create_vcpu(i)
+        kvm.x86.setup_real_mode(v, entry=0x1000)
+        v.regs = {"rax": 0x30 + i}
+        vcpus.append(v)
+    values = {}
+    spinning = threading.Barrier(count + 1)
+
+    def runner(v):
+        exit = v.run()
+        values[v.id] = exit.value
+        spinning.wait(10)
+        values[(v.id, "second")] = type(v.run())
+
+    threads = [threading.Thread(target=runner, args=(v,)) for v in vcpus]
+    for t in threads:
+        t.start()
+    spinning.wait(10)
+    time.sleep(0.1)
+    assert all(t.is_alive() for t in threads)  # all four guests spin at once
+    for v in vcpus:
+        v.kick()
+    for t in threads:
+        t.join(5)
+        assert not t.is_alive()
+    assert {i: values[i] for i in range(count)} == {i: 0x30 + i for i in range(count)}
+    assert all(values[(i, "second")] is kvm.IntrExit for i in range(count))
+
+
+def test_use_from_forked_child_is_refused(vm):
+    _, vcpu = real_mode_guest(vm, bytes([0xF4]))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(read_end)
+            outcome = []
+            for action in (vcpu.run, lambda: vm.create_vcpu(1), lambda: vcpu.regs):
+                try:
+                    action()
+                    outcome.append("ran")
+                except kvm.ForkedError as exc:
+                    outcome.append("forked" if "fork" in str(exc) else "bad message")
+                except BaseException as exc:  # noqa: BLE001
+                    outcome.append(type(exc).__name__)
+            os.write(write_end, ",".join(outcome).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert report == "forked,forked,forked"
+    assert isinstance(vcpu.run(), kvm.HltExit)  # the parent is unaffected
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_fd_leak_over_10000_vm_cycles(system):
+    for _ in range(10):  # warm up lazy state (stats of caps, imports)
+        with system.create_vm() as vm:
+            vm.create_vcpu(0)
+    before = _open_fds()
+    for i in range(10_000):
+        vm = system.create_vm()
+        if i % 100 == 0:
+            vm.add_memory(0, 0x1000)
+            vm.create_vcpu(0)
+        vm.close()
+    assert _open_fds() == before
