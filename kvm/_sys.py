@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import _cffi_backend as _backend
+import _cffi_backend as _backend  # type: ignore[import-untyped]
 
 ffi = _backend.FFI()
 _libc = _backend.load_library(None)

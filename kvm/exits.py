@@ -557,7 +557,7 @@ def dispatch_table(binding: Any) -> list[Any]:
     for value in range(size):
         short = names.get(value)
         cls = EXIT_CLASSES.get(short) if short is not None else None
-        if cls is None:
+        if cls is None or short is None:
             table[value] = _unknown_factory(value, short or "?")
             continue
         # The classes are shared by every binding: exit numbers are the same on all arches and versions.

@@ -12,7 +12,7 @@ from .errors import KvmError
 
 
 def default_binding() -> ModuleType:
-    import kvm.generated
+    import kvm.generated  # type: ignore[import-not-found,unused-ignore]
 
     return kvm.generated._default  # type: ignore[no-any-return]
 
@@ -21,7 +21,7 @@ class CpuidEntry(NamedTuple):
     """One `struct kvm_cpuid_entry2`."""
 
     function: int
-    index: int = 0
+    index: int = 0  # type: ignore[assignment]  # the kernel's field name, shadowing tuple.index
     flags: int = 0
     eax: int = 0
     ebx: int = 0
