@@ -18,7 +18,7 @@ _DIRECTIONS = {None: "none", "R": "read", "W": "write", "WR": "readwrite"}
 ENUM_GROUPS = [
     ("Cap", "KVM_CAP_", False, ()),
     ("ExitReason", "KVM_EXIT_", False, ("KVM_EXIT_IO_", "KVM_EXIT_HYPERV_", "KVM_EXIT_XEN_",
-                                        "KVM_EXIT_HYPERCALL_")),
+                                        "KVM_EXIT_HYPERCALL_", "_FLAG_")),
     ("MemoryRegionFlag", "KVM_MEM_", True, ()),
     ("SystemEvent", "KVM_SYSTEM_EVENT_", False, ("_FLAG_",)),
     ("InternalErrorSuberror", "KVM_INTERNAL_ERROR_", False, ()),

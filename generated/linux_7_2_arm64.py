@@ -1696,7 +1696,6 @@ class ExitReason(IntEnum):
     """KVM_EXIT_* constants."""
 
     UNKNOWN = 0
-    ARM_SEA_FLAG_GPA_VALID = 1
     EXCEPTION = 1
     FAIL_ENTRY_CPU_UNSUPPORTED = 1
     IO = 2

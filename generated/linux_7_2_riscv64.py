@@ -1689,7 +1689,6 @@ class ExitReason(IntEnum):
     """KVM_EXIT_* constants."""
 
     UNKNOWN = 0
-    ARM_SEA_FLAG_GPA_VALID = 1
     EXCEPTION = 1
     FAIL_ENTRY_NO_VSFILE = 1
     IO = 2

@@ -2250,7 +2250,6 @@ class ExitReason(IntEnum):
     """KVM_EXIT_* constants."""
 
     UNKNOWN = 0
-    ARM_SEA_FLAG_GPA_VALID = 1
     EXCEPTION = 1
     IO = 2
     HYPERCALL = 3
