@@ -51,7 +51,6 @@ class ParsedHeaders:
     record_attrs: dict[str, RecordAttrs]  # "struct tag" -> attributes on its definition
     macros: dict[str, MacroDef]  # every object-like macro, last definition wins
     kvm_macro_order: list[str]  # names of object-like macros defined in the KVM headers, in order
-    kvm_files: tuple[str, ...]  # absolute paths of linux/kvm.h and asm/kvm.h as cpp names them
 
 
 def _cpp(tree: HeadersTree, extra: list[str], source: str) -> str:
@@ -79,8 +78,7 @@ def parse(tree: HeadersTree) -> ParsedHeaders:
     except c_parser.ParseError as e:
         raise HeaderError(_describe_parse_error(str(e), text)) from None
     macros, order = read_macros(tree)
-    kvm_files = tuple(str(p) for p in (tree.kvm_h, tree.asm_kvm_h))
-    return ParsedHeaders(ast, typedef_attrs, record_attrs, macros, order, kvm_files)
+    return ParsedHeaders(ast, typedef_attrs, record_attrs, macros, order)
 
 
 def _describe_parse_error(message: str, text: str) -> str:

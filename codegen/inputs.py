@@ -316,10 +316,9 @@ def current_versions(kernel: Kernel) -> dict[tuple[str, str], tuple[str, str]]:
     found: dict[tuple[str, str], tuple[str, str]] = {}
     wanted = {(p.name, p.deb_arch) for p in kernel.packages}
     base = mirror(kernel.archive)
-    suite = kernel.suite if kernel.archive != "debian-security" else kernel.suite
     binary_arches = sorted({a if a != "all" else "amd64" for _, a in wanted})
     for deb_arch in binary_arches:
-        url = f"{base}/dists/{suite}/main/binary-{deb_arch}/Packages.xz"
+        url = f"{base}/dists/{kernel.suite}/main/binary-{deb_arch}/Packages.xz"
         with urllib.request.urlopen(url, timeout=120) as resp:
             text = lzma.decompress(resp.read()).decode("utf-8", "replace")
         for stanza in text.split("\n\n"):

@@ -30,7 +30,6 @@ class TypeInfo:
     dims: tuple[int | None, ...] = ()
     inline: Record | None = None
     signed: bool | None = None  # scalars only
-    record_ref: str | None = None  # "struct x" or a typedef'd record name, when the element is a record
 
 
 def _round_up(value: int, align: int) -> int:
@@ -157,12 +156,11 @@ class Layout:
     def _typedef_info(self, name: str) -> TypeInfo:
         if name in self.record_nodes:
             record = self.record(name)
-            return TypeInfo(record.size, record.align, name, record_ref=name)
+            return TypeInfo(record.size, record.align, name)
         info = self.resolve(self.typedef_nodes[name])
         attrs = self.parsed.typedef_attrs.get(name)
         align = attrs.aligned if attrs and attrs.aligned else info.align
-        return TypeInfo(info.size, align, name, signed=info.signed if not info.dims else None,
-                        record_ref=info.record_ref if not info.dims else None)
+        return TypeInfo(info.size, align, name, signed=info.signed if not info.dims else None)
 
     def _enum_info(self, tag: str) -> TypeInfo:
         node = self.enum_types.get(tag)
@@ -175,7 +173,7 @@ class Layout:
 
     def _record_info(self, key: str) -> TypeInfo:
         record = self.record(key)
-        return TypeInfo(record.size, record.align, key, record_ref=key)
+        return TypeInfo(record.size, record.align, key)
 
     def resolve(self, node: c_ast.Node) -> TypeInfo:
         """Size, alignment and spelling of a declarator's type."""
