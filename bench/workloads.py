@@ -1,0 +1,143 @@
+"""The Python side of each benchmark figure, written against the public `kvm` API only.
+
+Run: python bench/workloads.py pio|mmio|ioctl|first|memory N
+
+Each workload mirrors the same-named one of bench/baseline.c (same guest code, same work, same timed
+part) and prints one JSON object with the same keys; `first` also reports how long `import kvm` took,
+and `memory` how guest memory was read back. bench/run.py runs these interleaved with the C baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Callable
+
+now = time.perf_counter  # CLOCK_MONOTONIC, like the baseline's clock
+
+import_start = now()
+import kvm  # noqa: E402  (timed: reported by the `first` workload)
+
+IMPORT_SECONDS = now() - import_start
+
+MEM_SIZE = 0x10000
+CODE_ADDR = 0x1000
+
+# mov dx, 0x3f8; mov al, 'A'; 1: out dx, al; jmp 1b
+PIO_CODE = bytes([0xBA, 0xF8, 0x03, 0xB0, 0x41, 0xEE, 0xEB, 0xFD])
+# mov ax, 0x2000; mov ds, ax; mov al, 'A'; 1: mov [0], al; jmp 1b   (writes GPA 0x20000: no memory)
+MMIO_CODE = bytes([0xB8, 0x00, 0x20, 0x8E, 0xD8, 0xB0, 0x41, 0xA2, 0x00, 0x00, 0xEB, 0xFB])
+
+
+class WorkloadError(Exception):
+    """The guest or KVM did not behave as the workload expects (e.g. an unexpected exit)."""
+
+
+def real_mode_vcpu(vm: Any, code: bytes) -> Any:
+    """64 KiB of memory at GPA 0 holding `code` at CODE_ADDR, and vCPU 0 in real mode about to run it."""
+    mem = vm.add_memory(0, MEM_SIZE)
+    mem.write(CODE_ADDR, code)
+    vcpu = vm.create_vcpu(0)
+    kvm.x86.setup_real_mode(vcpu, entry=CODE_ADDR)
+    return vcpu
+
+
+def pio(n: int) -> dict[str, Any]:
+    """n port-I/O exits; the handler reads the port and the first data byte."""
+    with kvm.Kvm() as k, k.create_vm() as vm:
+        vcpu = real_mode_vcpu(vm, PIO_CODE)
+        checksum = 0
+        start = now()
+        for _ in range(n):
+            exit = vcpu.run()
+            if not isinstance(exit, kvm.IoExit):
+                raise WorkloadError(f"expected an IoExit, got {exit!r}")
+            checksum += exit.port + exit.data[0]
+        seconds = now() - start
+    return {"exits": n, "seconds": seconds, "checksum": checksum}
+
+
+def mmio(n: int) -> dict[str, Any]:
+    """n MMIO-write exits; the handler reads the address and the first data byte."""
+    with kvm.Kvm() as k, k.create_vm() as vm:
+        vcpu = real_mode_vcpu(vm, MMIO_CODE)
+        checksum = 0
+        start = now()
+        for _ in range(n):
+            exit = vcpu.run()
+            if not isinstance(exit, kvm.MmioExit):
+                raise WorkloadError(f"expected an MmioExit, got {exit!r}")
+            checksum += exit.phys_addr + exit.data[0]
+        seconds = now() - start
+    return {"exits": n, "seconds": seconds, "checksum": checksum}
+
+
+def ioctl(n: int) -> dict[str, Any]:
+    """n KVM_CHECK_EXTENSION(KVM_CAP_USER_MEMORY) calls on /dev/kvm."""
+    with kvm.Kvm() as k:
+        cap = k.binding.CONSTANTS["KVM_CAP_USER_MEMORY"]
+        present = 0
+        start = now()
+        for _ in range(n):
+            present += k.check_extension(cap)
+        seconds = now() - start
+    return {"calls": n, "seconds": seconds, "present": present}
+
+
+def first(n: int) -> dict[str, Any]:
+    """n times: nothing -> first exit (open /dev/kvm, VM, memory, vCPU, registers, run)."""
+    samples = []
+    for _ in range(n):
+        start = now()
+        with kvm.Kvm() as k, k.create_vm() as vm:
+            mem = vm.add_memory(0, MEM_SIZE)
+            mem.write(CODE_ADDR, PIO_CODE)
+            vcpu = vm.create_vcpu(0)
+            kvm.x86.setup_real_mode(vcpu, entry=CODE_ADDR)
+            exit = vcpu.run()
+            samples.append(now() - start)
+            if not isinstance(exit, kvm.IoExit):
+                raise WorkloadError(f"expected an IoExit first, got {exit!r}")
+    return {"seconds": samples, "import_seconds": IMPORT_SECONDS}
+
+
+def memory(size: int) -> dict[str, Any]:
+    """Copy `size` bytes into a guest memory slot and back; buffers and guest pages faulted in beforehand."""
+    with kvm.Kvm() as k, k.create_vm() as vm:
+        mem = vm.add_memory(0, size)
+        src = bytearray(b"\xa5") * size
+        dst = bytearray(b"\x5a") * size
+        mem.fill(0, size, 0x5A)
+        start = now()
+        mem.write(0, src)
+        write_seconds = now() - start
+        if hasattr(mem, "read_into"):
+            read_method = "read_into"
+            start = now()
+            mem.read_into(0, dst)
+            read_seconds = now() - start
+        else:
+            read_method = "dst[:] = mem.view() (GuestMemory has no read_into)"
+            start = now()
+            dst[:] = mem.view()
+            read_seconds = now() - start
+        if dst != src:
+            raise WorkloadError("memory read back differs from what was written")
+    return {"bytes": size, "write_seconds": write_seconds, "read_seconds": read_seconds,
+            "read_method": read_method}
+
+
+WORKLOADS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "pio": pio, "mmio": mmio, "ioctl": ioctl, "first": first, "memory": memory,
+}
+
+
+def main() -> None:
+    if len(sys.argv) != 3 or sys.argv[1] not in WORKLOADS:
+        sys.exit(f"usage: {sys.argv[0]} {'|'.join(WORKLOADS)} N")
+    print(json.dumps(WORKLOADS[sys.argv[1]](int(sys.argv[2], 0))))
+
+
+if __name__ == "__main__":
+    main()
