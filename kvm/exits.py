@@ -13,20 +13,57 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ._accel import ExitBase, Field
+
 _BYTEORDER = sys.byteorder
 
 
-class Exit:
-    """Base of every exit. `reason` is the KVM_EXIT_* number, `name` its name without the prefix."""
+class _Payload:
+    """A field of an exit's payload, named by its path in `struct kvm_run` ("io.port").
 
-    __slots__ = ("_run", "vcpu")
+    `dispatch_table(binding)` replaces it with a `Field` descriptor at the offset and width the binding's
+    own layout gives, so reading it is one native load (no cffi, no Python frame on the fast path).
+    kind: "int", "bool", "bytes" (a writable memoryview of `length` [* `times`] bytes at the path, or at
+    the offset stored there when `indirect`) or "value" (the first such element as an int).
+    """
+
+    def __init__(self, path: str, kind: str = "int", *, length: str | None = None, times: str | None = None,
+                 indirect: bool = False) -> None:
+        self.path = path
+        self.kind = kind
+        self.length = length
+        self.times = times
+        self.indirect = indirect
+
+    def __get__(self, obj: Any, cls: Any = None) -> Any:
+        if obj is None:
+            return self
+        raise RuntimeError(f"{type(obj).__name__}: exit fields are bound by kvm.exits.dispatch_table(binding)")
+
+
+def from_run(path: str, kind: str = "int", **options: Any) -> Any:
+    """Declare an exit attribute read from `struct kvm_run` at `path` (see `_Payload`)."""
+    return _Payload(path, kind, **options)
+
+
+class Exit(ExitBase):
+    """Base of every exit. `reason` is the KVM_EXIT_* number, `name` its name without the prefix,
+    `vcpu` the vCPU it came from."""
+
+    __slots__ = ()
     reason: int = -1
     name: str = "?"
     _fields: tuple[str, ...] = ()
+    _payloads: dict[str, _Payload] = {}
 
-    def __init__(self, run: Any, vcpu: Any) -> None:
-        self._run = run
-        self.vcpu = vcpu
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._payloads = {name: value for name, value in vars(cls).items() if isinstance(value, _Payload)}
+
+    @property
+    def _run(self) -> Any:
+        """The vCPU's `struct kvm_run *` (cffi), for the fields read less often than the payload fields."""
+        return self.vcpu._checked_run()
 
     def snapshot(self) -> dict[str, Any]:
         """The decoded payload as a plain dict (safe to keep after the next run())."""
@@ -55,18 +92,15 @@ class UnknownExit(Exit):
     __slots__ = ("reason", "name")
     _fields = ("reason",)
 
-    def __init__(self, run: Any, vcpu: Any, reason: int | None = None, name: str = "?") -> None:
-        self._run = run
-        self.vcpu = vcpu
-        self.reason = int(run.exit_reason) if reason is None else reason
+    def __init__(self, vcpu: Any, reason: int | None = None, name: str = "?") -> None:
+        self.reason = int(self._run.exit_reason) if reason is None else reason
         self.name = name
 
     @property
     def payload(self) -> bytes:
         """The 256 bytes of kvm_run's exit union, raw."""
-        ffi = self.vcpu._ffi
-        offset = ffi.offsetof("struct kvm_run", "hw")
-        return bytes(self.vcpu._run_view[offset : offset + 256])
+        offset = self.vcpu._ffi.offsetof("struct kvm_run", "hw")
+        return bytes(self._page[offset : offset + 256])
 
 
 def _int_bytes(value: int | bytes, length: int) -> bytes:
@@ -83,119 +117,72 @@ class HwUnknownExit(Exit):
 
     __slots__ = ()
     _fields = ("hardware_exit_reason",)
-
-    @property
-    def hardware_exit_reason(self) -> int:
-        return int(self._run.hw.hardware_exit_reason)
+    hardware_exit_reason = from_run("hw.hardware_exit_reason")
 
 
 class ExceptionExit(Exit):
     __slots__ = ()
     _fields = ("exception", "error_code")
-
-    @property
-    def exception(self) -> int:
-        return int(self._run.ex.exception)
-
-    @property
-    def error_code(self) -> int:
-        return int(self._run.ex.error_code)
+    exception = from_run("ex.exception")
+    error_code = from_run("ex.error_code")
 
 
 class IoExit(Exit):
-    """KVM_EXIT_IO: port I/O. For `in`, write the reply into `data` (or call `reply`) before the next run()."""
+    """KVM_EXIT_IO: port I/O. For `in`, write the reply into `data` (or call `reply`) before the next run().
+
+    `port`, `size` (bytes per element), `direction` (0 IN: the guest reads; 1 OUT: the guest writes),
+    `count` (elements, > 1 for string I/O), `data` (a writable view of the size*count bytes in kvm_run),
+    `value` (the first element as an unsigned integer).
+    """
 
     __slots__ = ()
     _fields = ("port", "size", "direction", "count", "data")
     IN = 0
     OUT = 1
-
-    @property
-    def port(self) -> int:
-        return int(self._run.io.port)
-
-    @property
-    def size(self) -> int:
-        return int(self._run.io.size)
-
-    @property
-    def count(self) -> int:
-        return int(self._run.io.count)
-
-    @property
-    def direction(self) -> int:
-        """0 (IN, the guest reads) or 1 (OUT, the guest writes)."""
-        return int(self._run.io.direction)
+    port = from_run("io.port")
+    size = from_run("io.size")
+    direction = from_run("io.direction")
+    count = from_run("io.count")
+    data_offset = from_run("io.data_offset")
+    data = from_run("io.data_offset", "bytes", length="io.size", times="io.count", indirect=True)
+    value = from_run("io.data_offset", "value", length="io.size", indirect=True)
 
     @property
     def is_in(self) -> bool:
-        return self._run.io.direction == 0
+        return self.direction == 0
 
     @property
     def is_out(self) -> bool:
-        return self._run.io.direction == 1
-
-    @property
-    def data(self) -> memoryview:
-        """A writable view of the size*count bytes in kvm_run (out: the guest's data; in: the reply)."""
-        io = self._run.io
-        offset = int(io.data_offset)
-        length = int(io.size) * int(io.count)
-        return self.vcpu._run_view[offset : offset + length]
-
-    @property
-    def value(self) -> int:
-        """The first element as an unsigned little-endian integer."""
-        io = self._run.io
-        offset = int(io.data_offset)
-        return int.from_bytes(self.vcpu._run_view[offset : offset + int(io.size)], _BYTEORDER)
+        return self.direction == 1
 
     def reply(self, value: int | bytes) -> None:
         """For `in`: the value(s) the guest reads (an int fills one element; bytes fill size*count)."""
-        io = self._run.io
-        offset = int(io.data_offset)
-        size = int(io.size)
-        if isinstance(value, int):
-            data = _int_bytes(value, size)
-        else:
-            data = _int_bytes(value, size * int(io.count))
-        self.vcpu._run_view[offset : offset + len(data)] = data
+        data = self.data
+        size = self.size
+        reply = _int_bytes(value, size) if isinstance(value, int) else _int_bytes(value, len(data))
+        data[: len(reply)] = reply
 
 
 class MmioExit(Exit):
-    """KVM_EXIT_MMIO: an access KVM could not complete. For a read, `reply()` before the next run()."""
+    """KVM_EXIT_MMIO: an access KVM could not complete. For a read, `reply()` before the next run().
+
+    `phys_addr` (also `address`), `len`, `is_write`, `data` (a writable view of the `len` bytes in kvm_run),
+    `value` (them as an unsigned integer).
+    """
 
     __slots__ = ()
     _fields = ("phys_addr", "len", "is_write", "data")
-
-    @property
-    def phys_addr(self) -> int:
-        return int(self._run.mmio.phys_addr)
-
-    address = phys_addr
-
-    @property
-    def len(self) -> int:
-        return int(self._run.mmio.len)
-
-    @property
-    def is_write(self) -> bool:
-        return bool(self._run.mmio.is_write)
-
-    @property
-    def data(self) -> bytes:
-        mmio = self._run.mmio
-        return bytes(mmio.data)[: int(mmio.len)]
-
-    @property
-    def value(self) -> int:
-        return int.from_bytes(self.data, _BYTEORDER)
+    phys_addr = from_run("mmio.phys_addr")
+    address = from_run("mmio.phys_addr")
+    len = from_run("mmio.len")
+    is_write = from_run("mmio.is_write", "bool")
+    data = from_run("mmio.data", "bytes", length="mmio.len")
+    value = from_run("mmio.data", "value", length="mmio.len")
 
     def reply(self, value: int | bytes) -> None:
-        mmio = self._run.mmio
-        data = _int_bytes(value, int(mmio.len))
-        for i, b in enumerate(data):
-            mmio.data[i] = b
+        """For a read: the value (an int) or the `len` bytes the guest reads."""
+        data = self.data
+        data[:] = _int_bytes(value, len(data))
 
 
 class HypercallExit(Exit):
@@ -270,14 +257,8 @@ class ShutdownExit(Exit):
 class FailEntryExit(Exit):
     __slots__ = ()
     _fields = ("hardware_entry_failure_reason", "cpu")
-
-    @property
-    def hardware_entry_failure_reason(self) -> int:
-        return int(self._run.fail_entry.hardware_entry_failure_reason)
-
-    @property
-    def cpu(self) -> int:
-        return int(self._run.fail_entry.cpu)
+    hardware_entry_failure_reason = from_run("fail_entry.hardware_entry_failure_reason")
+    cpu = from_run("fail_entry.cpu")
 
 
 class IntrExit(Exit):
@@ -293,14 +274,8 @@ class SetTprExit(Exit):
 class TprAccessExit(Exit):
     __slots__ = ()
     _fields = ("rip", "is_write")
-
-    @property
-    def rip(self) -> int:
-        return int(self._run.tpr_access.rip)
-
-    @property
-    def is_write(self) -> bool:
-        return bool(self._run.tpr_access.is_write)
+    rip = from_run("tpr_access.rip")
+    is_write = from_run("tpr_access.is_write", "bool")
 
 
 class NmiExit(Exit):
@@ -381,28 +356,16 @@ class SystemEventExit(Exit):
 class IoapicEoiExit(Exit):
     __slots__ = ()
     _fields = ("vector",)
-
-    @property
-    def vector(self) -> int:
-        return int(self._run.eoi.vector)
+    vector = from_run("eoi.vector")
 
 
 class _MsrExit(Exit):
     __slots__ = ()
     _fields = ("index", "reason_flags", "data")
+    index = from_run("msr.index")
+    reason_flags = from_run("msr.reason")  # why it exits to user space: KVM_MSR_EXIT_REASON_*
 
-    @property
-    def index(self) -> int:
-        return int(self._run.msr.index)
-
-    @property
-    def reason_flags(self) -> int:
-        """Why the access exits to user space: KVM_MSR_EXIT_REASON_* (INVAL, UNKNOWN, FILTER)."""
-        return int(self._run.msr.reason)
-
-    @property
-    def data(self) -> int:
-        return int(self._run.msr.data)
+    data = from_run("msr.data")
 
     def fail(self) -> None:
         """Make the guest's access fail (#GP) when it resumes."""
@@ -446,10 +409,7 @@ class X86BusLockExit(Exit):
 class NotifyExit(Exit):
     __slots__ = ()
     _fields = ("flags",)
-
-    @property
-    def flags(self) -> int:
-        return int(self._run.notify.flags)
+    flags = from_run("notify.flags")
 
 
 class MemoryFaultExit(Exit):
@@ -457,18 +417,10 @@ class MemoryFaultExit(Exit):
 
     __slots__ = ()
     _fields = ("flags", "gpa", "size")
+    flags = from_run("memory_fault.flags")
+    gpa = from_run("memory_fault.gpa")
 
-    @property
-    def flags(self) -> int:
-        return int(self._run.memory_fault.flags)
-
-    @property
-    def gpa(self) -> int:
-        return int(self._run.memory_fault.gpa)
-
-    @property
-    def size(self) -> int:
-        return int(self._run.memory_fault.size)
+    size = from_run("memory_fault.size")
 
     @property
     def private(self) -> bool:
@@ -535,15 +487,71 @@ EXIT_CLASSES: dict[str, type[Exit]] = {
 # The KVM_EXIT_* names of linux/kvm.h that are flags of another exit, not exit reasons.
 _NOT_REASONS = {"ARM_SEA_FLAG_GPA_VALID", "HYPERCALL_LONG_MODE", "IO_IN", "IO_OUT"}
 
-_TABLES: dict[int, list[Any]] = {}
+_TABLES: dict[int, tuple[Any, ...]] = {}
+# (class, attribute) -> the Field installed and the binding it was computed from
+_INSTALLED: dict[tuple[type, str], tuple[tuple[Any, ...], str]] = {}
 
 
-def dispatch_table(binding: Any) -> list[Any]:
-    """A list indexed by exit reason of callables (run, vcpu) -> Exit: the class decoding the reason, or a
-    factory of `UnknownExit` for a reason this module does not decode."""
-    table = _TABLES.get(id(binding))
-    if table is not None:
-        return table
+def _resolve(ffi: Any, path: str) -> tuple[int, Any]:
+    """Offset and cffi type of the field at `path` ("io.port") in struct kvm_run."""
+    ctype = ffi.typeof("struct kvm_run")
+    offset = 0
+    for name in path.split("."):
+        fields = dict(ctype.fields) if ctype.kind in ("struct", "union") else {}
+        if name not in fields:
+            raise LookupError(f"struct kvm_run has no field {path}")
+        offset += fields[name].offset
+        ctype = fields[name].type
+    return offset, ctype
+
+
+def _field_arguments(ffi: Any, name: str, spec: _Payload) -> tuple[Any, ...]:
+    offset, ctype = _resolve(ffi, spec.path)
+    width = ffi.sizeof(ctype)
+    signed = ctype.kind == "primitive" and int(ffi.cast(ctype, -1)) < 0
+    length_offset = length_width = times_offset = times_width = -1
+    if spec.length is not None:
+        length_offset, length_type = _resolve(ffi, spec.length)
+        length_width = ffi.sizeof(length_type)
+    if spec.times is not None:
+        times_offset, times_type = _resolve(ffi, spec.times)
+        times_width = ffi.sizeof(times_type)
+    return (name, spec.kind, offset, width, signed, spec.indirect, length_offset, max(length_width, 0),
+            times_offset, max(times_width, 0))
+
+
+def _bind_fields(cls: type[Exit], binding: Any) -> None:
+    """Install the Field descriptors of `cls` computed from `binding`'s layout of kvm_run.
+
+    The exit classes are shared by every binding (`type(exit) is IoExit` holds whatever the binding),
+    which is right because kvm_run's layout is ABI: it never changes between kernel versions, and the
+    bundled arches agree on it (tests/test_exits_fast.py checks every bundled binding). A binding that
+    disagrees with one already in use in this process is refused rather than silently misread.
+    """
+    label = f"Linux {getattr(binding, 'KERNEL', '?')} {getattr(binding, 'ARCH', '?')}"
+    for name, spec in cls._payloads.items():
+        try:
+            arguments = _field_arguments(binding.ffi, f"{cls.__name__}.{name}", spec)
+        except LookupError as exc:
+            raise LookupError(f"{cls.__name__}.{name} in the binding for {label}: {exc}") from None
+        installed = _INSTALLED.get((cls, name))
+        if installed is not None:
+            if installed[0] != arguments:
+                raise RuntimeError(
+                    f"{cls.__name__}.{name}: kvm_run layout of {label} differs from that of {installed[1]}, "
+                    "already in use in this process"
+                )
+            continue
+        (label_name, kind, offset, width, signed, indirect, length_offset, length_width, times_offset,
+         times_width) = arguments
+        setattr(cls, name, Field(label_name, kind, offset, width, signed=signed, indirect=indirect,
+                                 length_offset=length_offset, length_width=length_width,
+                                 times_offset=times_offset, times_width=times_width))
+        _INSTALLED[(cls, name)] = (arguments, label)
+
+
+def reason_names(binding: Any) -> dict[int, str]:
+    """Exit reason number -> KVM_EXIT_ name without the prefix, for `binding`."""
     names: dict[int, str] = {}
     for name, value in binding.CONSTANTS.items():
         if name.startswith("KVM_EXIT_") and isinstance(value, int) and 0 <= value < 4096:
@@ -552,27 +560,30 @@ def dispatch_table(binding: Any) -> list[Any]:
                 continue
             if short in EXIT_CLASSES or value not in names:
                 names[value] = short
-    size = max(names) + 1 if names else 1
-    table = [None] * size
-    for value in range(size):
-        short = names.get(value)
-        cls = EXIT_CLASSES.get(short) if short is not None else None
-        if cls is None or short is None:
-            table[value] = _unknown_factory(value, short or "?")
+    return names
+
+
+def dispatch_table(binding: Any) -> tuple[Any, ...]:
+    """A tuple indexed by exit reason: the `Exit` class decoding that reason for `binding`, or None for
+    a reason this module does not decode (`Vcpu.run()` returns an `UnknownExit` then)."""
+    table = _TABLES.get(id(binding))
+    if table is not None:
+        return table
+    names = reason_names(binding)
+    classes: list[Any] = [None] * (max(names) + 1 if names else 1)
+    for value, short in names.items():
+        cls = EXIT_CLASSES.get(short)
+        if cls is None:
             continue
-        # The classes are shared by every binding: exit numbers are the same on all arches and versions.
+        # Exit numbers are the same on every arch and version, so the classes carry them.
         cls.reason = value
         cls.name = short
-        table[value] = cls
-    _TABLES[id(binding)] = table
+        for klass in cls.__mro__:
+            if isinstance(klass, type) and issubclass(klass, Exit) and klass._payloads:
+                _bind_fields(klass, binding)
+        classes[value] = cls
+    table = _TABLES[id(binding)] = tuple(classes)
     return table
-
-
-def _unknown_factory(value: int, short: str) -> Any:
-    def make(run: Any, vcpu: Any) -> UnknownExit:
-        return UnknownExit(run, vcpu, value, short)
-
-    return make
 
 
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, Exit)] + [

@@ -12,15 +12,12 @@ from typing import Any, Iterable, Mapping, NamedTuple
 from . import _sys
 from ._fd import KvmFd
 from .errors import KvmError
-from .exits import IntrExit, UnknownExit, dispatch_table
+from ._accel import Runner
+from .exits import IntrExit, UnknownExit, dispatch_table, reason_names
 from .memory import PAGE_SIZE
 from .system import CpuidEntry, _grow, cpuid_entries
 
-_raw_ioctl = _sys.raw_ioctl()
-_sys_ffi = _sys.ffi
-_NULL = _sys.NULL
 _EINTR = _errno.EINTR
-_native_id = threading.get_native_id
 
 # -- kick: a no-op handler on a real-time signal, so that a signal interrupts KVM_RUN with EINTR ------
 
@@ -131,10 +128,13 @@ class Vcpu(KvmFd):
         self._mm = _mmap.mmap(fd, size, _mmap.MAP_SHARED, _mmap.PROT_READ | _mmap.PROT_WRITE)
         self._run = ffi.from_buffer("struct kvm_run *", self._mm)
         self._run_view = memoryview(self._mm)
-        self._run_nr = self._ioctls["KVM_RUN"].number
-        self._table = dispatch_table(binding)
-        self._tid = 0
         self._kicked = False
+        self._runner: Any = Runner(fd, self._ioctls["KVM_RUN"].number, self._run_view, self,
+                                   dispatch_table(binding), self._run_failed, self._unknown_exit,
+                                   self._raise_unusable, ffi.offsetof("struct kvm_run", "exit_reason"))
+        # The fast path: `vcpu.run()` finds the Runner in the instance dict and calls it directly, with
+        # no Python frame between the caller and KVM_RUN (the class's run() below serves after close()).
+        self.__dict__["run"] = self._runner
         self._stats: Any = None
         self._dirty_ring: _mmap.mmap | None = None
         self._dirty_index = 0
@@ -146,6 +146,11 @@ class Vcpu(KvmFd):
         return self.vm._cap_owner()  # type: ignore[no-any-return]
 
     def _release(self) -> None:
+        self.__dict__.pop("run", None)
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.close()  # exits still alive keep the kvm_run page mapped until they go
+            del runner
         if self._stats is not None:
             self._stats.close()
             self._stats = None
@@ -168,38 +173,34 @@ class Vcpu(KvmFd):
         """KVM_RUN until the next exit to user space; returns the typed exit (see `kvm.exits`).
 
         The GIL is released while the guest runs. EINTR (a signal, `immediate_exit`, `kick()`) returns an
-        `IntrExit`; other failures raise KvmError.
+        `IntrExit`; other failures raise KvmError. (While the vCPU is open, `vcpu.run` is its `Runner`,
+        which does exactly this without a Python frame; see kvm/_speedups.c.)
         """
-        fd = self._fd
-        if fd < 0:
+        runner = self._runner
+        if runner is None:
             self._raise_unusable()
-        self._tid = _native_id()
-        result = _raw_ioctl(fd, self._run_nr, _NULL)
-        self._tid = 0
-        run = self._run
-        if result < 0:
-            err = _sys_ffi.errno
-            if err == _EINTR:
-                if self._kicked:
-                    self._kicked = False
-                    run.immediate_exit = 0
-                return IntrExit(run, self)
-            raise KvmError("KVM_RUN", "vcpu", err)
-        reason = run.exit_reason
-        try:
-            make = self._table[reason]
-        except IndexError:
-            return UnknownExit(run, self, reason)
-        return make(run, self)
+        return runner()
+
+    def _run_failed(self, err: int) -> Any:
+        """The Runner's answer to a failed KVM_RUN: an IntrExit for EINTR, else KvmError."""
+        if err == _EINTR:
+            if self._kicked:
+                self._kicked = False
+                self._run.immediate_exit = 0
+            return IntrExit(self)
+        raise KvmError("KVM_RUN", "vcpu", err)
+
+    def _unknown_exit(self, reason: int) -> UnknownExit:
+        return UnknownExit(self, reason, reason_names(self._binding).get(reason, "?"))
 
     def kick(self) -> None:
         """Make a running (or the next) `run()` return an `IntrExit` promptly. Thread-safe."""
-        run = self._run
-        if run is None:
+        run, runner = self._run, self._runner
+        if run is None or runner is None:
             return
         self._kicked = True
         run.immediate_exit = 1
-        tid = self._tid
+        tid = runner.tid
         if tid and _kick_handler_installed:
             _sys.tgkill(tid, KICK_SIGNAL)
 

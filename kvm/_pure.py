@@ -1,0 +1,190 @@
+"""The pure-Python twin of `kvm._speedups`: `Runner`, `ExitBase`, `Field` and `ioctl`, same behaviour.
+
+Used where the compiled module could not be built (no C compiler at install time) or when the
+environment variable KVM_PURE_PYTHON is set to a non-empty value. See kvm/_speedups.c for the design.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any
+
+from . import _sys
+
+_BYTEORDER = sys.byteorder
+_raw_ioctl = _sys.raw_ioctl()
+_NULL = _sys.NULL
+_cast = _sys.ffi.cast
+_void_p = _sys.ffi.typeof("void *")
+_sys_ffi = _sys.ffi
+_native_id = threading.get_native_id
+_WIDTHS = (1, 2, 4, 8)
+_KINDS = ("int", "bool", "bytes", "value")
+
+
+def ioctl(fd: int, request: int, value: int) -> int:
+    """ioctl(fd, request, value) -> result, or -errno on failure (`value` passed by value)."""
+    result = _raw_ioctl(fd, request, _cast(_void_p, value & 0xFFFFFFFFFFFFFFFF))
+    return int(result) if result >= 0 else -_sys_ffi.errno
+
+
+class Runner:
+    """Calling it issues KVM_RUN and returns the exit: an instance of classes[exit_reason], or
+    on_unknown(reason); a failure returns on_error(errno)."""
+
+    def __init__(self, fd: int, request: int, view: memoryview, vcpu: Any, classes: tuple[Any, ...],
+                 on_error: Any, on_unknown: Any, on_unusable: Any, reason_offset: int) -> None:
+        for i, cls in enumerate(classes):
+            if cls is not None and not (isinstance(cls, type) and issubclass(cls, ExitBase)):
+                raise TypeError(f"classes[{i}] is not an exit class (a subclass of ExitBase)")
+        if not (callable(on_error) and callable(on_unknown) and callable(on_unusable)):
+            raise TypeError("on_error, on_unknown and on_unusable must be callable")
+        if view.readonly:
+            raise TypeError("the kvm_run view must be writable")
+        if not 0 <= reason_offset <= view.nbytes - 4:
+            raise ValueError(f"reason_offset {reason_offset} is outside the {view.nbytes}-byte kvm_run mapping")
+        self.fd = fd
+        self.request = request
+        self.view = view
+        self.vcpu = vcpu
+        self.classes = classes
+        self.exits: list[Any] = [None] * len(classes)
+        self.on_error = on_error
+        self.on_unknown = on_unknown
+        self.on_unusable = on_unusable
+        self.reason_offset = reason_offset
+        self.pid = os.getpid()
+        self.tid = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def close(self) -> None:
+        self.fd = -1
+        self.vcpu = self.on_error = self.on_unknown = None
+        self.exits = [None] * len(self.classes)
+
+    def __call__(self) -> Any:
+        fd = self.fd
+        if fd < 0 or self.pid != os.getpid():
+            return self.on_unusable()
+        self.tid = _native_id()
+        result = _raw_ioctl(fd, self.request, _NULL)
+        self.tid = 0
+        if result < 0:
+            return self.on_error(_sys_ffi.errno)
+        offset = self.reason_offset
+        reason = int.from_bytes(self.view[offset : offset + 4], _BYTEORDER)
+        classes = self.classes
+        cls = classes[reason] if reason < len(classes) else None
+        if cls is None:
+            return self.on_unknown(reason)
+        # An exit holds no state of its own (it reads kvm_run), so one object per reason serves every run.
+        exit = self.exits[reason]
+        if exit is None:
+            exit = self.exits[reason] = cls(self.vcpu)
+        return exit
+
+
+class ExitBase:
+    """ExitBase(vcpu): the base of every exit; Field descriptors read its payload from kvm_run."""
+
+    __slots__ = ("vcpu", "_page")
+
+    def __new__(cls, vcpu: Any, *rest: Any) -> Any:
+        runner = getattr(vcpu, "_runner", None)
+        if not isinstance(runner, Runner):
+            raise TypeError(f"{cls.__name__}(): vcpu._runner is not a Runner (is the vCPU closed?)")
+        self = object.__new__(cls)
+        self.vcpu = vcpu
+        self._page = runner.view
+        return self
+
+
+def _check_width(width: int) -> None:
+    if width not in _WIDTHS:
+        raise ValueError("bad offset or width (widths are 1, 2, 4 or 8 bytes)")
+
+
+class Field:
+    """A read-only descriptor of an exit's payload in kvm_run (see kvm._speedups.Field)."""
+
+    __slots__ = ("name", "kind", "offset", "width", "signed", "indirect", "length_offset", "length_width",
+                 "times_offset", "times_width")
+
+    def __init__(self, name: str, kind: str, offset: int, width: int, *, signed: bool = False,
+                 indirect: bool = False, length_offset: int = -1, length_width: int = 0,
+                 times_offset: int = -1, times_width: int = 0) -> None:
+        if kind not in _KINDS:
+            raise ValueError(f"Field {name}: unknown kind {kind} (int, bool, bytes, value)")
+        try:
+            if offset < 0:
+                raise ValueError
+            if kind in ("int", "bool") or indirect:
+                _check_width(width)
+            if kind in ("bytes", "value"):
+                if length_offset < 0:
+                    raise ValueError
+                _check_width(length_width)
+            if times_offset >= 0:
+                _check_width(times_width)
+        except ValueError:
+            raise ValueError(f"Field {name}: bad offset or width (widths are 1, 2, 4 or 8 bytes)") from None
+        self.name = name
+        self.kind = kind
+        self.offset = offset
+        self.width = width
+        self.signed = signed
+        self.indirect = indirect
+        self.length_offset = length_offset
+        self.length_width = length_width
+        self.times_offset = times_offset
+        self.times_width = times_width
+
+    def __repr__(self) -> str:
+        return f"<Field {self.name} {self.kind} at {self.offset}>"
+
+    def _out_of_page(self, start: int, length: int, size: int) -> ValueError:
+        return ValueError(f"{self.name}: [{start}, {start + length}) is outside the {size}-byte kvm_run mapping")
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        raise AttributeError(f"{self.name} is read-only (reply through the exit's methods)")
+
+    def __get__(self, obj: Any, cls: Any = None) -> Any:
+        if obj is None:
+            return self
+        if not isinstance(obj, ExitBase):
+            raise TypeError(f"{self.name} reads an exit, not {type(obj).__name__}")
+        page = obj._page
+        size = page.nbytes
+        offset, width = self.offset, self.width
+        if offset + width > size:
+            raise self._out_of_page(offset, width, size)
+        kind = self.kind
+        if kind == "int":
+            return int.from_bytes(page[offset : offset + width], _BYTEORDER, signed=self.signed)
+        if kind == "bool":
+            return any(page[offset : offset + width])
+        start = int.from_bytes(page[offset : offset + width], _BYTEORDER) if self.indirect else offset
+        end = self.length_offset + self.length_width
+        times_end = self.times_offset + self.times_width
+        if end > size or (self.times_offset >= 0 and times_end > size):
+            raise self._out_of_page(self.length_offset, self.length_width, size)
+        length = int.from_bytes(page[self.length_offset : end], _BYTEORDER)
+        if kind == "value":
+            if not 1 <= length <= 8:
+                raise ValueError(f"{self.name}: an element of {length} bytes is not an integer")
+            if start + length > size:
+                raise self._out_of_page(start, length, size)
+            return int.from_bytes(page[start : start + length], _BYTEORDER)
+        if self.times_offset >= 0:
+            length *= int.from_bytes(page[self.times_offset : times_end], _BYTEORDER)
+        if start + length > size:
+            raise self._out_of_page(start, length, size)
+        return page[start : start + length]
+
+
+__all__ = ["Runner", "ExitBase", "Field", "ioctl"]

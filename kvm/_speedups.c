@@ -1,0 +1,632 @@
+/*
+ * kvm._speedups: the compiled fast path of the vCPU run loop (optional; kvm/_pure.py is the
+ * pure-Python equivalent with the same interface, used where this module could not be built).
+ *
+ * After every exit to user space the CPU's predictors and caches are cold, so every interpreted
+ * instruction between two KVM_RUNs costs several times its usual price (bench/README.md, "Where the
+ * time goes"). This module keeps that path short: `Runner` is the callable that `Vcpu.run` is bound
+ * to (KVM_RUN, then one allocation of the exit's class), `ExitBase` is the C base of every exit
+ * class, and `Field` is the descriptor that reads an exit's payload straight out of kvm_run.
+ *
+ * No layout is known here: every offset and width comes from the binding in use (kvm/exits.py
+ * computes them with the binding's cffi FFI).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* Bumped in the child after fork(): a Runner made before the fork refuses to run in the child. */
+static unsigned long fork_generation;
+/* This thread's kernel tid, cached (gettid is a system call); reset in a forked child. */
+static __thread pid_t cached_tid;
+
+static void after_fork_in_child(void) {
+    fork_generation++;
+    cached_tid = 0;
+}
+
+static pid_t current_tid(void) {
+    if (cached_tid == 0)
+        cached_tid = (pid_t)syscall(SYS_gettid);
+    return cached_tid;
+}
+
+/* A native-endian unsigned integer of 1, 2, 4 or 8 bytes at p. */
+static uint64_t load_uint(const char *p, int width) {
+    switch (width) {
+    case 1: return *(const uint8_t *)p;
+    case 2: { uint16_t v; memcpy(&v, p, 2); return v; }
+    case 4: { uint32_t v; memcpy(&v, p, 4); return v; }
+    default: { uint64_t v; memcpy(&v, p, 8); return v; }
+    }
+}
+
+static int valid_width(int width) {
+    return width == 1 || width == 2 || width == 4 || width == 8;
+}
+
+/* ---- Runner ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    int fd;                    /* the vCPU fd; -1 once closed */
+    unsigned long request;     /* KVM_RUN */
+    unsigned long generation;  /* fork_generation when made */
+    Py_buffer page;            /* export held on the kvm_run mapping for the Runner's whole life */
+    PyObject *view;            /* the memoryview of the mapping (exits slice their spans from it) */
+    PyObject *vcpu;
+    PyObject *classes;         /* tuple indexed by exit reason: an ExitBase subclass or None */
+    PyObject **exits;          /* the exit object of each reason, made on first use and then reused */
+    Py_ssize_t n_exits;
+    PyObject *on_error;        /* vcpu._run_failed(errno): an exit for EINTR, else raises */
+    PyObject *on_unknown;      /* called with the reason when `classes` has no class for it */
+    PyObject *on_unusable;     /* raises ClosedError / ForkedError */
+    Py_ssize_t reason_offset;  /* offset of kvm_run.exit_reason */
+    pid_t tid;                 /* the thread inside KVM_RUN, 0 when none */
+    vectorcallfunc vectorcall;
+} RunnerObject;
+
+static PyTypeObject RunnerType;
+static PyTypeObject ExitBaseType;
+
+typedef struct {
+    PyObject_HEAD
+    const char *run;           /* kvm_run, valid while `owner` lives */
+    Py_ssize_t size;           /* bytes of the mapping */
+    PyObject *owner;           /* the Runner (holding the export), or NULL for a detached exit */
+    PyObject *vcpu;
+} ExitObject;
+
+static PyObject *make_exit(PyTypeObject *cls, RunnerObject *runner) {
+    ExitObject *exit = (ExitObject *)cls->tp_alloc(cls, 0);
+    if (exit == NULL)
+        return NULL;
+    exit->run = runner->page.buf;
+    exit->size = runner->page.len;
+    Py_INCREF(runner);
+    exit->owner = (PyObject *)runner;
+    Py_XINCREF(runner->vcpu);
+    exit->vcpu = runner->vcpu;
+    return (PyObject *)exit;
+}
+
+static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames) {
+    RunnerObject *self = (RunnerObject *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "run() takes no arguments");
+        return NULL;
+    }
+    int fd = self->fd;
+    if (fd < 0 || self->generation != fork_generation) {
+        if (self->on_unusable == NULL) {
+            PyErr_SetString(PyExc_ValueError, "this Runner was cleared");
+            return NULL;
+        }
+        return PyObject_CallNoArgs(self->on_unusable);
+    }
+    self->tid = current_tid();
+    int result, err;
+    Py_BEGIN_ALLOW_THREADS
+    result = ioctl(fd, self->request, 0);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    self->tid = 0;
+    if (result < 0) {
+        PyObject *code = PyLong_FromLong(err);
+        if (code == NULL)
+            return NULL;
+        PyObject *exit = PyObject_CallOneArg(self->on_error, code);
+        Py_DECREF(code);
+        return exit;
+    }
+    uint32_t reason = (uint32_t)load_uint((const char *)self->page.buf + self->reason_offset, 4);
+    PyObject *cls = Py_None;
+    if (reason < (uint32_t)PyTuple_GET_SIZE(self->classes))
+        cls = PyTuple_GET_ITEM(self->classes, reason);
+    if (cls == Py_None) {
+        PyObject *number = PyLong_FromUnsignedLong(reason);
+        if (number == NULL)
+            return NULL;
+        PyObject *exit = PyObject_CallOneArg(self->on_unknown, number);
+        Py_DECREF(number);
+        return exit;
+    }
+    /* An exit holds no state of its own (it reads kvm_run), so one object per reason serves every run. */
+    PyObject *exit = self->exits[reason];
+    if (exit == NULL) {
+        exit = make_exit((PyTypeObject *)cls, self);
+        if (exit == NULL)
+            return NULL;
+        self->exits[reason] = exit;
+    }
+    Py_INCREF(exit);
+    return exit;
+}
+
+static void runner_drop_exits(RunnerObject *self) {
+    for (Py_ssize_t i = 0; i < self->n_exits; i++)
+        Py_CLEAR(self->exits[i]);
+}
+
+static int runner_init(RunnerObject *self, PyObject *args, PyObject *kwds) {
+    static char *keywords[] = {"fd", "request", "view", "vcpu", "classes", "on_error", "on_unknown",
+                               "on_unusable", "reason_offset", NULL};
+    int fd;
+    unsigned long request;
+    PyObject *view, *vcpu, *classes, *on_error, *on_unknown, *on_unusable;
+    Py_ssize_t reason_offset;
+    if (self->exits != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Runner is already initialized");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ikOOO!OOOn:Runner", keywords, &fd, &request, &view,
+                                     &vcpu, &PyTuple_Type, &classes, &on_error, &on_unknown,
+                                     &on_unusable, &reason_offset))
+        return -1;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(classes); i++) {
+        PyObject *cls = PyTuple_GET_ITEM(classes, i);
+        if (cls != Py_None && !(PyType_Check(cls) && PyType_IsSubtype((PyTypeObject *)cls, &ExitBaseType))) {
+            PyErr_Format(PyExc_TypeError, "classes[%zd] is not an exit class (a subclass of ExitBase)", i);
+            return -1;
+        }
+    }
+    if (!PyCallable_Check(on_error) || !PyCallable_Check(on_unknown) || !PyCallable_Check(on_unusable)) {
+        PyErr_SetString(PyExc_TypeError, "on_error, on_unknown and on_unusable must be callable");
+        return -1;
+    }
+    self->exits = PyMem_Calloc(PyTuple_GET_SIZE(classes) + 1, sizeof(PyObject *));
+    if (self->exits == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->n_exits = PyTuple_GET_SIZE(classes);
+    if (PyObject_GetBuffer(view, &self->page, PyBUF_WRITABLE) < 0)
+        return -1;
+    if (reason_offset < 0 || reason_offset + 4 > self->page.len) {
+        PyBuffer_Release(&self->page);
+        PyErr_Format(PyExc_ValueError, "reason_offset %zd is outside the %zd-byte kvm_run mapping",
+                     reason_offset, self->page.len);
+        return -1;
+    }
+    self->fd = fd;
+    self->request = request;
+    self->generation = fork_generation;
+    self->reason_offset = reason_offset;
+    Py_INCREF(view);
+    self->view = view;
+    Py_INCREF(vcpu);
+    self->vcpu = vcpu;
+    Py_INCREF(classes);
+    self->classes = classes;
+    Py_INCREF(on_error);
+    self->on_error = on_error;
+    Py_INCREF(on_unknown);
+    self->on_unknown = on_unknown;
+    Py_INCREF(on_unusable);
+    self->on_unusable = on_unusable;
+    return 0;
+}
+
+static PyObject *runner_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    RunnerObject *self = (RunnerObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->fd = -1;
+    self->vectorcall = runner_vectorcall;
+    return (PyObject *)self;
+}
+
+/* Drop everything but the mapping export and `on_unusable` (exits may still read the page). */
+static PyObject *runner_close(RunnerObject *self, PyObject *unused) {
+    self->fd = -1;
+    runner_drop_exits(self);
+    Py_CLEAR(self->vcpu);
+    Py_CLEAR(self->on_error);
+    Py_CLEAR(self->on_unknown);
+    Py_RETURN_NONE;
+}
+
+static int runner_traverse(RunnerObject *self, visitproc visit, void *arg) {
+    for (Py_ssize_t i = 0; i < self->n_exits; i++)
+        Py_VISIT(self->exits[i]);
+    Py_VISIT(self->view);
+    Py_VISIT(self->vcpu);
+    Py_VISIT(self->classes);
+    Py_VISIT(self->on_error);
+    Py_VISIT(self->on_unknown);
+    Py_VISIT(self->on_unusable);
+    return 0;
+}
+
+static int runner_clear(RunnerObject *self) {
+    self->fd = -1;
+    runner_drop_exits(self);
+    Py_CLEAR(self->vcpu);
+    Py_CLEAR(self->classes);
+    Py_CLEAR(self->on_error);
+    Py_CLEAR(self->on_unknown);
+    Py_CLEAR(self->on_unusable);
+    return 0;
+}
+
+static void runner_dealloc(RunnerObject *self) {
+    PyObject_GC_UnTrack(self);
+    runner_clear(self);
+    PyMem_Free(self->exits);
+    if (self->page.obj != NULL)
+        PyBuffer_Release(&self->page);
+    Py_CLEAR(self->view);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *runner_call(PyObject *self, PyObject *args, PyObject *kwds) {
+    return PyVectorcall_Call(self, args, kwds);
+}
+
+static PyObject *runner_get_closed(RunnerObject *self, void *unused) {
+    return PyBool_FromLong(self->fd < 0);
+}
+
+static PyMethodDef runner_methods[] = {
+    {"close", (PyCFunction)runner_close, METH_NOARGS,
+     "Stop running (the next call raises through on_unusable); exits made so far stay readable."},
+    {NULL},
+};
+
+static PyMemberDef runner_members[] = {
+    {"tid", T_INT, offsetof(RunnerObject, tid), READONLY,
+     "Kernel id of the thread inside KVM_RUN, 0 when none (what Vcpu.kick() signals)."},
+    {"view", T_OBJECT, offsetof(RunnerObject, view), READONLY, "The kvm_run mapping (memoryview)."},
+    {"vcpu", T_OBJECT, offsetof(RunnerObject, vcpu), READONLY, "The Vcpu, None once closed."},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(RunnerObject, vectorcall), READONLY},
+    {NULL},
+};
+
+static PyGetSetDef runner_getset[] = {
+    {"closed", (getter)runner_get_closed, NULL, "Whether close() was called.", NULL},
+    {NULL},
+};
+
+static PyTypeObject RunnerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kvm._speedups.Runner",
+    .tp_doc = "Runner(fd, request, view, vcpu, classes, on_error, on_unknown, on_unusable, reason_offset)\n\n"
+              "Calling it issues KVM_RUN (the GIL released) and returns the exit: an instance of\n"
+              "classes[exit_reason], or on_unknown(reason); a failure returns on_error(errno).",
+    .tp_basicsize = sizeof(RunnerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = runner_new,
+    .tp_init = (initproc)runner_init,
+    .tp_dealloc = (destructor)runner_dealloc,
+    .tp_traverse = (traverseproc)runner_traverse,
+    .tp_clear = (inquiry)runner_clear,
+    .tp_call = runner_call,
+    .tp_vectorcall_offset = offsetof(RunnerObject, vectorcall),
+    .tp_methods = runner_methods,
+    .tp_members = runner_members,
+    .tp_getset = runner_getset,
+};
+
+/* ---- ExitBase ---------------------------------------------------------------------------------- */
+
+/* ExitBase(vcpu, *rest): an exit of `vcpu` (its Runner is `vcpu._runner`); extra arguments are left
+ * to the subclass's __init__. */
+static PyObject *exit_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (PyTuple_GET_SIZE(args) < 1) {
+        PyErr_Format(PyExc_TypeError, "%s() needs the vcpu", type->tp_name);
+        return NULL;
+    }
+    PyObject *vcpu = PyTuple_GET_ITEM(args, 0);
+    PyObject *runner = PyObject_GetAttrString(vcpu, "_runner");
+    if (runner == NULL)
+        return NULL;
+    if (!PyObject_TypeCheck(runner, &RunnerType)) {
+        Py_DECREF(runner);
+        PyErr_Format(PyExc_TypeError, "%s(): vcpu._runner is not a Runner (is the vCPU closed?)", type->tp_name);
+        return NULL;
+    }
+    ExitObject *exit = (ExitObject *)make_exit(type, (RunnerObject *)runner);
+    if (exit != NULL && exit->vcpu != vcpu) {
+        Py_INCREF(vcpu);
+        Py_XSETREF(exit->vcpu, vcpu);
+    }
+    Py_DECREF(runner);
+    return (PyObject *)exit;
+}
+
+static int exit_init(PyObject *self, PyObject *args, PyObject *kwds) {
+    return 0;
+}
+
+/* Exit classes are Python subclasses: their heap type is visited and released by CPython's
+ * subtype_traverse / subtype_dealloc, not here. */
+static int exit_traverse(ExitObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->owner);
+    Py_VISIT(self->vcpu);
+    return 0;
+}
+
+static int exit_clear(ExitObject *self) {
+    /* The page pointer dies with the export the owner holds: drop both together. */
+    self->run = NULL;
+    self->size = 0;
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->vcpu);
+    return 0;
+}
+
+static void exit_dealloc(ExitObject *self) {
+    PyObject_GC_UnTrack(self);
+    exit_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *exit_get_page(ExitObject *self, void *unused) {
+    if (self->owner == NULL)
+        Py_RETURN_NONE;
+    PyObject *view = ((RunnerObject *)self->owner)->view;
+    Py_INCREF(view);
+    return view;
+}
+
+static PyMemberDef exit_members[] = {
+    {"vcpu", T_OBJECT, offsetof(ExitObject, vcpu), READONLY, "The Vcpu this exit came from."},
+    {NULL},
+};
+
+static PyGetSetDef exit_getset[] = {
+    {"_page", (getter)exit_get_page, NULL, "The vCPU's kvm_run mapping (memoryview).", NULL},
+    {NULL},
+};
+
+static PyTypeObject ExitBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kvm._speedups.ExitBase",
+    .tp_doc = "ExitBase(vcpu): the base of every exit; Field descriptors read its payload from kvm_run.",
+    .tp_basicsize = sizeof(ExitObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = exit_new,
+    .tp_init = exit_init,
+    .tp_dealloc = (destructor)exit_dealloc,
+    .tp_traverse = (traverseproc)exit_traverse,
+    .tp_clear = (inquiry)exit_clear,
+    .tp_members = exit_members,
+    .tp_getset = exit_getset,
+};
+
+/* ---- Field ------------------------------------------------------------------------------------- */
+
+enum field_kind { KIND_INT, KIND_BOOL, KIND_BYTES, KIND_VALUE };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *name;
+    int kind;
+    Py_ssize_t offset;   /* INT/BOOL: the field; BYTES/VALUE: where the data starts, or the field holding that */
+    int width;           /* width of the field at `offset` */
+    int indirect;        /* BYTES/VALUE: `offset` holds the data's offset (from the start of kvm_run) */
+    Py_ssize_t length_offset;  /* BYTES/VALUE: field giving the length (VALUE: the element size) */
+    int length_width;
+    Py_ssize_t times_offset;   /* BYTES: optional field multiplying the length (-1: none) */
+    int times_width;
+    int is_signed;
+} FieldObject;
+
+static PyTypeObject FieldType;
+
+static const char *field_kinds[] = {"int", "bool", "bytes", "value", NULL};
+
+static int field_init(FieldObject *self, PyObject *args, PyObject *kwds) {
+    static char *keywords[] = {"name", "kind", "offset", "width", "signed", "indirect", "length_offset",
+                               "length_width", "times_offset", "times_width", NULL};
+    PyObject *name;
+    const char *kind;
+    Py_ssize_t offset, length_offset = -1, times_offset = -1;
+    int width, is_signed = 0, indirect = 0, length_width = 0, times_width = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Usni|$ppnini:Field", keywords, &name, &kind, &offset,
+                                     &width, &is_signed, &indirect, &length_offset, &length_width,
+                                     &times_offset, &times_width))
+        return -1;
+    int k = 0;
+    while (field_kinds[k] != NULL && strcmp(field_kinds[k], kind) != 0)
+        k++;
+    if (field_kinds[k] == NULL) {
+        PyErr_Format(PyExc_ValueError, "Field %U: unknown kind %s (int, bool, bytes, value)", name, kind);
+        return -1;
+    }
+    int needs_length = (k == KIND_BYTES || k == KIND_VALUE);
+    if (offset < 0 || (k != KIND_BYTES && k != KIND_VALUE && !valid_width(width)) ||
+        (indirect && !valid_width(width)) ||
+        (needs_length && (length_offset < 0 || !valid_width(length_width))) ||
+        (times_offset >= 0 && !valid_width(times_width))) {
+        PyErr_Format(PyExc_ValueError, "Field %U: bad offset or width (widths are 1, 2, 4 or 8 bytes)", name);
+        return -1;
+    }
+    Py_INCREF(name);
+    Py_XSETREF(self->name, name);
+    self->kind = k;
+    self->offset = offset;
+    self->width = width;
+    self->is_signed = is_signed;
+    self->indirect = indirect;
+    self->length_offset = length_offset;
+    self->length_width = length_width;
+    self->times_offset = times_offset;
+    self->times_width = times_width;
+    return 0;
+}
+
+static PyObject *out_of_page(FieldObject *self, ExitObject *exit, Py_ssize_t start, Py_ssize_t length) {
+    PyErr_Format(PyExc_ValueError, "%U: [%zd, %zd) is outside the %zd-byte kvm_run mapping", self->name,
+                 start, start + length, exit->size);
+    return NULL;
+}
+
+static PyObject *field_get(FieldObject *self, PyObject *obj, PyObject *type) {
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(self);
+        return (PyObject *)self;
+    }
+    if (!PyObject_TypeCheck(obj, &ExitBaseType)) {
+        PyErr_Format(PyExc_TypeError, "%U reads an exit, not %s", self->name, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    ExitObject *exit = (ExitObject *)obj;
+    const char *run = exit->run;
+    if (run == NULL) {
+        PyErr_Format(PyExc_ValueError, "%U: this exit no longer has a kvm_run page", self->name);
+        return NULL;
+    }
+    Py_ssize_t size = exit->size;
+    if (self->offset + self->width > size)
+        return out_of_page(self, exit, self->offset, self->width);
+    if (self->kind == KIND_INT || self->kind == KIND_BOOL) {
+        uint64_t value = load_uint(run + self->offset, self->width);
+        if (self->kind == KIND_BOOL)
+            return PyBool_FromLong(value != 0);
+        if (self->is_signed) {
+            int shift = 64 - 8 * self->width;
+            return PyLong_FromLongLong((long long)(value << shift) >> shift);
+        }
+        return PyLong_FromUnsignedLongLong(value);
+    }
+    Py_ssize_t start = self->indirect ? (Py_ssize_t)load_uint(run + self->offset, self->width) : self->offset;
+    if (self->length_offset + self->length_width > size ||
+        (self->times_offset >= 0 && self->times_offset + self->times_width > size))
+        return out_of_page(self, exit, self->length_offset, self->length_width);
+    uint64_t length = load_uint(run + self->length_offset, self->length_width);
+    if (self->kind == KIND_VALUE) {
+        if (length < 1 || length > 8) {
+            PyErr_Format(PyExc_ValueError, "%U: an element of %llu bytes is not an integer", self->name,
+                         (unsigned long long)length);
+            return NULL;
+        }
+        if (start < 0 || start > size || start + (Py_ssize_t)length > size)
+            return out_of_page(self, exit, start, (Py_ssize_t)length);
+        unsigned char bytes[8] = {0};
+        memcpy(PY_LITTLE_ENDIAN ? bytes : bytes + 8 - length, run + start, length);
+        uint64_t value;
+        memcpy(&value, bytes, 8);
+        return PyLong_FromUnsignedLongLong(value);
+    }
+    if (self->times_offset >= 0) {
+        uint64_t times = load_uint(run + self->times_offset, self->times_width);
+        length = (times != 0 && length > (uint64_t)size / times) ? (uint64_t)size + 1 : length * times;
+    }
+    if (start < 0 || start > size || length > (uint64_t)size || start + (Py_ssize_t)length > size)
+        return out_of_page(self, exit, start, (Py_ssize_t)length);
+    PyObject *view = ((RunnerObject *)exit->owner)->view;
+    return PySequence_GetSlice(view, start, start + (Py_ssize_t)length);
+}
+
+static int field_set(FieldObject *self, PyObject *obj, PyObject *value) {
+    PyErr_Format(PyExc_AttributeError, "%U is read-only (reply through the exit's methods)", self->name);
+    return -1;
+}
+
+static void field_dealloc(FieldObject *self) {
+    Py_CLEAR(self->name);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *field_repr(FieldObject *self) {
+    return PyUnicode_FromFormat("<Field %U %s at %zd>", self->name, field_kinds[self->kind], self->offset);
+}
+
+static PyMemberDef field_members[] = {
+    {"name", T_OBJECT, offsetof(FieldObject, name), READONLY, NULL},
+    {"offset", T_PYSSIZET, offsetof(FieldObject, offset), READONLY, NULL},
+    {"width", T_INT, offsetof(FieldObject, width), READONLY, NULL},
+    {NULL},
+};
+
+static PyTypeObject FieldType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kvm._speedups.Field",
+    .tp_doc = "Field(name, kind, offset, width, *, signed=False, indirect=False, length_offset=-1,\n"
+              "      length_width=0, times_offset=-1, times_width=0)\n\n"
+              "A read-only descriptor of an exit's payload in kvm_run. kind: 'int' or 'bool' (the field\n"
+              "at offset), 'bytes' (a memoryview of length [* times] bytes starting at offset, or at the\n"
+              "offset stored there when indirect), 'value' (the first element of such data as an int).",
+    .tp_basicsize = sizeof(FieldObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)field_init,
+    .tp_dealloc = (destructor)field_dealloc,
+    .tp_repr = (reprfunc)field_repr,
+    .tp_descr_get = (descrgetfunc)field_get,
+    .tp_descr_set = (descrsetfunc)field_set,
+    .tp_members = field_members,
+};
+
+/* ---- ioctl ------------------------------------------------------------------------------------- */
+
+static PyObject *speedups_ioctl(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "ioctl(fd, request, value) takes 3 arguments");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < INT_MIN || fd > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "fd does not fit in a C int");
+        return NULL;
+    }
+    unsigned long request = PyLong_AsUnsignedLong(args[1]);
+    if (request == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    unsigned long value = PyLong_AsUnsignedLongMask(args[2]);
+    if (value == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    int result, err;
+    Py_BEGIN_ALLOW_THREADS
+    result = ioctl((int)fd, request, value);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(result < 0 ? -err : result);
+}
+
+static PyMethodDef speedups_functions[] = {
+    {"ioctl", (PyCFunction)(void (*)(void))speedups_ioctl, METH_FASTCALL,
+     "ioctl(fd, request, value) -> result, or -errno on failure: `value` passed by value (the GIL\n"
+     "is released during the call)."},
+    {NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "kvm._speedups",
+    .m_doc = "The compiled fast path of kvm's run loop (see kvm/_pure.py for the pure-Python twin).",
+    .m_size = -1,
+    .m_methods = speedups_functions,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    if (PyType_Ready(&RunnerType) < 0 || PyType_Ready(&ExitBaseType) < 0 || PyType_Ready(&FieldType) < 0)
+        return NULL;
+    if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&speedups_module);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(module, "Runner", (PyObject *)&RunnerType) < 0 ||
+        PyModule_AddObjectRef(module, "ExitBase", (PyObject *)&ExitBaseType) < 0 ||
+        PyModule_AddObjectRef(module, "Field", (PyObject *)&FieldType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
