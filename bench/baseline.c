@@ -1,5 +1,5 @@
 /*
- * The C baseline the Python benchmarks (bench/bench_run.py) are measured against: the same guests and
+ * The C baseline the Python benchmarks (bench/run.py) are measured against: the same guests and
  * the same work, done with plain ioctls on the mmapped kvm_run. Built by bench_run.py with gcc.
  *
  *   baseline pio   N      N port-I/O exits (real-mode `out dx, al; jmp`), reading port and data

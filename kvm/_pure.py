@@ -7,6 +7,7 @@ environment variable KVM_PURE_PYTHON is set to a non-empty value. See kvm/_speed
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import threading
 from typing import Any
@@ -21,6 +22,12 @@ _void_p = _sys.ffi.typeof("void *")
 _sys_ffi = _sys.ffi
 _native_id = threading.get_native_id
 _WIDTHS = (1, 2, 4, 8)
+_unpack_u32 = struct.Struct("=I").unpack_from
+
+# Bumped in the child after fork(): a Runner made before the fork refuses to run in the child.
+_fork_generation = [0]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(0, _fork_generation[0] + 1))
 _KINDS = ("int", "bool", "bytes", "value")
 
 
@@ -42,12 +49,12 @@ class Runner:
         if not (callable(on_error) and callable(on_unknown) and callable(on_unusable)):
             raise TypeError("on_error, on_unknown and on_unusable must be callable")
         if view.readonly:
-            raise TypeError("the kvm_run view must be writable")
+            raise BufferError("memoryview: the kvm_run buffer is not writable")
         if not 0 <= reason_offset <= view.nbytes - 4:
             raise ValueError(f"reason_offset {reason_offset} is outside the {view.nbytes}-byte kvm_run mapping")
         self.fd = fd
         self.request = request
-        self.view = view
+        self.view = memoryview(view)  # a view of its own: the mapping stays while this Runner or its exits live
         self.vcpu = vcpu
         self.classes = classes
         self.exits: list[Any] = [None] * len(classes)
@@ -55,7 +62,7 @@ class Runner:
         self.on_unknown = on_unknown
         self.on_unusable = on_unusable
         self.reason_offset = reason_offset
-        self.pid = os.getpid()
+        self.generation = _fork_generation[0]
         self.tid = 0
 
     @property
@@ -69,15 +76,14 @@ class Runner:
 
     def __call__(self) -> Any:
         fd = self.fd
-        if fd < 0 or self.pid != os.getpid():
+        if fd < 0 or self.generation != _fork_generation[0]:
             return self.on_unusable()
         self.tid = _native_id()
         result = _raw_ioctl(fd, self.request, _NULL)
         self.tid = 0
         if result < 0:
             return self.on_error(_sys_ffi.errno)
-        offset = self.reason_offset
-        reason = int.from_bytes(self.view[offset : offset + 4], _BYTEORDER)
+        reason = _unpack_u32(self.view, self.reason_offset)[0]
         classes = self.classes
         cls = classes[reason] if reason < len(classes) else None
         if cls is None:
@@ -113,7 +119,7 @@ class Field:
     """A read-only descriptor of an exit's payload in kvm_run (see kvm._speedups.Field)."""
 
     __slots__ = ("name", "kind", "offset", "width", "signed", "indirect", "length_offset", "length_width",
-                 "times_offset", "times_width")
+                 "times_offset", "times_width", "_unpack")
 
     def __init__(self, name: str, kind: str, offset: int, width: int, *, signed: bool = False,
                  indirect: bool = False, length_offset: int = -1, length_width: int = 0,
@@ -143,6 +149,9 @@ class Field:
         self.length_width = length_width
         self.times_offset = times_offset
         self.times_width = times_width
+        # the native-order format of the field at `offset` (its width is checked above where it matters)
+        code = {1: "B", 2: "H", 4: "I", 8: "Q"}.get(width, "B")
+        self._unpack = struct.Struct("=" + (code.lower() if signed else code)).unpack_from
 
     def __repr__(self) -> str:
         return f"<Field {self.name} {self.kind} at {self.offset}>"
@@ -165,10 +174,10 @@ class Field:
             raise self._out_of_page(offset, width, size)
         kind = self.kind
         if kind == "int":
-            return int.from_bytes(page[offset : offset + width], _BYTEORDER, signed=self.signed)
+            return self._unpack(page, offset)[0]
         if kind == "bool":
-            return any(page[offset : offset + width])
-        start = int.from_bytes(page[offset : offset + width], _BYTEORDER) if self.indirect else offset
+            return self._unpack(page, offset)[0] != 0
+        start = self._unpack(page, offset)[0] if self.indirect else offset
         end = self.length_offset + self.length_width
         times_end = self.times_offset + self.times_width
         if end > size or (self.times_offset >= 0 and times_end > size):

@@ -328,10 +328,12 @@ static PyObject *exit_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     }
     PyObject *vcpu = PyTuple_GET_ITEM(args, 0);
     PyObject *runner = PyObject_GetAttrString(vcpu, "_runner");
-    if (runner == NULL)
+    if (runner == NULL && PyErr_ExceptionMatches(PyExc_AttributeError))
+        PyErr_Clear();
+    else if (runner == NULL)
         return NULL;
-    if (!PyObject_TypeCheck(runner, &RunnerType)) {
-        Py_DECREF(runner);
+    if (runner == NULL || !PyObject_TypeCheck(runner, &RunnerType)) {
+        Py_XDECREF(runner);
         PyErr_Format(PyExc_TypeError, "%s(): vcpu._runner is not a Runner (is the vCPU closed?)", type->tp_name);
         return NULL;
     }

@@ -524,9 +524,10 @@ def _bind_fields(cls: type[Exit], binding: Any) -> None:
     """Install the Field descriptors of `cls` computed from `binding`'s layout of kvm_run.
 
     The exit classes are shared by every binding (`type(exit) is IoExit` holds whatever the binding),
-    which is right because kvm_run's layout is ABI: it never changes between kernel versions, and the
-    bundled arches agree on it (tests/test_exits_fast.py checks every bundled binding). A binding that
-    disagrees with one already in use in this process is refused rather than silently misread.
+    which is right because kvm_run's layout is ABI: it never changes between kernel versions of an arch
+    (tests/test_fastpath.py checks every bundled binding), and a process only runs vCPUs of its own
+    arch. A binding that disagrees with one already in use (another arch's) is refused rather than
+    silently misread.
     """
     label = f"Linux {getattr(binding, 'KERNEL', '?')} {getattr(binding, 'ARCH', '?')}"
     for name, spec in cls._payloads.items():

@@ -1,0 +1,251 @@
+"""The run loop's hot path, in both implementations: the compiled kvm._speedups and kvm._pure.
+
+The Field/Runner/ExitBase checks run each implementation side by side on a plain buffer standing in
+for kvm_run (no KVM needed); the guest checks use whichever implementation `kvm` picked (tox runs the
+whole suite a second time with KVM_PURE_PYTHON=1, so real guests go through both).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import struct
+import sys
+import types
+
+import pytest
+
+import kvm
+import kvm._accel
+import kvm._pure
+import kvm.generated
+from kvm.exits import EXIT_CLASSES, _field_arguments, dispatch_table, reason_names
+
+from guests import real_mode_guest, system, vm  # noqa: F401  (fixtures)
+
+try:
+    speedups: types.ModuleType | None = importlib.import_module("kvm._speedups")
+except ImportError:
+    speedups = None
+
+IMPLEMENTATIONS = [pytest.param(kvm._pure, id="pure")] + [
+    pytest.param(speedups, id="native",
+                 marks=pytest.mark.skipif(speedups is None, reason="kvm._speedups was not built (no C compiler at install)"))
+]
+
+PAGE = 4096
+
+
+def test_compiled_fast_path_is_in_use_where_it_can_be_built():
+    if os.environ.get("KVM_PURE_PYTHON"):
+        assert not kvm._accel.NATIVE
+        pytest.skip("KVM_PURE_PYTHON is set: this run checks the pure-Python path")
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine: the install used the pure-Python path")
+    assert speedups is not None, "a C compiler exists but kvm._speedups was not built: see the pip install log"
+    assert kvm._accel.NATIVE and kvm._accel.Runner is speedups.Runner
+
+
+class _Page:
+    """A stand-in vCPU whose Runner covers a plain buffer instead of a kvm_run mapping."""
+
+    def __init__(self, impl: types.ModuleType, size: int = PAGE) -> None:
+        self.buffer = bytearray(size)
+        self._runner = impl.Runner(-1, 0, memoryview(self.buffer), self, (), self._fail, self._fail,
+                                   self._unusable, 8)
+
+    def _fail(self, *args: object) -> None:
+        raise AssertionError("not reached")
+
+    def _unusable(self) -> None:
+        raise kvm.ClosedError("stand-in vCPU")
+
+    def put(self, offset: int, fmt: str, value: object) -> None:
+        struct.pack_into("=" + fmt, self.buffer, offset, value)
+
+
+def _exit_class(impl: types.ModuleType, **fields: object) -> type:
+    cls = type("Probe", (impl.ExitBase,), {"__slots__": ()})
+    for name, field in fields.items():
+        setattr(cls, name, field)
+    return cls
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_field_reads_integers_of_every_width(impl):
+    page = _Page(impl)
+    fields = {f"u{w}": impl.Field(f"u{w}", "int", 64 + 8 * i, w) for i, w in enumerate((1, 2, 4, 8))}
+    fields["s4"] = impl.Field("s4", "int", 128, 4, signed=True)
+    fields["flag"] = impl.Field("flag", "bool", 136, 2)
+    for (offset, fmt, value) in ((64, "B", 0xAB), (72, "H", 0xBEEF), (80, "I", 0xDEADBEEF),
+                                 (88, "Q", 0x0123456789ABCDEF), (128, "i", -5), (136, "H", 0x100)):
+        page.put(offset, fmt, value)
+    exit = _exit_class(impl, **fields)(page)
+    assert (exit.u1, exit.u2, exit.u4, exit.u8) == (0xAB, 0xBEEF, 0xDEADBEEF, 0x0123456789ABCDEF)
+    assert exit.s4 == -5 and exit.flag is True
+    assert exit.vcpu is page
+    page.put(80, "I", 7)  # fields are read when asked, from the page as it is then
+    assert exit.u4 == 7
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_field_spans_and_values(impl):
+    page = _Page(impl)
+    Probe = _exit_class(
+        impl,
+        data=impl.Field("data", "bytes", 16, 8, indirect=True, length_offset=24, length_width=1,
+                        times_offset=28, times_width=4),
+        value=impl.Field("value", "value", 16, 8, indirect=True, length_offset=24, length_width=1),
+        inline=impl.Field("inline", "bytes", 40, 0, length_offset=48, length_width=4),
+    )
+    page.put(16, "Q", 1000)  # data at offset 1000
+    page.put(24, "B", 2)     # elements of 2 bytes
+    page.put(28, "I", 3)     # 3 of them
+    page.buffer[1000:1006] = b"\x01\x02\x03\x04\x05\x06"
+    page.buffer[40:43] = b"xyz"
+    page.put(48, "I", 3)
+    exit = Probe(page)
+    assert bytes(exit.data) == b"\x01\x02\x03\x04\x05\x06"
+    assert exit.value == int.from_bytes(b"\x01\x02", sys.byteorder)
+    assert bytes(exit.inline) == b"xyz"
+    exit.data[0:2] = b"\xAA\xBB"  # the span is a writable view of the page
+    assert page.buffer[1000:1002] == b"\xAA\xBB"
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_field_never_reads_outside_the_page(impl):
+    page = _Page(impl)
+    Probe = _exit_class(
+        impl,
+        far=impl.Field("far", "int", PAGE - 2, 4),
+        data=impl.Field("data", "bytes", 16, 8, indirect=True, length_offset=24, length_width=4),
+        value=impl.Field("value", "value", 16, 8, indirect=True, length_offset=24, length_width=1),
+    )
+    exit = Probe(page)
+    with pytest.raises(ValueError, match="far.*outside"):
+        exit.far
+    page.put(16, "Q", PAGE - 4)
+    page.put(24, "I", 16)
+    with pytest.raises(ValueError, match="data.*outside"):
+        exit.data
+    page.put(16, "Q", 2**63 + 5)  # a huge offset must not wrap around
+    with pytest.raises(ValueError, match="outside"):
+        exit.data
+    page.put(16, "Q", 0)
+    page.put(24, "I", 9)  # a 9-byte element is not an integer
+    with pytest.raises(ValueError, match="9 bytes"):
+        exit.value
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_field_rejects_bad_declarations_and_writes(impl):
+    for kwargs in ({"kind": "int", "offset": 0, "width": 3}, {"kind": "float", "offset": 0, "width": 4},
+                   {"kind": "int", "offset": -1, "width": 4}, {"kind": "bytes", "offset": 0, "width": 0}):
+        with pytest.raises(ValueError):
+            impl.Field("f", **kwargs)
+    page = _Page(impl)
+    exit = _exit_class(impl, f=impl.Field("f", "int", 0, 4))(page)
+    with pytest.raises(AttributeError, match="read-only"):
+        exit.f = 1
+    holder = type("Holder", (), {"f": impl.Field("f", "int", 0, 4)})()
+    with pytest.raises(TypeError, match="reads an exit"):
+        holder.f
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_runner_checks_its_arguments(impl):
+    view = memoryview(bytearray(PAGE))
+    ok = (lambda *a: None)
+    with pytest.raises(TypeError, match="exit class"):
+        impl.Runner(-1, 0, view, None, (int,), ok, ok, ok, 8)
+    with pytest.raises(ValueError, match="reason_offset"):
+        impl.Runner(-1, 0, view, None, (), ok, ok, ok, PAGE - 2)
+    with pytest.raises(BufferError, match="not writable"):
+        impl.Runner(-1, 0, memoryview(bytes(PAGE)), None, (), ok, ok, ok, 8)  # read-only page
+    with pytest.raises(TypeError, match="_runner"):
+        impl.ExitBase(object())
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_a_closed_runner_refuses_to_run(impl):
+    page = _Page(impl)
+    with pytest.raises(kvm.ClosedError):
+        page._runner()
+    page._runner.close()
+    assert page._runner.closed
+    with pytest.raises(kvm.ClosedError):
+        page._runner()
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_ioctl_by_value_returns_result_or_negative_errno(impl, system):
+    number = system.binding.IOCTLS["KVM_CHECK_EXTENSION"].number
+    cap = system.binding.CONSTANTS["KVM_CAP_USER_MEMORY"]
+    assert impl.ioctl(system.fileno(), number, cap) == 1
+    assert impl.ioctl(-1, number, cap) == -9  # EBADF
+
+
+def test_exit_fields_have_one_layout_per_arch_across_kernel_versions():
+    """Exit classes are shared by every binding of the host's arch: kvm_run is ABI, so its fields must
+    sit at the same place in every bundled kernel version of an arch (arches differ: s390x's header is
+    longer). The host's fields are the ones installed."""
+    layouts: dict[str, dict[tuple[str, str], tuple[object, ...]]] = {}
+    for kernel, _release, arch in kvm.generated.BUNDLED:
+        binding = kvm.generated.load(kernel, arch)
+        names = reason_names(binding)
+        for short in names.values():
+            cls = EXIT_CLASSES.get(short)
+            for klass in (cls.__mro__ if cls is not None else ()):
+                for name, spec in vars(klass).get("_payloads", {}).items():
+                    arguments = _field_arguments(binding.ffi, name, spec)
+                    seen = layouts.setdefault(arch, {}).setdefault((klass.__name__, name), arguments)
+                    assert seen == arguments, f"{klass.__name__}.{name} moved in Linux {kernel} {arch}"
+    host = kvm.generated.ARCH
+    dispatch_table(kvm.generated.load(None, host))
+    assert layouts[host][("IoExit", "port")][2] == kvm.IoExit.port.offset
+    assert layouts[host][("MmioExit", "data")][2] == kvm.MmioExit.data.offset
+    assert len(layouts) >= 2 and layouts["s390x"][("IoExit", "port")] != layouts["x86_64"][("IoExit", "port")]
+
+
+def test_one_exit_object_per_reason_and_it_outlives_close(vm):
+    code = bytes([0xB0, 0x41, 0xE6, 0x10, 0xB0, 0x42, 0xE6, 0x11, 0xF4])  # out 0x10 'A'; out 0x11 'B'; hlt
+    _, vcpu = real_mode_guest(vm, code)
+    first = vcpu.run()
+    assert isinstance(first, kvm.IoExit) and (first.port, first.value) == (0x10, 0x41)
+    kept = first.snapshot()
+    second = vcpu.run()
+    assert second is first  # exits hold no state: the vCPU reuses one object per reason
+    assert (second.port, second.value) == (0x11, 0x42) and kept["port"] == 0x10
+    assert isinstance(vcpu.run(), kvm.HltExit)
+    data = second.data
+    vcpu.close()
+    assert second.port == 0x11 and bytes(data) == b"B"  # the page stays mapped while an exit holds it
+    with pytest.raises(kvm.ClosedError):
+        vcpu.run()
+
+
+def test_a_runner_taken_before_fork_refuses_in_the_child(vm):
+    _, vcpu = real_mode_guest(vm, bytes([0xF4]))
+    run = vcpu.run
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(read_end)
+            try:
+                run()
+                outcome = b"ran"
+            except kvm.ForkedError:
+                outcome = b"refused"
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                outcome = repr(exc).encode()
+            os.write(write_end, outcome)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        outcome = pipe.read()
+    os.waitpid(pid, 0)
+    assert outcome == b"refused"
+    assert isinstance(run(), kvm.HltExit)  # the parent's vCPU is unaffected
