@@ -1,7 +1,7 @@
 """Picks the implementation of the run loop's hot path: the compiled `kvm._speedups` when it was built,
 else its pure-Python twin `kvm._pure` (also forced by setting KVM_PURE_PYTHON to a non-empty value).
 
-Both offer `Runner`, `ExitBase`, `Field` and `ioctl` with the same behaviour; `NATIVE` says which one
+Both offer `Runner`, `ExitBase`, `Field`, `ValueIoctl` and `ioctl` with the same behaviour; `NATIVE` says which one
 is in use.
 """
 
@@ -11,17 +11,17 @@ import os
 
 NATIVE: bool
 if os.environ.get("KVM_PURE_PYTHON"):
-    from ._pure import ExitBase, Field, Runner, ioctl
+    from ._pure import ExitBase, Field, Runner, ValueIoctl, ioctl
 
     NATIVE = False
 else:
     try:
-        from ._speedups import ExitBase, Field, Runner, ioctl
+        from ._speedups import ExitBase, Field, Runner, ValueIoctl, ioctl
     except ImportError:
-        from ._pure import ExitBase, Field, Runner, ioctl
+        from ._pure import ExitBase, Field, Runner, ValueIoctl, ioctl
 
         NATIVE = False
     else:
         NATIVE = True
 
-__all__ = ["NATIVE", "ExitBase", "Field", "Runner", "ioctl"]
+__all__ = ["NATIVE", "ExitBase", "Field", "Runner", "ValueIoctl", "ioctl"]

@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from . import _sys
+from ._accel import ioctl as _ioctl_value
 from .errors import CapabilityError, ClosedError, ForkedError, KvmError
 
 _CLOSED = -1
@@ -33,8 +34,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _raw_ioctl = _sys.raw_ioctl()
-_cast = _sys.ffi.cast
-_void_p = _sys.ffi.typeof("void *")
 _sys_ffi = _sys.ffi
 
 
@@ -136,7 +135,7 @@ class KvmFd:
     def _ioctl(self, name: str, arg: Any = 0) -> int:
         """Issue ioctl `name` on this fd, after checking (once) the capability that gates it.
 
-        `arg` is an int passed by value or a cffi pointer/buffer. Raises KvmError (with the ioctl's name,
+        `arg` is an int passed by value (-2**63 to 2**64 - 1) or a cffi pointer/buffer. Raises KvmError (with the ioctl's name,
         this fd's kind and errno), or CapabilityError without issuing the ioctl.
         """
         fd = self._fd
@@ -147,8 +146,11 @@ class KvmFd:
             spec = self._spec(name)
         if spec.capability is not None and name not in self._gate_ok:
             self._check_gate(name, spec.capability)
-        if arg.__class__ is int:
-            arg = _cast(_void_p, arg)
+        if isinstance(arg, int):  # by value (an int, or an IntEnum member such as a Cap)
+            result = _ioctl_value(fd, spec.number, arg)
+            if result < 0:
+                raise KvmError(name, self.fd_kind, -result)
+            return result
         result = _raw_ioctl(fd, spec.number, arg)
         if result < 0:
             raise KvmError(name, self.fd_kind, _sys_ffi.errno)
@@ -174,10 +176,10 @@ class KvmFd:
         cached = self._caps.get(value)
         if cached is None:
             fd = self._check_open()
-            result = _raw_ioctl(fd, self._ioctls["KVM_CHECK_EXTENSION"].number, _cast(_void_p, value))
+            result = _ioctl_value(fd, self._ioctls["KVM_CHECK_EXTENSION"].number, value)
             if result < 0:
-                raise KvmError("KVM_CHECK_EXTENSION", self.fd_kind, _sys_ffi.errno)
-            cached = self._caps[value] = int(result)
+                raise KvmError("KVM_CHECK_EXTENSION", self.fd_kind, -result)
+            cached = self._caps[value] = result
         return cached
 
     def _cap_value(self, cap: Any) -> int:

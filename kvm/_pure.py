@@ -1,4 +1,4 @@
-"""The pure-Python twin of `kvm._speedups`: `Runner`, `ExitBase`, `Field` and `ioctl`, same behaviour.
+"""The pure-Python twin of `kvm._speedups`: `Runner`, `ExitBase`, `Field`, `ValueIoctl`, `ioctl`, same behaviour.
 
 Used where the compiled module could not be built (no C compiler at install time) or when the
 environment variable KVM_PURE_PYTHON is set to a non-empty value. See kvm/_speedups.c for the design.
@@ -33,8 +33,34 @@ _KINDS = ("int", "bool", "bytes", "value")
 
 def ioctl(fd: int, request: int, value: int) -> int:
     """ioctl(fd, request, value) -> result, or -errno on failure (`value` passed by value)."""
+    if not -(1 << 63) <= value < (1 << 64):
+        raise OverflowError("ioctl argument does not fit in 64 bits")
     result = _raw_ioctl(fd, request, _cast(_void_p, value & 0xFFFFFFFFFFFFFFFF))
     return int(result) if result >= 0 else -_sys_ffi.errno
+
+
+class ValueIoctl:
+    """Called with an int: ioctl(fd, request, value) and its result; anything else (another argument
+    type, a failure, a closed or forked fd) is fallback(*args)."""
+
+    def __init__(self, fd: int, request: int, fallback: Any) -> None:
+        if not callable(fallback):
+            raise TypeError("fallback must be callable")
+        self.fd = fd
+        self.request = request
+        self.fallback = fallback
+        self.generation = _fork_generation[0]
+
+    def close(self) -> None:
+        self.fd = -1
+
+    def __call__(self, *args: Any) -> Any:
+        if (len(args) == 1 and isinstance(args[0], int) and -(1 << 63) <= args[0] < (1 << 64) and self.fd >= 0
+                and self.generation == _fork_generation[0]):
+            result = ioctl(self.fd, self.request, args[0])
+            if result >= 0:
+                return result
+        return self.fallback(*args)
 
 
 class Runner:
@@ -196,4 +222,4 @@ class Field:
         return page[start : start + length]
 
 
-__all__ = ["Runner", "ExitBase", "Field", "ioctl"]
+__all__ = ["Runner", "ExitBase", "Field", "ValueIoctl", "ioctl"]

@@ -571,6 +571,138 @@ static PyTypeObject FieldType = {
     .tp_members = field_members,
 };
 
+/* An ioctl argument passed by value: any int from -2**63 to 2**64 - 1 (a C long or unsigned long). */
+static int as_ioctl_value(PyObject *obj, unsigned long *value) {
+    *value = PyLong_AsUnsignedLong(obj);
+    if (!(*value == (unsigned long)-1 && PyErr_Occurred()))
+        return 0;
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+        return -1;
+    PyErr_Clear();
+    long signed_value = PyLong_AsLong(obj);
+    if (signed_value == -1 && PyErr_Occurred()) {
+        PyErr_SetString(PyExc_OverflowError, "ioctl argument does not fit in 64 bits");
+        return -1;
+    }
+    *value = (unsigned long)signed_value;
+    return 0;
+}
+
+/* ---- ValueIoctl -------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    unsigned long request;
+    unsigned long generation;
+    PyObject *fallback;
+    vectorcallfunc vectorcall;
+} ValueIoctlObject;
+
+/* One argument: an int (or int subclass, such as an IntEnum member) is passed by value and the result
+ * returned; anything else, a failure, a closed or forked fd go to `fallback(arg)`, which does the same
+ * in Python with full argument conversion and error reporting. For quick, non-blocking ioctls only
+ * (the GIL is kept). */
+static PyObject *value_ioctl_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                        PyObject *kwnames) {
+    ValueIoctlObject *self = (ValueIoctlObject *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs == 1 && kwnames == NULL && PyLong_Check(args[0]) && self->fd >= 0 &&
+        self->generation == fork_generation) {
+        unsigned long value;
+        if (as_ioctl_value(args[0], &value) == 0) {
+            int result = ioctl(self->fd, self->request, value);
+            if (result >= 0)
+                return PyLong_FromLong(result);
+        }
+        PyErr_Clear();
+    }
+    if (self->fallback == NULL) {
+        PyErr_SetString(PyExc_ValueError, "this ValueIoctl was cleared");
+        return NULL;
+    }
+    return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+}
+
+static int value_ioctl_init(ValueIoctlObject *self, PyObject *args, PyObject *kwds) {
+    static char *keywords[] = {"fd", "request", "fallback", NULL};
+    int fd;
+    unsigned long request;
+    PyObject *fallback;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ikO:ValueIoctl", keywords, &fd, &request, &fallback))
+        return -1;
+    if (!PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_TypeError, "fallback must be callable");
+        return -1;
+    }
+    self->fd = fd;
+    self->request = request;
+    self->generation = fork_generation;
+    Py_INCREF(fallback);
+    Py_XSETREF(self->fallback, fallback);
+    return 0;
+}
+
+static PyObject *value_ioctl_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    ValueIoctlObject *self = (ValueIoctlObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->fd = -1;
+    self->vectorcall = value_ioctl_vectorcall;
+    return (PyObject *)self;
+}
+
+static int value_ioctl_traverse(ValueIoctlObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int value_ioctl_clear(ValueIoctlObject *self) {
+    self->fd = -1;
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void value_ioctl_dealloc(ValueIoctlObject *self) {
+    PyObject_GC_UnTrack(self);
+    value_ioctl_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *value_ioctl_close(ValueIoctlObject *self, PyObject *unused) {
+    self->fd = -1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef value_ioctl_methods[] = {
+    {"close", (PyCFunction)value_ioctl_close, METH_NOARGS, "From now on every call goes to the fallback."},
+    {NULL},
+};
+
+static PyMemberDef value_ioctl_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(ValueIoctlObject, vectorcall), READONLY},
+    {NULL},
+};
+
+static PyTypeObject ValueIoctlType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kvm._speedups.ValueIoctl",
+    .tp_doc = "ValueIoctl(fd, request, fallback)\n\n"
+              "Called with an int: ioctl(fd, request, value) and its result; anything else (another argument\n"
+              "type, a failure, a closed or forked fd) is fallback(*args).",
+    .tp_basicsize = sizeof(ValueIoctlObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = value_ioctl_new,
+    .tp_init = (initproc)value_ioctl_init,
+    .tp_dealloc = (destructor)value_ioctl_dealloc,
+    .tp_traverse = (traverseproc)value_ioctl_traverse,
+    .tp_clear = (inquiry)value_ioctl_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(ValueIoctlObject, vectorcall),
+    .tp_methods = value_ioctl_methods,
+    .tp_members = value_ioctl_members,
+};
+
 /* ---- ioctl ------------------------------------------------------------------------------------- */
 
 static PyObject *speedups_ioctl(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -588,8 +720,8 @@ static PyObject *speedups_ioctl(PyObject *module, PyObject *const *args, Py_ssiz
     unsigned long request = PyLong_AsUnsignedLong(args[1]);
     if (request == (unsigned long)-1 && PyErr_Occurred())
         return NULL;
-    unsigned long value = PyLong_AsUnsignedLongMask(args[2]);
-    if (value == (unsigned long)-1 && PyErr_Occurred())
+    unsigned long value;
+    if (as_ioctl_value(args[2], &value) < 0)
         return NULL;
     int result, err;
     Py_BEGIN_ALLOW_THREADS
@@ -615,7 +747,8 @@ static struct PyModuleDef speedups_module = {
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    if (PyType_Ready(&RunnerType) < 0 || PyType_Ready(&ExitBaseType) < 0 || PyType_Ready(&FieldType) < 0)
+    if (PyType_Ready(&RunnerType) < 0 || PyType_Ready(&ExitBaseType) < 0 || PyType_Ready(&FieldType) < 0 ||
+        PyType_Ready(&ValueIoctlType) < 0)
         return NULL;
     if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
@@ -626,7 +759,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         return NULL;
     if (PyModule_AddObjectRef(module, "Runner", (PyObject *)&RunnerType) < 0 ||
         PyModule_AddObjectRef(module, "ExitBase", (PyObject *)&ExitBaseType) < 0 ||
-        PyModule_AddObjectRef(module, "Field", (PyObject *)&FieldType) < 0) {
+        PyModule_AddObjectRef(module, "Field", (PyObject *)&FieldType) < 0 ||
+        PyModule_AddObjectRef(module, "ValueIoctl", (PyObject *)&ValueIoctlType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

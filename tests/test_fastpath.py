@@ -249,3 +249,25 @@ def test_a_runner_taken_before_fork_refuses_in_the_child(vm):
     os.waitpid(pid, 0)
     assert outcome == b"refused"
     assert isinstance(run(), kvm.HltExit)  # the parent's vCPU is unaffected
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_value_ioctl_answers_ints_and_leaves_the_rest_to_its_fallback(impl, system):
+    number = system.binding.IOCTLS["KVM_CHECK_EXTENSION"].number
+    cap = system.binding.CONSTANTS["KVM_CAP_USER_MEMORY"]
+    calls = []
+
+    def fallback(*args):
+        calls.append(args)
+        return "fallback"
+
+    call = impl.ValueIoctl(system.fileno(), number, fallback)
+    assert call(cap) == 1 and call(kvm.generated.Cap.USER_MEMORY) == 1 and calls == []
+    assert call("USER_MEMORY") == "fallback" and call(2**64) == "fallback" and call() == "fallback"
+    bad = impl.ValueIoctl(-1, number, fallback)
+    assert bad(cap) == "fallback"  # the ioctl failed (EBADF): the fallback reports it
+    call.close()
+    assert call(cap) == "fallback"
+    assert calls == [("USER_MEMORY",), (2**64,), (), (cap,), (cap,)]
+    with pytest.raises(TypeError):
+        impl.ValueIoctl(0, number, None)
