@@ -57,10 +57,11 @@ class Row:
 # Running things
 
 
-def run_process(command: list[str]) -> subprocess.CompletedProcess[str]:
+def run_process(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `command` to completion, capturing its output; BenchError with its stderr when it fails or hangs."""
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=PROCESS_TIMEOUT, cwd=REPO_ROOT)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PROCESS_TIMEOUT, cwd=REPO_ROOT,
+                              env=env)
     except subprocess.TimeoutExpired:
         raise BenchError(f"`{' '.join(command)}` did not finish in {PROCESS_TIMEOUT} s") from None
     if done.returncode != 0:
@@ -68,8 +69,8 @@ def run_process(command: list[str]) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def run_json(command: list[str]) -> dict[str, Any]:
-    lines = run_process(command).stdout.strip().splitlines()
+def run_json(command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    lines = run_process(command, env).stdout.strip().splitlines()
     if not lines:
         raise BenchError(f"`{' '.join(command)}` printed nothing")
     return json.loads(lines[-1])  # type: ignore[no-any-return]

@@ -18,6 +18,7 @@ now = time.perf_counter  # CLOCK_MONOTONIC, like the baseline's clock
 
 import_start = now()
 import kvm  # noqa: E402  (timed: reported by the `first` workload)
+import kvm._accel  # noqa: E402  (the breakdown's floor calls the compiled ioctl directly)
 
 IMPORT_SECONDS = now() - import_start
 
@@ -128,8 +129,66 @@ def memory(size: int) -> dict[str, Any]:
             "read_method": read_method}
 
 
+# The port-I/O loop taken apart, step by step, for bench/breakdown.py ("where the time goes").
+
+
+def pio_bare_ioctl(n: int) -> dict[str, Any]:
+    """The floor: a Python loop around one compiled call issuing KVM_RUN (GIL released), nothing else."""
+    with kvm.Kvm() as k, k.create_vm() as vm:
+        vcpu = real_mode_vcpu(vm, PIO_CODE)
+        fd, number, run_ioctl = vcpu.fileno(), k.binding.IOCTLS["KVM_RUN"].number, kvm._accel.ioctl
+        start = now()
+        for _ in range(n):
+            run_ioctl(fd, number, 0)
+        seconds = now() - start
+    return {"exits": n, "seconds": seconds}
+
+
+def pio_run_only(n: int) -> dict[str, Any]:
+    """`vcpu.run()` returning the typed exit, which nobody reads."""
+    with kvm.Kvm() as k, k.create_vm() as vm:
+        vcpu = real_mode_vcpu(vm, PIO_CODE)
+        start = now()
+        for _ in range(n):
+            vcpu.run()
+        seconds = now() - start
+    return {"exits": n, "seconds": seconds}
+
+
+def pio_port_only(n: int) -> dict[str, Any]:
+    """`vcpu.run()`, the type check and `exit.port`."""
+    with kvm.Kvm() as k, k.create_vm() as vm:
+        vcpu = real_mode_vcpu(vm, PIO_CODE)
+        checksum = 0
+        start = now()
+        for _ in range(n):
+            exit = vcpu.run()
+            if not isinstance(exit, kvm.IoExit):
+                raise WorkloadError(f"expected an IoExit, got {exit!r}")
+            checksum += exit.port
+        seconds = now() - start
+    return {"exits": n, "seconds": seconds}
+
+
+def pio_data_view(n: int) -> dict[str, Any]:
+    """As `pio`, reading the data through the `exit.data` memoryview instead of `exit.value`."""
+    with kvm.Kvm() as k, k.create_vm() as vm:
+        vcpu = real_mode_vcpu(vm, PIO_CODE)
+        checksum = 0
+        start = now()
+        for _ in range(n):
+            exit = vcpu.run()
+            if not isinstance(exit, kvm.IoExit):
+                raise WorkloadError(f"expected an IoExit, got {exit!r}")
+            checksum += exit.port + exit.data[0]
+        seconds = now() - start
+    return {"exits": n, "seconds": seconds, "checksum": checksum}
+
+
 WORKLOADS: dict[str, Callable[[int], dict[str, Any]]] = {
     "pio": pio, "mmio": mmio, "ioctl": ioctl, "first": first, "memory": memory,
+    "pio-bare-ioctl": pio_bare_ioctl, "pio-run-only": pio_run_only, "pio-port-only": pio_port_only,
+    "pio-data-view": pio_data_view,
 }
 
 

@@ -26,18 +26,8 @@
 
 /* Bumped in the child after fork(): a Runner made before the fork refuses to run in the child. */
 static unsigned long fork_generation;
-/* This thread's kernel tid, cached (gettid is a system call); reset in a forked child. */
-static __thread pid_t cached_tid;
-
 static void after_fork_in_child(void) {
     fork_generation++;
-    cached_tid = 0;
-}
-
-static pid_t current_tid(void) {
-    if (cached_tid == 0)
-        cached_tid = (pid_t)syscall(SYS_gettid);
-    return cached_tid;
 }
 
 /* A native-endian unsigned integer of 1, 2, 4 or 8 bytes at p. */
@@ -72,6 +62,8 @@ typedef struct {
     PyObject *on_unusable;     /* raises ClosedError / ForkedError */
     Py_ssize_t reason_offset;  /* offset of kvm_run.exit_reason */
     pid_t tid;                 /* the thread inside KVM_RUN, 0 when none */
+    pthread_t last_thread;     /* the thread that ran last, and its kernel tid (gettid is a system call) */
+    pid_t last_tid;
     vectorcallfunc vectorcall;
 } RunnerObject;
 
@@ -114,7 +106,12 @@ static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, si
         }
         return PyObject_CallNoArgs(self->on_unusable);
     }
-    self->tid = current_tid();
+    pthread_t thread = pthread_self();
+    if (self->last_tid == 0 || !pthread_equal(thread, self->last_thread)) {
+        self->last_thread = thread;
+        self->last_tid = (pid_t)syscall(SYS_gettid);
+    }
+    self->tid = self->last_tid;
     int result, err;
     Py_BEGIN_ALLOW_THREADS
     result = ioctl(fd, self->request, 0);
