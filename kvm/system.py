@@ -7,6 +7,7 @@ import os
 from types import ModuleType
 from typing import Any, Iterable, NamedTuple
 
+from ._accel import ValueIoctl
 from ._fd import KvmFd
 from .errors import KvmError
 
@@ -63,6 +64,15 @@ class Kvm(KvmFd):
         super().__init__(fd, binding)
         self.path = path
         self._mmap_size: int | None = None
+        # The fast path: `k.check_extension(number)` is one compiled call (kvm/_speedups.c); names, a
+        # closed or forked fd and failures fall back to the method below, which reports them.
+        self.__dict__["check_extension"] = ValueIoctl(fd, self._ioctls["KVM_CHECK_EXTENSION"].number,
+                                                      Kvm.check_extension.__get__(self))
+
+    def _release(self) -> None:
+        fast = self.__dict__.pop("check_extension", None)
+        if fast is not None:
+            fast.close()
 
     @property
     def binding(self) -> ModuleType:
@@ -79,9 +89,10 @@ class Kvm(KvmFd):
     def check_extension(self, cap: Any) -> int:
         """KVM_CHECK_EXTENSION on /dev/kvm: 0 when absent, else a positive (often meaningful) value.
 
-        `cap`: a `Cap` member, a number, or a name ("KVM_CAP_IRQCHIP" or "IRQCHIP").
+        `cap`: a `Cap` member, a number, or a name ("KVM_CAP_IRQCHIP" or "IRQCHIP"). Asks the kernel
+        on every call.
         """
-        return self._query_cap(self._cap_value(cap))
+        return self._ioctl("KVM_CHECK_EXTENSION", self._cap_value(cap))
 
     @property
     def vcpu_mmap_size(self) -> int:

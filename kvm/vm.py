@@ -139,8 +139,8 @@ class Vm(KvmFd):
         return self._cap_target
 
     def check_extension(self, cap: Any) -> int:
-        """KVM_CHECK_EXTENSION on the VM fd when the host supports it (else on /dev/kvm)."""
-        return self._cap_target._query_cap(self._cap_value(cap))
+        """KVM_CHECK_EXTENSION on the VM fd when the host supports it (else on /dev/kvm), on every call."""
+        return self._cap_target._ioctl("KVM_CHECK_EXTENSION", self._cap_value(cap))
 
     def enable_cap(self, cap: Any, *args: int, flags: int = 0) -> int:
         """KVM_ENABLE_CAP on the VM: `args` fill `args[0..3]`."""

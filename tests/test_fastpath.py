@@ -271,3 +271,22 @@ def test_value_ioctl_answers_ints_and_leaves_the_rest_to_its_fallback(impl, syst
     assert calls == [("USER_MEMORY",), (2**64,), (), (cap,), (cap,)]
     with pytest.raises(TypeError):
         impl.ValueIoctl(0, number, None)
+
+
+def test_check_extension_by_number_name_or_member_and_after_close():
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("/dev/kvm is absent or not usable by this user")
+    k = kvm.Kvm()
+    cap = k.binding.CONSTANTS["KVM_CAP_USER_MEMORY"]
+    assert k.check_extension(cap) == k.check_extension("USER_MEMORY") == 1
+    assert k.check_extension(k.binding.Cap.USER_MEMORY) == 1
+    assert k.check_extension(2**31 - 1) == 0  # a capability no kernel has
+    with pytest.raises(LookupError, match="KVM_CAP_NO_SUCH_THING"):
+        k.check_extension("NO_SUCH_THING")
+    with pytest.raises(OverflowError):
+        k.check_extension(2**64)
+    taken = k.check_extension
+    k.close()
+    for call in (taken, k.check_extension):
+        with pytest.raises(kvm.ClosedError):
+            call(cap)
