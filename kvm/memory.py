@@ -137,6 +137,22 @@ class GuestMemory:
         offset = self._offset(address, length)
         self._view[offset : offset + length] = memoryview(data).cast("B")  # type: ignore[index]
 
+    def read_into(self, address: int, buffer: Any) -> int:
+        """Fill the writable bytes-like `buffer` from guest-physical `address` (one copy, no allocation).
+
+        Returns the number of bytes copied: all of `buffer`.
+        """
+        target = memoryview(buffer)
+        if target.readonly:
+            raise TypeError(f"read_into needs a writable buffer, not a read-only {type(buffer).__name__}")
+        if not target.c_contiguous:
+            raise TypeError("read_into needs a contiguous buffer")
+        target = target.cast("B")
+        length = target.nbytes
+        offset = self._offset(address, length)
+        target[:] = self._view[offset : offset + length]  # type: ignore[index]
+        return length
+
     def view(self, address: int | None = None, length: int | None = None) -> memoryview:
         """A writable zero-copy memoryview of guest memory (the whole slot by default)."""
         if address is None:

@@ -290,3 +290,18 @@ def test_check_extension_by_number_name_or_member_and_after_close():
     for call in (taken, k.check_extension):
         with pytest.raises(kvm.ClosedError):
             call(cap)
+
+
+def test_read_into_fills_a_buffer_with_bounds_checks(vm):
+    mem = vm.add_memory(0x10000, 0x4000)
+    mem.write(0x10100, b"guest bytes")
+    buffer = bytearray(11)
+    assert mem.read_into(0x10100, buffer) == 11 and buffer == b"guest bytes"
+    words = memoryview(bytearray(8)).cast("I")
+    assert mem.read_into(0x10100, words) == 8 and bytes(words) == b"guest by"
+    with pytest.raises(kvm.GuestMemoryError, match="outside slot"):
+        mem.read_into(0x13FF8, bytearray(16))
+    with pytest.raises(TypeError, match="read-only"):
+        mem.read_into(0x10100, b"immutable")
+    with pytest.raises(TypeError, match="contiguous"):
+        mem.read_into(0x10100, memoryview(bytearray(16))[::2])
