@@ -22,7 +22,8 @@ package offers a small hand-written API that never hard-codes a number or a layo
   the host lacks raises `CapabilityError` without being issued.
 - `kvm.x86` puts a vCPU in real mode, flat protected mode or long mode in one call.
 
-Importing `kvm` is cheap: the classes load on first use.
+Importing `kvm` loads the layer and the host's default binding up front (about 25 ms, see bench/README.md),
+so that the first VM of a process does not wait for imports.
 """
 
 from __future__ import annotations
@@ -102,3 +103,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+def _preload() -> None:
+    """Load what a VM needs now rather than on its way to the first exit."""
+    from . import exits, system, vcpu, vm, x86  # noqa: F401
+
+    try:
+        binding = system.default_binding()
+    except LookupError:  # no bundled binding for this arch: kvm.generated.load() says why when asked
+        return
+    exits.dispatch_table(binding)
+
+
+_preload()
