@@ -62,9 +62,7 @@ APIDOC_FIXES: int = _default.APIDOC_FIXES
 CONSTANTS = _default.CONSTANTS
 IOCTLS = _default.IOCTLS
 UNAVAILABLE_IOCTLS = _default.UNAVAILABLE_IOCTLS
-STRUCTS = _default.STRUCTS
-CAPS = _default.CAPS
 
 
-def __getattr__(name: str) -> Any:  # the enums (Cap, ExitReason, ...) and ffi of the default binding
+def __getattr__(name: str) -> Any:  # the enums (Cap, ExitReason, ...), ffi, STRUCTS and CAPS of the default binding
     return getattr(_default, name)
