@@ -22,98 +22,63 @@ package offers a small hand-written API that never hard-codes a number or a layo
   the host lacks raises `CapabilityError` without being issued.
 - `kvm.x86` puts a vCPU in real mode, flat protected mode or long mode in one call.
 
-Importing `kvm` loads the layer and the host's default binding up front (about 25 ms, see bench/README.md),
-so that the first VM of a process does not wait for imports.
+Importing `kvm` loads everything a VM needs, so that the first VM of a process pays no set-up cost: the
+classes, the default binding (`kvm.generated`: this host's arch at the newest bundled kernel) with its cffi
+FFI, the cffi types of the first exit's path (struct kvm_run, the register sets, the memory region) and the
+exit dispatch table. The bindings' record layouts, capability table and the other bundled bindings still
+load on first use.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from . import generated, stats, x86  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone: no generated
+from .device import Device
+from .errors import CapabilityError, ClosedError, ForkedError, GuestMemoryError, KvmError
+from .exits import (
+    ApResetHoldExit,
+    DebugExit,
+    DirtyRingFullExit,
+    ExceptionExit,
+    Exit,
+    FailEntryExit,
+    HltExit,
+    HwUnknownExit,
+    HypercallExit,
+    HypervExit,
+    InternalErrorExit,
+    IntrExit,
+    IoapicEoiExit,
+    IoExit,
+    IrqWindowOpenExit,
+    MemoryFaultExit,
+    MmioExit,
+    NmiExit,
+    NotifyExit,
+    RdmsrExit,
+    SetTprExit,
+    ShutdownExit,
+    SystemEventExit,
+    TdxExit,
+    TprAccessExit,
+    UnknownExit,
+    WrmsrExit,
+    X86BusLockExit,
+    XenExit,
+)
+from .memory import GuestMemory
+from .system import CpuidEntry, Kvm
+from .vcpu import DirtyGfn, Translation, Vcpu, install_kick_handler
+from .vm import CoalescedAccess, EventFd, GuestMemfd, IrqchipRoute, MsiRoute, MsrFilterRange, Vm
 
 __version__ = "0.1.0"
 
-# public name -> submodule that defines it (loaded on first attribute access)
-_EXPORTS = {
-    "Kvm": "system",
-    "CpuidEntry": "system",
-    "Vm": "vm",
-    "EventFd": "vm",
-    "GuestMemfd": "vm",
-    "IrqchipRoute": "vm",
-    "MsiRoute": "vm",
-    "MsrFilterRange": "vm",
-    "CoalescedAccess": "vm",
-    "Vcpu": "vcpu",
-    "Translation": "vcpu",
-    "DirtyGfn": "vcpu",
-    "install_kick_handler": "vcpu",
-    "Device": "device",
-    "GuestMemory": "memory",
-    "KvmError": "errors",
-    "CapabilityError": "errors",
-    "ClosedError": "errors",
-    "ForkedError": "errors",
-    "GuestMemoryError": "errors",
-    "Exit": "exits",
-    "UnknownExit": "exits",
-    "HwUnknownExit": "exits",
-    "ExceptionExit": "exits",
-    "IoExit": "exits",
-    "HypercallExit": "exits",
-    "DebugExit": "exits",
-    "HltExit": "exits",
-    "MmioExit": "exits",
-    "IrqWindowOpenExit": "exits",
-    "ShutdownExit": "exits",
-    "FailEntryExit": "exits",
-    "IntrExit": "exits",
-    "SetTprExit": "exits",
-    "TprAccessExit": "exits",
-    "NmiExit": "exits",
-    "InternalErrorExit": "exits",
-    "SystemEventExit": "exits",
-    "IoapicEoiExit": "exits",
-    "RdmsrExit": "exits",
-    "WrmsrExit": "exits",
-    "DirtyRingFullExit": "exits",
-    "ApResetHoldExit": "exits",
-    "X86BusLockExit": "exits",
-    "NotifyExit": "exits",
-    "MemoryFaultExit": "exits",
-    "HypervExit": "exits",
-    "XenExit": "exits",
-    "TdxExit": "exits",
-}
-_SUBMODULES = {"x86", "exits", "errors", "memory", "stats", "system", "vm", "vcpu", "device", "generated"}
-
-__all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
-def _preload() -> None:
-    """Load what a VM needs now rather than on its way to the first exit."""
-    from . import exits, system, vcpu, vm, x86  # noqa: F401
-
-    try:
-        binding = system.default_binding()
-    except LookupError:  # no bundled binding for this arch: kvm.generated.load() says why when asked
-        return
-    exits.dispatch_table(binding)
-
-
-_preload()
+__all__ = [
+    "ApResetHoldExit", "CapabilityError", "ClosedError", "CoalescedAccess", "CpuidEntry", "DebugExit", "Device",
+    "DirtyGfn", "DirtyRingFullExit", "EventFd", "ExceptionExit", "Exit", "FailEntryExit", "ForkedError",
+    "GuestMemfd", "GuestMemory", "GuestMemoryError", "HltExit", "HwUnknownExit", "HypercallExit", "HypervExit",
+    "InternalErrorExit", "IntrExit", "IoExit", "IoapicEoiExit", "IrqWindowOpenExit", "IrqchipRoute", "Kvm",
+    "KvmError", "MemoryFaultExit", "MmioExit", "MsiRoute", "MsrFilterRange", "NmiExit", "NotifyExit", "RdmsrExit",
+    "SetTprExit", "ShutdownExit", "SystemEventExit", "TdxExit", "TprAccessExit", "Translation", "UnknownExit",
+    "Vcpu", "Vm", "WrmsrExit", "X86BusLockExit", "XenExit", "install_kick_handler",
+    "device", "errors", "exits", "generated", "memory", "stats", "system", "vcpu", "vm", "x86",
+]

@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from ._fd import KvmFd
+from .errors import KvmError
 
 
 def _attr(obj: Any, group: int, attr: int, buffer: Any = None) -> Any:
@@ -20,8 +21,6 @@ def _attr(obj: Any, group: int, attr: int, buffer: Any = None) -> Any:
 
 def _has_attr(obj: Any, group: int, attr: int) -> bool:
     """KVM_HAS_DEVICE_ATTR: True when supported, False on ENXIO."""
-    from .errors import KvmError
-
     try:
         obj._ioctl("KVM_HAS_DEVICE_ATTR", _attr(obj, group, attr))
     except KvmError as exc:

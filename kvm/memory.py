@@ -13,9 +13,11 @@ import os
 import sys
 from typing import Any
 
+from . import _sys
 from .errors import ClosedError, GuestMemoryError
 
 PAGE_SIZE = _mmap.PAGESIZE
+_UINTPTR = _sys.ffi.typeof("uintptr_t")
 
 
 class GuestMemory:
@@ -46,9 +48,8 @@ class GuestMemory:
         self._owns_fd = owns_fd
         self.guest_memfd = guest_memfd
         self.guest_memfd_offset = guest_memfd_offset
-        holder = vm._binding.ffi.from_buffer(mapping)
-        self.host_addr = int(vm._binding.ffi.cast("uintptr_t", holder))
-        vm._binding.ffi.release(holder)
+        with _sys.ffi.from_buffer(mapping) as pinned:  # a buffer export, for as long as it takes to read the address
+            self.host_addr = int(_sys.ffi.cast(_UINTPTR, pinned))
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -133,24 +134,26 @@ class GuestMemory:
 
     def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
         """Copy `data` to guest-physical `address`."""
-        length = len(memoryview(data).cast("B")) if not isinstance(data, (bytes, bytearray)) else len(data)
-        offset = self._offset(address, length)
-        self._view[offset : offset + length] = memoryview(data).cast("B")  # type: ignore[index]
+        if not isinstance(data, (bytes, bytearray)):
+            data = memoryview(data).cast("B")
+        offset = self._offset(address, len(data))
+        self._view[offset : offset + len(data)] = data  # type: ignore[index]
 
     def read_into(self, address: int, buffer: Any) -> int:
-        """Fill the writable bytes-like `buffer` from guest-physical `address` (one copy, no allocation).
-
-        Returns the number of bytes copied: all of `buffer`.
-        """
-        target = memoryview(buffer)
-        if target.readonly:
-            raise TypeError(f"read_into needs a writable buffer, not a read-only {type(buffer).__name__}")
-        if not target.c_contiguous:
-            raise TypeError("read_into needs a contiguous buffer")
-        target = target.cast("B")
-        length = target.nbytes
-        offset = self._offset(address, length)
-        target[:] = self._view[offset : offset + length]  # type: ignore[index]
+        """Fill `buffer` (any writable, C-contiguous buffer: bytearray, memoryview, array, ...) with guest
+        memory from guest-physical `address`, in one copy; returns the number of bytes copied (its size)."""
+        try:
+            target = memoryview(buffer)
+        except TypeError:
+            raise TypeError(f"read_into needs a writable buffer, not {type(buffer).__name__}") from None
+        with target:
+            if target.readonly:
+                raise TypeError(f"read_into needs a writable buffer; this {type(buffer).__name__} is read-only")
+            if not target.c_contiguous:
+                raise TypeError("read_into needs a C-contiguous buffer")
+            length = target.nbytes
+            offset = self._offset(address, length)
+            _sys.ffi.memmove(target, self._view[offset : offset + length], length)  # type: ignore[index]
         return length
 
     def view(self, address: int | None = None, length: int | None = None) -> memoryview:

@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import errno
 import os
+import weakref
 from types import ModuleType
 from typing import Any, Iterable, NamedTuple
 
+from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone does not see it
 from ._accel import ValueIoctl
 from ._fd import KvmFd
-from .errors import KvmError
+from .errors import ClosedError, KvmError
+from .exits import dispatch_table
+
+# The binding `Kvm()` uses unless given another: the host arch at the newest bundled kernel.
+DEFAULT_BINDING: ModuleType = generated._default
+
+# The records the path to a VM's first exit goes through (vm.py, vcpu.py, x86.py).
+_FIRST_EXIT_RECORDS = ("struct kvm_userspace_memory_region", "struct kvm_run", "struct kvm_regs", "struct kvm_sregs")
 
 
-def default_binding() -> ModuleType:
-    import kvm.generated  # type: ignore[import-not-found,unused-ignore]
-
-    return kvm.generated._default  # type: ignore[no-any-return]
+def _prepare(binding: ModuleType) -> None:
+    """Do now what the first VM would otherwise do on its way to its first exit: load the binding's FFI,
+    have cffi parse and lay out the records of that path (0.3 ms, most of it struct kvm_run), and build the
+    exit dispatch table."""
+    ffi = binding.ffi
+    for record in _FIRST_EXIT_RECORDS:
+        try:
+            ffi.sizeof(record)  # lays out the record and the records it holds
+        except ffi.error:
+            continue  # not a record of this arch
+        ffi.typeof(record + " *")  # the type string the code asks for
+    dispatch_table(binding)
 
 
 class CpuidEntry(NamedTuple):
@@ -49,6 +66,20 @@ def cpuid_entries(cpuid2: Any) -> list[CpuidEntry]:
     ]
 
 
+def _weak_method(obj: Any, function: Any) -> Any:
+    """`function` bound to `obj` without keeping `obj` alive (a dead `obj` raises ClosedError)."""
+    ref = weakref.ref(obj)
+    name = type(obj).__name__
+
+    def call(*args: Any) -> Any:
+        target = ref()
+        if target is None:
+            raise ClosedError(f"{name} is closed")
+        return function(target, *args)
+
+    return call
+
+
 class Kvm(KvmFd):
     """The KVM subsystem: `Kvm()` opens /dev/kvm (close-on-exec).
 
@@ -59,15 +90,15 @@ class Kvm(KvmFd):
     fd_kind = "system"
 
     def __init__(self, path: str = "/dev/kvm", *, binding: ModuleType | None = None) -> None:
-        binding = binding if binding is not None else default_binding()
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        super().__init__(fd, binding)
+        super().__init__(fd, DEFAULT_BINDING if binding is None else binding)
         self.path = path
         self._mmap_size: int | None = None
         # The fast path: `k.check_extension(number)` is one compiled call (kvm/_speedups.c); names, a
         # closed or forked fd and failures fall back to the method below, which reports them.
+        # (The fallback holds the Kvm weakly, so that dropping the last reference still closes the fd.)
         self.__dict__["check_extension"] = ValueIoctl(fd, self._ioctls["KVM_CHECK_EXTENSION"].number,
-                                                      Kvm.check_extension.__get__(self))
+                                                      _weak_method(self, Kvm.check_extension))
 
     def _release(self) -> None:
         fast = self.__dict__.pop("check_extension", None)
@@ -134,13 +165,16 @@ class Kvm(KvmFd):
 
     def get_msr_features(self, indices: Iterable[int]) -> dict[int, int]:
         """KVM_GET_MSRS on /dev/kvm: values of feature MSRs."""
-        from .vcpu import _read_msrs
-
         return _read_msrs(self, list(indices))
 
-    def create_vm(self, type: int = 0) -> Any:
+    def create_vm(self, type: int = 0) -> Vm:
         """KVM_CREATE_VM: a new `Vm` (type 0 is the default VM type)."""
-        from .vm import Vm
+        type = int(type)
+        return Vm(self, self._ioctl("KVM_CREATE_VM", type), type)
 
-        fd = self._ioctl("KVM_CREATE_VM", int(type))
-        return Vm(self, fd, int(type))
+
+_prepare(DEFAULT_BINDING)
+
+# Last, as kvm.vm imports kvm.vcpu, which imports CpuidEntry and the helpers above from this module.
+from .vcpu import _read_msrs  # noqa: E402
+from .vm import Vm  # noqa: E402

@@ -9,8 +9,11 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 from . import _sys
 from ._fd import KvmFd
-from .errors import ClosedError, KvmError
+from .device import Device, _get_attr, _has_attr, _set_attr
+from .errors import CapabilityError, ClosedError, KvmError
 from .memory import PAGE_SIZE, GuestMemory
+from .stats import StatsFd
+from .vcpu import Vcpu
 
 
 class IrqchipRoute(NamedTuple):
@@ -130,17 +133,20 @@ class Vm(KvmFd):
         self._vcpus: dict[int, Any] = {}
         self._stats: Any = None
         self._dirty_ring_bytes = 0
-        self._coalesced_first = 0
-        self._cap_target: KvmFd = self
-        if system._query_cap(system._binding.CONSTANTS["KVM_CAP_CHECK_EXTENSION_VM"]) <= 0:
-            self._cap_target = system
+        self._cap_target: KvmFd | None = None  # found on first use, by _cap_owner()
 
     def _cap_owner(self) -> KvmFd:
-        return self._cap_target
+        """The VM fd when the host answers KVM_CHECK_EXTENSION on VM fds, else /dev/kvm."""
+        target = self._cap_target
+        if target is None:
+            system = self.system
+            vm_checks = system._query_cap(system._binding.CONSTANTS["KVM_CAP_CHECK_EXTENSION_VM"]) > 0
+            target = self._cap_target = self if vm_checks else system
+        return target
 
     def check_extension(self, cap: Any) -> int:
-        """KVM_CHECK_EXTENSION on the VM fd when the host supports it (else on /dev/kvm), on every call."""
-        return self._cap_target._ioctl("KVM_CHECK_EXTENSION", self._cap_value(cap))
+        """KVM_CHECK_EXTENSION (issued on every call) on the VM fd when the host supports it, else on /dev/kvm."""
+        return self._cap_owner()._ioctl("KVM_CHECK_EXTENSION", self._cap_value(cap))
 
     def enable_cap(self, cap: Any, *args: int, flags: int = 0) -> int:
         """KVM_ENABLE_CAP on the VM: `args` fill `args[0..3]`."""
@@ -305,23 +311,18 @@ class Vm(KvmFd):
 
     # -- vCPUs and devices ------------------------------------------------------------------------
 
-    def create_vcpu(self, id: int = 0) -> Any:
+    def create_vcpu(self, id: int = 0) -> Vcpu:
         """KVM_CREATE_VCPU: a new `Vcpu` with APIC id `id`."""
-        from .vcpu import Vcpu
-
-        fd = self._ioctl("KVM_CREATE_VCPU", int(id))
-        vcpu = Vcpu(self, fd, int(id))
-        self._vcpus[int(id)] = vcpu
+        id = int(id)
+        vcpu = self._vcpus[id] = Vcpu(self, self._ioctl("KVM_CREATE_VCPU", id), id)
         return vcpu
 
     @property
     def vcpus(self) -> list[Any]:
         return [v for _, v in sorted(self._vcpus.items()) if not v.closed]
 
-    def create_device(self, type: int, *, test: bool = False) -> Any:
+    def create_device(self, type: int, *, test: bool = False) -> Device | None:
         """KVM_CREATE_DEVICE: a `Device` (with `test=True`, only check it could be created; returns None)."""
-        from .device import Device
-
         request = self._ffi.new("struct kvm_create_device *")
         request.type = int(type)
         request.flags = self._binding.CONSTANTS["KVM_CREATE_DEVICE_TEST"] if test else 0
@@ -555,9 +556,7 @@ class Vm(KvmFd):
         zone.size = size
         zone.pio = 1 if pio else 0
         if pio and self.check_extension("KVM_CAP_COALESCED_PIO") <= 0:
-            from .errors import CapabilityError
-
-            raise CapabilityError(ioctl, self.fd_kind, "KVM_CAP_COALESCED_PIO", self._cap_target.fd_kind)
+            raise CapabilityError(ioctl, self.fd_kind, "KVM_CAP_COALESCED_PIO", self._cap_owner().fd_kind)
         self._ioctl(ioctl, zone)
 
     def register_coalesced_mmio(self, address: int, size: int) -> None:
@@ -609,8 +608,6 @@ class Vm(KvmFd):
     def stats(self) -> dict[str, int | tuple[int, ...]]:
         """The VM's binary stats (KVM_GET_STATS_FD): name -> value."""
         if self._stats is None:
-            from .stats import StatsFd
-
             fd = self._ioctl("KVM_GET_STATS_FD")
             os.set_inheritable(fd, False)
             self._stats = StatsFd(fd, self._ffi, self._binding.CONSTANTS)
@@ -619,18 +616,12 @@ class Vm(KvmFd):
     # -- device attributes on the VM fd -----------------------------------------------------------
 
     def has_attr(self, group: int, attr: int) -> bool:
-        from .device import _has_attr
-
         return _has_attr(self, group, attr)
 
     def get_attr(self, group: int, attr: int, size: int = 8) -> int:
-        from .device import _get_attr
-
         return _get_attr(self, group, attr, size)
 
     def set_attr(self, group: int, attr: int, value: int | bytes | None = None, size: int = 8) -> None:
-        from .device import _set_attr
-
         _set_attr(self, group, attr, value, size)
 
 

@@ -47,6 +47,17 @@ def _segment(seg: Any, *, base: int, limit: int, selector: int, type: int, s: in
     seg.unusable = 0
 
 
+# The set-up helpers issue KVM_GET/SET_REGS and KVM_GET/SET_SREGS themselves: the vCPU's `regs` and
+# `sregs` properties (whose setters also take dicts and structs) would add Python layers to each call.
+
+
+def _read(vcpu: Any, ioctl: str, ctype: str) -> Any:
+    """A new `ctype` filled by `ioctl`: what `vcpu.regs` or `vcpu.sregs` returns."""
+    state = vcpu._ffi.new(ctype)
+    vcpu._ioctl(ioctl, state)
+    return state
+
+
 def gdt_entry(base: int, limit: int, access: int, flags: int) -> bytes:
     """An 8-byte GDT descriptor (access byte, flags nibble: G, D/B, L, AVL)."""
     value = (limit & 0xFFFF) | ((base & 0xFFFFFF) << 16) | ((access & 0xFF) << 40)
@@ -56,20 +67,20 @@ def gdt_entry(base: int, limit: int, access: int, flags: int) -> bytes:
 
 def setup_real_mode(vcpu: Any, entry: int, *, cs: int = 0, stack: int | None = None) -> None:
     """Real mode, CS = `cs` (base cs*16), IP = entry - base; DS/ES/SS = 0."""
-    sregs = vcpu.sregs
+    sregs = _read(vcpu, "KVM_GET_SREGS", "struct kvm_sregs *")
     base = cs << 4
     for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
         seg.base = 0
         seg.selector = 0
     sregs.cs.base = base
     sregs.cs.selector = cs
-    vcpu.sregs = sregs
-    regs = vcpu.regs
+    vcpu._ioctl("KVM_SET_SREGS", sregs)
+    regs = _read(vcpu, "KVM_GET_REGS", "struct kvm_regs *")
     regs.rip = entry - base
     regs.rflags = RFLAGS_RESERVED
     if stack is not None:
         regs.rsp = stack
-    vcpu.regs = regs
+    vcpu._ioctl("KVM_SET_REGS", regs)
 
 
 def setup_protected_mode(vcpu: Any, entry: int, *, stack: int = 0, memory: Any = None, gdt_addr: int = 0x500) -> None:
@@ -77,7 +88,7 @@ def setup_protected_mode(vcpu: Any, entry: int, *, stack: int = 0, memory: Any =
 
     With `memory` (a GuestMemory), a 3-entry GDT is written at `gdt_addr` and loaded.
     """
-    sregs = vcpu.sregs
+    sregs = _read(vcpu, "KVM_GET_SREGS", "struct kvm_sregs *")
     _segment(sregs.cs, base=0, limit=0xFFFFFFFF, selector=CODE_SELECTOR, type=0xB, db=1, g=1)
     for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
         _segment(seg, base=0, limit=0xFFFFFFFF, selector=DATA_SELECTOR, type=0x3, db=1, g=1)
@@ -87,12 +98,12 @@ def setup_protected_mode(vcpu: Any, entry: int, *, stack: int = 0, memory: Any =
         sregs.gdt.base = gdt_addr
         sregs.gdt.limit = len(table) - 1
     sregs.cr0 = (sregs.cr0 | CR0_PE) & ~CR0_PG
-    vcpu.sregs = sregs
-    regs = vcpu.regs
+    vcpu._ioctl("KVM_SET_SREGS", sregs)
+    regs = _read(vcpu, "KVM_GET_REGS", "struct kvm_regs *")
     regs.rip = entry
     regs.rsp = stack
     regs.rflags = RFLAGS_RESERVED
-    vcpu.regs = regs
+    vcpu._ioctl("KVM_SET_REGS", regs)
 
 
 def build_identity_page_tables(memory: Any, page_table_addr: int, size: int = 1 << 30) -> int:
@@ -131,7 +142,7 @@ def setup_long_mode(vcpu: Any, entry: int, *, memory: Any, page_table_addr: int 
     cr3 = build_identity_page_tables(memory, page_table_addr, identity_size)
     table = bytes(8) + gdt_entry(0, 0xFFFFF, 0x9B, 0xA) + gdt_entry(0, 0xFFFFF, 0x93, 0xC)
     memory.write(gdt_addr, table)
-    sregs = vcpu.sregs
+    sregs = _read(vcpu, "KVM_GET_SREGS", "struct kvm_sregs *")
     _segment(sregs.cs, base=0, limit=0xFFFFFFFF, selector=CODE_SELECTOR, type=0xB, l=1, g=1)
     for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
         _segment(seg, base=0, limit=0xFFFFFFFF, selector=DATA_SELECTOR, type=0x3, db=1, g=1)
@@ -141,9 +152,9 @@ def setup_long_mode(vcpu: Any, entry: int, *, memory: Any, page_table_addr: int 
     sregs.cr4 = sregs.cr4 | CR4_PAE
     sregs.cr0 = sregs.cr0 | CR0_PE | CR0_PG | CR0_ET | CR0_NE
     sregs.efer = sregs.efer | EFER_LME | EFER_LMA
-    vcpu.sregs = sregs
-    regs = vcpu.regs
+    vcpu._ioctl("KVM_SET_SREGS", sregs)
+    regs = _read(vcpu, "KVM_GET_REGS", "struct kvm_regs *")
     regs.rip = entry
     regs.rsp = stack
     regs.rflags = RFLAGS_RESERVED
-    vcpu.regs = regs
+    vcpu._ioctl("KVM_SET_REGS", regs)
