@@ -305,3 +305,19 @@ def test_read_into_fills_a_buffer_with_bounds_checks(vm):
         mem.read_into(0x10100, b"immutable")
     with pytest.raises(TypeError, match="contiguous"):
         mem.read_into(0x10100, memoryview(bytearray(16))[::2])
+
+
+def test_dropping_the_last_reference_to_a_kvm_closes_its_fd():
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("/dev/kvm is absent or not usable by this user")
+    import gc
+
+    gc.disable()  # by reference counting, not by a later garbage collection
+    try:
+        k = kvm.Kvm()
+        fd = k.fileno()
+        del k
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    finally:
+        gc.enable()
