@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import weakref
 from types import ModuleType
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone does not see it
 from ._accel import ValueIoctl
@@ -94,11 +95,6 @@ class Kvm(KvmFd):
         super().__init__(fd, DEFAULT_BINDING if binding is None else binding)
         self.path = path
         self._mmap_size: int | None = None
-        # The fast path: `k.check_extension(number)` is one compiled call (kvm/_speedups.c); names, a
-        # closed or forked fd and failures fall back to the method below, which reports them.
-        # (The fallback holds the Kvm weakly, so that dropping the last reference still closes the fd.)
-        self.__dict__["check_extension"] = ValueIoctl(fd, self._ioctls["KVM_CHECK_EXTENSION"].number,
-                                                      _weak_method(self, Kvm.check_extension))
 
     def _release(self) -> None:
         fast = self.__dict__.pop("check_extension", None)
@@ -117,12 +113,21 @@ class Kvm(KvmFd):
     def api_version(self) -> int:
         return self._ioctl("KVM_GET_API_VERSION")
 
-    def check_extension(self, cap: Any) -> int:
-        """KVM_CHECK_EXTENSION on /dev/kvm: 0 when absent, else a positive (often meaningful) value.
+    @functools.cached_property
+    def check_extension(self) -> Callable[[Any], int]:
+        """KVM_CHECK_EXTENSION on /dev/kvm: `k.check_extension(cap)` is 0 when the capability is absent,
+        else a positive (often meaningful) value. `cap`: a `Cap` member, a number, or a name
+        ("KVM_CAP_IRQCHIP" or "IRQCHIP"). Asks the kernel on every call.
 
-        `cap`: a `Cap` member, a number, or a name ("KVM_CAP_IRQCHIP" or "IRQCHIP"). Asks the kernel
-        on every call.
+        Made on first use (not in __init__, which is on the way to every VM's first exit): called with a
+        number it is one compiled call (kvm/_speedups.c); names, a closed or forked fd and failures go to
+        `_check_extension`, which reports them and is held weakly, so that dropping the last reference to
+        the Kvm still closes the fd.
         """
+        return ValueIoctl(self._fd, self._ioctls["KVM_CHECK_EXTENSION"].number,
+                          _weak_method(self, Kvm._check_extension))
+
+    def _check_extension(self, cap: Any) -> int:
         return self._ioctl("KVM_CHECK_EXTENSION", self._cap_value(cap))
 
     @property
