@@ -16,7 +16,8 @@ if os.environ.get("KVM_PURE_PYTHON"):
     NATIVE = False
 else:
     try:
-        from ._speedups import ExitBase, Field, Runner, ValueIoctl, ioctl
+        # (the two modules offer the same interface; mypy sees kvm._pure's types)
+        from ._speedups import ExitBase, Field, Runner, ValueIoctl, ioctl  # type: ignore[assignment]
     except ImportError:
         from ._pure import ExitBase, Field, Runner, ValueIoctl, ioctl
 

@@ -125,6 +125,8 @@ class ExitBase:
     """ExitBase(vcpu): the base of every exit; Field descriptors read its payload from kvm_run."""
 
     __slots__ = ("vcpu", "_page")
+    vcpu: Any
+    _page: memoryview
 
     def __new__(cls, vcpu: Any, *rest: Any) -> Any:
         runner = getattr(vcpu, "_runner", None)

@@ -104,3 +104,10 @@ def test_strict_catches_misuse(tmp_path: pathlib.Path) -> None:
     assert 'Argument 1 to "create_vcpu" of "VmIoctls" has incompatible type "str"' in out
     assert "dict[int, int]" in out and "list[int]" in out
     assert 'Too many arguments for "get_msr_index_list"' in out
+
+
+def test_hand_written_layer_passes_the_project_config(tmp_path: pathlib.Path) -> None:
+    """`mypy kvm` with the settings in pyproject.toml (both run-loop implementations included)."""
+    out, err, status = api.run(["--config-file", str(ROOT / "pyproject.toml"), "--cache-dir", str(tmp_path / "cache"),
+                                str(ROOT / "kvm")])
+    assert status == 0, out + err
