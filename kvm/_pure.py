@@ -107,6 +107,8 @@ class Runner:
         self.tid = _native_id()
         result = _raw_ioctl(fd, self.request, _NULL)
         self.tid = 0
+        if self.fd < 0:  # closed by another thread meanwhile: kvm_run may be a stale copy by now
+            return self.on_unusable()
         if result < 0:
             return self.on_error(_sys_ffi.errno)
         reason = _unpack_u32(self.view, self.reason_offset)[0]

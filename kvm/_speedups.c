@@ -91,6 +91,15 @@ static PyObject *make_exit(PyTypeObject *cls, RunnerObject *runner) {
     return (PyObject *)exit;
 }
 
+/* The answer of a closed or forked Runner: on_unusable() raises ClosedError or ForkedError. */
+static PyObject *runner_unusable(RunnerObject *self) {
+    if (self->on_unusable == NULL) {
+        PyErr_SetString(PyExc_ValueError, "this Runner was cleared");
+        return NULL;
+    }
+    return PyObject_CallNoArgs(self->on_unusable);
+}
+
 static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
                                    PyObject *kwnames) {
     RunnerObject *self = (RunnerObject *)callable;
@@ -99,13 +108,8 @@ static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, si
         return NULL;
     }
     int fd = self->fd;
-    if (fd < 0 || self->generation != fork_generation) {
-        if (self->on_unusable == NULL) {
-            PyErr_SetString(PyExc_ValueError, "this Runner was cleared");
-            return NULL;
-        }
-        return PyObject_CallNoArgs(self->on_unusable);
-    }
+    if (fd < 0 || self->generation != fork_generation)
+        return runner_unusable(self);
     pthread_t thread = pthread_self();
     if (self->last_tid == 0 || !pthread_equal(thread, self->last_thread)) {
         self->last_thread = thread;
@@ -118,6 +122,8 @@ static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, si
     err = errno;
     Py_END_ALLOW_THREADS
     self->tid = 0;
+    if (self->fd < 0)  /* closed by another thread meanwhile: kvm_run may be a stale copy by now */
+        return runner_unusable(self);
     if (result < 0) {
         PyObject *code = PyLong_FromLong(err);
         if (code == NULL)

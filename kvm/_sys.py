@@ -10,6 +10,7 @@ the kernel receives it on every Linux ABI (integers are passed cast to a pointer
 
 from __future__ import annotations
 
+import mmap as _mmap_module
 import os
 from typing import Any
 
@@ -39,6 +40,8 @@ PROT_READ = 0x1
 PROT_WRITE = 0x2
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02
+MAP_FIXED = 0x10  # the same on every arch Linux runs on but alpha
+MAP_ANONYMOUS = _mmap_module.MAP_ANONYMOUS  # 0x20, but 0x800 on mips
 MAP_FAILED = 2**64 - 1 if ffi.sizeof("void *") == 8 else 2**32 - 1
 EFD_CLOEXEC = os.O_CLOEXEC
 EFD_NONBLOCK = os.O_NONBLOCK
@@ -84,6 +87,41 @@ def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> i
 def munmap(address: int, length: int) -> None:
     if _munmap(_cast(_void_p, address), length) < 0:
         _raise_errno("munmap")
+
+
+class FileMapping:
+    """A shared mapping of part of a KVM fd (a vCPU's kvm_run, its dirty ring), made without dup'ing the fd.
+
+    `view` is a writable memoryview of it; memoryviews sliced from it and cffi pointers made with
+    `ffi.from_buffer` keep the memory mapped for as long as they live. `detach()` (called when the fd
+    closes) swaps the file's pages for a private anonymous copy at the same address: the mapping no
+    longer holds the file, so closing the fd frees the KVM object at once, while views still held
+    elsewhere read the last contents instead of faulting. The memory is unmapped when the last view goes.
+    """
+
+    def __init__(self, fd: int, length: int, offset: int = 0) -> None:
+        self.length = length
+        self.address = mmap(length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset)
+        pointer = ffi.gc(_cast("char *", self.address), _unmapper(length))
+        self.view = memoryview(ffi.buffer(pointer, length))
+        self.detached = False
+
+    def detach(self) -> None:
+        """Stop sharing the file's pages (idempotent); see the class docstring."""
+        if self.detached:
+            return
+        self.detached = True
+        view = self.view
+        contents = bytes(view)
+        fixed = _mmap(_cast(_void_p, self.address), self.length, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+        if int(_cast("uintptr_t", fixed)) == MAP_FAILED:
+            _raise_errno("mmap (detaching a closed fd's mapping)")
+        view[:] = contents
+
+
+def _unmapper(length: int) -> Any:
+    return lambda pointer: _munmap(pointer, length)
 
 
 def eventfd(initval: int = 0, flags: int = EFD_CLOEXEC) -> int:

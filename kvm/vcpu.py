@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno as _errno
-import mmap as _mmap
 import os
 import signal
 import threading
@@ -124,10 +123,9 @@ class Vcpu(KvmFd):
         self.id = id
         binding = vm._binding
         ffi = self._ffi = binding.ffi
-        size = vm.system.vcpu_mmap_size
-        self._mm = _mmap.mmap(fd, size, _mmap.MAP_SHARED, _mmap.PROT_READ | _mmap.PROT_WRITE)
-        self._run = ffi.from_buffer("struct kvm_run *", self._mm)
-        self._run_view = memoryview(self._mm)
+        self._mapping = _sys.FileMapping(fd, vm.system.vcpu_mmap_size)
+        self._run_view = self._mapping.view
+        self._run = ffi.from_buffer("struct kvm_run *", self._run_view)
         self._kicked = False
         self._runner: Any = Runner(fd, self._ioctls["KVM_RUN"].number, self._run_view, self,
                                    dispatch_table(binding), self._run_failed, self._unknown_exit,
@@ -136,7 +134,7 @@ class Vcpu(KvmFd):
         # no Python frame between the caller and KVM_RUN (the class's run() below serves after close()).
         self.__dict__["run"] = self._runner
         self._stats: Any = None
-        self._dirty_ring: _mmap.mmap | None = None
+        self._dirty_ring: _sys.FileMapping | None = None
         self._dirty_index = 0
         self._cpuid_set = False
         if threading.current_thread() is threading.main_thread():
@@ -149,7 +147,7 @@ class Vcpu(KvmFd):
         self.__dict__.pop("run", None)
         runner, self._runner = self._runner, None
         if runner is not None:
-            runner.close()  # exits still alive keep the kvm_run page mapped until they go
+            runner.close()
             del runner
         if self._stats is not None:
             self._stats.close()
@@ -157,15 +155,13 @@ class Vcpu(KvmFd):
         run, self._run = self._run, None
         if run is not None:
             self._ffi.release(run)
-        for name in ("_run_view", "_mm", "_dirty_ring"):
-            obj = getattr(self, name, None)
+        # Exits and their data views may outlive the vCPU: detaching leaves them a private copy of the
+        # pages, so that closing the fd frees the vCPU (and, with its VM's fd, the VM) right now.
+        for name in ("_mapping", "_dirty_ring"):
+            mapping = getattr(self, name, None)
             setattr(self, name, None)
-            if obj is None:
-                continue
-            try:
-                obj.release() if isinstance(obj, memoryview) else obj.close()
-            except BufferError:
-                pass  # an exit's data view is still alive: the page stays mapped until it goes
+            if mapping is not None:
+                mapping.detach()
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -481,15 +477,14 @@ class Vcpu(KvmFd):
 
     # -- dirty ring, coalesced ring ---------------------------------------------------------------
 
-    def _dirty_ring_map(self) -> _mmap.mmap:
+    def _dirty_ring_map(self) -> memoryview:
         if self._dirty_ring is None:
             size = self.vm._dirty_ring_bytes
             if not size:
                 raise RuntimeError("the dirty ring is not enabled: call vm.enable_dirty_ring() before create_vcpu()")
             offset = self._binding.CONSTANTS["KVM_DIRTY_LOG_PAGE_OFFSET"] * PAGE_SIZE
-            self._dirty_ring = _mmap.mmap(self.fileno(), size, _mmap.MAP_SHARED,
-                                          _mmap.PROT_READ | _mmap.PROT_WRITE, offset=offset)
-        return self._dirty_ring
+            self._dirty_ring = _sys.FileMapping(self.fileno(), size, offset)
+        return self._dirty_ring.view
 
     def harvest_dirty_ring(self) -> list[DirtyGfn]:
         """Collect the dirty-ring entries KVM published and mark them for reset (then call

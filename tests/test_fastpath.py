@@ -225,6 +225,25 @@ def test_one_exit_object_per_reason_and_it_outlives_close(vm):
         vcpu.run()
 
 
+def vcpu_mappings() -> list[str]:
+    with open("/proc/self/maps") as maps:
+        return [line for line in maps if "kvm-vcpu" in line]
+
+
+def test_closing_releases_the_vcpu_file_although_exits_and_views_live_on(system):
+    """The kvm_run mapping would hold the vCPU's file (and so the VM) open: close() detaches it."""
+    assert vcpu_mappings() == []
+    vm = system.create_vm()
+    _, vcpu = real_mode_guest(vm, bytes([0xB0, 0x41, 0xE6, 0x10, 0xF4]))  # out 0x10 'A'; hlt
+    exit = vcpu.run()
+    data, run = exit.data, vcpu.kvm_run
+    assert len(vcpu_mappings()) == 1
+    vm.close()
+    assert vcpu_mappings() == []  # the VM is gone from the kernel now, not when the exit goes
+    # what was handed out reads the last contents
+    assert bytes(data) == b"A" and exit.port == 0x10 and run.exit_reason == system.binding.CONSTANTS["KVM_EXIT_IO"]
+
+
 def test_a_runner_taken_before_fork_refuses_in_the_child(vm):
     _, vcpu = real_mode_guest(vm, bytes([0xF4]))
     run = vcpu.run
