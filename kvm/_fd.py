@@ -21,9 +21,13 @@ _FORKED = -2
 
 # Every open KvmFd, so that a fork() can mark the child's copies unusable.
 _LIVE: weakref.WeakSet[KvmFd] = weakref.WeakSet()
+# This process's id, kept here because os.getpid() is a system call and every KvmFd records it.
+_pid = os.getpid()
 
 
 def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
     for obj in list(_LIVE):
         if obj._fd >= 0:
             obj._inherited_fd = obj._fd
@@ -45,7 +49,7 @@ class KvmFd:
     def __init__(self, fd: int, binding: ModuleType, parent: KvmFd | None = None) -> None:
         self._fd = fd
         self._inherited_fd = -1
-        self._pid = os.getpid()
+        self._pid = _pid
         self._binding = binding
         self._ioctls = binding.IOCTLS
         self._parent = parent
@@ -99,13 +103,13 @@ class KvmFd:
 
     def __del__(self) -> None:
         try:
-            if self._fd != _CLOSED and self._pid == os.getpid():
+            if self._fd != _CLOSED and self._pid == _pid:
                 self.close()
         except Exception:
             pass
 
     def _raise_unusable(self) -> None:
-        if self._fd == _FORKED or self._pid != os.getpid():
+        if self._fd == _FORKED or self._pid != _pid:
             raise ForkedError(
                 f"this {type(self).__name__} ({self.fd_kind} fd) was created in process {self._pid} and is used "
                 f"from forked child {os.getpid()}: KVM fds inherited through fork() cannot be used; "

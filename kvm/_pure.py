@@ -26,8 +26,17 @@ _unpack_u32 = struct.Struct("=I").unpack_from
 
 # Bumped in the child after fork(): a Runner made before the fork refuses to run in the child.
 _fork_generation = [0]
+# The calling thread's kernel id, found on first need (threading.get_native_id() is a system call).
+_thread = threading.local()
+
+
+def _after_fork_in_child() -> None:
+    _fork_generation[0] += 1
+    _thread.__dict__.clear()  # the child's only thread is this one, under a new id
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(0, _fork_generation[0] + 1))
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 _KINDS = ("int", "bool", "bytes", "value")
 
 
@@ -104,7 +113,10 @@ class Runner:
         fd = self.fd
         if fd < 0 or self.generation != _fork_generation[0]:
             return self.on_unusable()
-        self.tid = _native_id()
+        tid = _thread.__dict__.get("tid")
+        if tid is None:
+            tid = _thread.tid = _native_id()
+        self.tid = tid
         result = _raw_ioctl(fd, self.request, _NULL)
         self.tid = 0
         if self.fd < 0:  # closed by another thread meanwhile: kvm_run may be a stale copy by now

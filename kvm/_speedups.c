@@ -26,8 +26,13 @@
 
 /* Bumped in the child after fork(): a Runner made before the fork refuses to run in the child. */
 static unsigned long fork_generation;
+
+/* The calling thread's kernel id, 0 until first needed (gettid is a system call). */
+static __thread pid_t thread_tid;
+
 static void after_fork_in_child(void) {
     fork_generation++;
+    thread_tid = 0;  /* the child's only thread is this one, under a new id */
 }
 
 /* A native-endian unsigned integer of 1, 2, 4 or 8 bytes at p. */
@@ -62,8 +67,6 @@ typedef struct {
     PyObject *on_unusable;     /* raises ClosedError / ForkedError */
     Py_ssize_t reason_offset;  /* offset of kvm_run.exit_reason */
     pid_t tid;                 /* the thread inside KVM_RUN, 0 when none */
-    pthread_t last_thread;     /* the thread that ran last, and its kernel tid (gettid is a system call) */
-    pid_t last_tid;
     vectorcallfunc vectorcall;
 } RunnerObject;
 
@@ -110,12 +113,9 @@ static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, si
     int fd = self->fd;
     if (fd < 0 || self->generation != fork_generation)
         return runner_unusable(self);
-    pthread_t thread = pthread_self();
-    if (self->last_tid == 0 || !pthread_equal(thread, self->last_thread)) {
-        self->last_thread = thread;
-        self->last_tid = (pid_t)syscall(SYS_gettid);
-    }
-    self->tid = self->last_tid;
+    if (thread_tid == 0)
+        thread_tid = (pid_t)syscall(SYS_gettid);
+    self->tid = thread_tid;
     int result, err;
     Py_BEGIN_ALLOW_THREADS
     result = ioctl(fd, self->request, 0);

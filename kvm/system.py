@@ -81,6 +81,9 @@ def _weak_method(obj: Any, function: Any) -> Any:
     return call
 
 
+_VM_FDS_ANSWER_CAPS: dict[str, bool] = {}  # see Kvm._vm_fds_answer_caps
+
+
 class Kvm(KvmFd):
     """The KVM subsystem: `Kvm()` opens /dev/kvm (close-on-exec).
 
@@ -126,6 +129,15 @@ class Kvm(KvmFd):
         """
         return ValueIoctl(self._fd, self._ioctls["KVM_CHECK_EXTENSION"].number,
                           _weak_method(self, Kvm._check_extension))
+
+    def _vm_fds_answer_caps(self) -> bool:
+        """Whether VM fds answer KVM_CHECK_EXTENSION (KVM_CAP_CHECK_EXTENSION_VM): a property of the running
+        kernel, so asked once per process and device path rather than once per Kvm."""
+        answer = _VM_FDS_ANSWER_CAPS.get(self.path)
+        if answer is None:
+            cap = self._binding.CONSTANTS["KVM_CAP_CHECK_EXTENSION_VM"]
+            answer = _VM_FDS_ANSWER_CAPS[self.path] = self._query_cap(cap) > 0
+        return answer
 
     def _check_extension(self, cap: Any) -> int:
         return self._ioctl("KVM_CHECK_EXTENSION", self._cap_value(cap))

@@ -140,8 +140,7 @@ class Vm(KvmFd):
         target = self._cap_target
         if target is None:
             system = self.system
-            vm_checks = system._query_cap(system._binding.CONSTANTS["KVM_CAP_CHECK_EXTENSION_VM"]) > 0
-            target = self._cap_target = self if vm_checks else system
+            target = self._cap_target = self if system._vm_fds_answer_caps() else system
         return target
 
     def check_extension(self, cap: Any) -> int:

@@ -158,6 +158,35 @@ def test_use_from_forked_child_is_refused(vm):
     assert isinstance(vcpu.run(), kvm.HltExit)  # the parent is unaffected
 
 
+def test_kick_in_a_forked_child_signals_the_childs_thread(vm):
+    """The thread id kick() signals is cached per thread: a child of fork() must not use the parent's."""
+    require_cap(vm, "IMMEDIATE_EXIT")
+    _, vcpu = real_mode_guest(vm, bytes([0xF4]))
+    assert isinstance(vcpu.run(), kvm.HltExit)  # this thread's id is now known (and cached)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: a new VM spinning in this (the forking) thread, kicked from another one
+        try:
+            os.close(read_end)
+            with kvm.Kvm() as k, k.create_vm() as child_vm:
+                _, spinner = real_mode_guest(child_vm, SPIN)
+                threading.Timer(0.2, spinner.kick).start()
+                outcome = type(spinner.run()).__name__
+            os.write(write_end, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + 10
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("kick() in the forked child did not interrupt run()")
+        time.sleep(0.05)
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read().decode() == "IntrExit"
+
+
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
