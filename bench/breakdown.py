@@ -1,10 +1,15 @@
 """Where the time of a port-I/O exit goes: the loop of bench/run.py taken apart step by step.
 
-Run: python bench/breakdown.py [--rounds R] [--exits N]
+Run: python bench/breakdown.py [--rounds R] [--exits N] [--first]
 
 Each step is a bench/workloads.py variant run right after the C baseline (`baseline pio N`), in fresh
-processes, R rounds; the figure is the median over rounds of (Python ns/exit - C ns/exit). Each step
-adds one thing to the previous one; the last line is the pure-Python path (KVM_PURE_PYTHON=1).
+processes, R rounds; the figure is the median over rounds of (Python ns/exit - C ns/exit). The first two
+steps are floors measured with bench/floor.c (bare compiled KVM_RUN calls, built here as an extension
+module into bench/build/); then each step adds one thing to the previous one; the last lines are
+variants: a lower bound for eagerly decoded exits, the data as a memoryview, the pure-Python path.
+
+With --first, the steady-state first exit instead: C's time next to Python's, which bench/syscall_clock.c
+(preloaded) splits into time inside system calls and time outside them.
 """
 
 from __future__ import annotations
@@ -13,26 +18,77 @@ import argparse
 import os
 import statistics
 import sys
+import sysconfig
 
-from run import BASELINE_BINARY, WORKLOADS_SCRIPT, build_baseline, check_host, run_json
+from run import (BASELINE_BINARY, BENCH_DIR, WORKLOADS_SCRIPT, build_baseline, check_host, kvm_header_flags, run_json,
+                 run_process)
+
+FLOOR_SOURCE = os.path.join(BENCH_DIR, "floor.c")
+SYSCALL_CLOCK_SOURCE = os.path.join(BENCH_DIR, "syscall_clock.c")
 
 STEPS = [
-    ("pio-bare-ioctl", {}, "Python loop + one compiled KVM_RUN call (GIL released): the floor"),
-    ("pio-run-only", {}, "+ vcpu.run(): the Runner, exit reason -> the IoExit object"),
+    ("pio-floor-keep-gil", {}, "Python loop + a compiled KVM_RUN call holding the GIL (not safe to use)"),
+    ("pio-floor-release-gil", {}, "Python loop + a compiled KVM_RUN call releasing the GIL: the floor"),
+    ("pio-run-only", {}, "vcpu.run(): the Runner, exit reason -> the IoExit object"),
     ("pio-port-only", {}, "+ isinstance(exit, IoExit) + exit.port"),
     ("pio", {}, "+ exit.value: the figure of bench/run.py"),
+    ("pio-slot-reads", {}, "port and value read from __slots__ instead (lower bound of eager decoding)"),
     ("pio-data-view", {}, "exit.data[0] instead of exit.value (a memoryview per exit)"),
     ("pio", {"KVM_PURE_PYTHON": "1"}, "the bench/run.py figure on the pure-Python path"),
 ]
+
+
+def build_floor(header_flags: list[str]) -> None:
+    """bench/floor.c -> bench/build/floor<EXT_SUFFIX>, importable by the workloads."""
+    target = os.path.join(BENCH_DIR, "build", "floor" + sysconfig.get_config_var("EXT_SUFFIX"))
+    include = sysconfig.get_paths()["include"]
+    run_process(["gcc", "-O2", "-Wall", "-shared", "-fPIC", f"-I{include}", *header_flags, "-o", target,
+                 FLOOR_SOURCE])
+
+
+def build_syscall_clock() -> str:
+    target = os.path.join(BENCH_DIR, "build", "syscall_clock.so")
+    run_process(["gcc", "-O2", "-Wall", "-shared", "-fPIC", "-o", target, SYSCALL_CLOCK_SOURCE, "-ldl"])
+    return target
+
+
+def first_exit_split(rounds: int, vms: int) -> None:
+    """Steady-state first exit: C's time, and Python's split into system calls and the rest."""
+    preload = {**os.environ, "LD_PRELOAD": build_syscall_clock()}
+    c_wall, py_wall, py_syscalls, py_rest, calls = [], [], [], [], []
+    for round_number in range(rounds):
+        c = run_json([BASELINE_BINARY, "first", str(vms)])
+        python = run_json([sys.executable, WORKLOADS_SCRIPT, "first-split", str(vms)], preload)
+        # the first VM of each process is not steady state
+        c_wall.append(statistics.median(c["seconds"][1:]))
+        py_wall.append(statistics.median(python["seconds"][1:]))
+        py_syscalls.append(statistics.median(python["syscall_seconds"][1:]))
+        py_rest.append(statistics.median(a - b for a, b in zip(python["seconds"][1:], python["syscall_seconds"][1:])))
+        calls.append(statistics.median(python["calls"][1:]))
+        print(f"round {round_number + 1}/{rounds} done", file=sys.stderr)
+    print(f"{'us (median of rounds)':>22}  steady-state first exit")
+    for value, label in [
+        (c_wall, "C: wall (nearly all of it in system calls)"),
+        (py_wall, "Python: wall"),
+        (py_syscalls, f"Python: in system calls ({statistics.median(calls):.0f} calls)"),
+        (py_rest, "Python: outside system calls (the interpreter and kvm's own code)"),
+    ]:
+        print(f"{statistics.median(value) * 1e6:>22.1f}  {label}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--exits", type=int, default=100_000)
+    parser.add_argument("--first", action="store_true",
+                        help="take the steady-state first exit apart instead (--exits is then VMs per process)")
     args = parser.parse_args()
     check_host()
     build_baseline()
+    if args.first:
+        first_exit_split(args.rounds, min(args.exits, 200))
+        return
+    build_floor(kvm_header_flags()[0])
     overheads: list[list[float]] = [[] for _ in STEPS]
     for round_number in range(args.rounds):
         for i, (workload, env, _) in enumerate(STEPS):

@@ -10,6 +10,7 @@ and `memory` how guest memory was read back. bench/run.py runs these interleaved
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any, Callable
@@ -18,7 +19,6 @@ now = time.perf_counter  # CLOCK_MONOTONIC, like the baseline's clock
 
 import_start = now()
 import kvm  # noqa: E402  (timed: reported by the `first` workload)
-import kvm._accel  # noqa: E402  (the breakdown's floor calls the compiled ioctl directly)
 
 IMPORT_SECONDS = now() - import_start
 
@@ -103,6 +103,33 @@ def first(n: int) -> dict[str, Any]:
     return {"seconds": samples, "import_seconds": IMPORT_SECONDS}
 
 
+def first_split(n: int) -> dict[str, Any]:
+    """`first`, with each sample split into time in system calls and the rest (Python's own time), read
+    from bench/syscall_clock.c, which breakdown.py --first preloads (LD_PRELOAD)."""
+    import ctypes
+
+    clock = ctypes.CDLL(None)
+    if not hasattr(clock, "syscall_clock_start"):
+        raise WorkloadError("first-split needs bench/build/syscall_clock.so in LD_PRELOAD")
+    clock.syscall_clock_ns.restype = clock.syscall_clock_calls.restype = ctypes.c_long
+    seconds, syscall_seconds, calls = [], [], []
+    for _ in range(n):
+        clock.syscall_clock_start()
+        start = now()
+        with kvm.Kvm() as k, k.create_vm() as vm:
+            mem = vm.add_memory(0, MEM_SIZE)
+            mem.write(CODE_ADDR, PIO_CODE)
+            vcpu = vm.create_vcpu(0)
+            kvm.x86.setup_real_mode(vcpu, entry=CODE_ADDR)
+            exit = vcpu.run()
+            seconds.append(now() - start)
+            syscall_seconds.append(clock.syscall_clock_ns() / 1e9)
+            calls.append(clock.syscall_clock_calls())
+            if not isinstance(exit, kvm.IoExit):
+                raise WorkloadError(f"expected an IoExit first, got {exit!r}")
+    return {"seconds": seconds, "syscall_seconds": syscall_seconds, "calls": calls}
+
+
 def memory(size: int) -> dict[str, Any]:
     """Copy `size` bytes into a guest memory slot and back; buffers and guest pages faulted in beforehand."""
     with kvm.Kvm() as k, k.create_vm() as vm:
@@ -132,16 +159,56 @@ def memory(size: int) -> dict[str, Any]:
 # The port-I/O loop taken apart, step by step, for bench/breakdown.py ("where the time goes").
 
 
-def pio_bare_ioctl(n: int) -> dict[str, Any]:
-    """The floor: a Python loop around one compiled call issuing KVM_RUN (GIL released), nothing else."""
+def _floor_loop(n: int, name: str) -> dict[str, Any]:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "build"))
+    import floor  # bench/floor.c, built into bench/build/ by breakdown.py
+
+    run = getattr(floor, name)
     with kvm.Kvm() as k, k.create_vm() as vm:
-        vcpu = real_mode_vcpu(vm, PIO_CODE)
-        fd, number, run_ioctl = vcpu.fileno(), k.binding.IOCTLS["KVM_RUN"].number, kvm._accel.ioctl
+        fd = real_mode_vcpu(vm, PIO_CODE).fileno()
         start = now()
         for _ in range(n):
-            run_ioctl(fd, number, 0)
+            run(fd)
         seconds = now() - start
     return {"exits": n, "seconds": seconds}
+
+
+def pio_floor_release_gil(n: int) -> dict[str, Any]:
+    """A Python loop around the cheapest compiled KVM_RUN call that releases the GIL (bench/floor.c)."""
+    return _floor_loop(n, "run_release_gil")
+
+
+def pio_floor_keep_gil(n: int) -> dict[str, Any]:
+    """The same call holding the GIL: what handing the GIL over costs per exit."""
+    return _floor_loop(n, "run_keep_gil")
+
+
+class _DecodedIo:
+    """What an exit whose fields were decoded into slots at exit time would offer (the fastest
+    attribute read the interpreter has); see pio_slot_reads."""
+
+    __slots__ = ("port", "value")
+
+    def __init__(self, port: int, value: int) -> None:
+        self.port = port
+        self.value = value
+
+
+def pio_slot_reads(n: int) -> dict[str, Any]:
+    """As `pio`, but the two payload reads are slot reads of an object decoded beforehand: a lower bound
+    for any design that decodes exits eagerly (the decoding itself is not counted)."""
+    with kvm.Kvm() as k, k.create_vm() as vm:
+        vcpu = real_mode_vcpu(vm, PIO_CODE)
+        decoded = _DecodedIo(0x3F8, 0x41)
+        checksum = 0
+        start = now()
+        for _ in range(n):
+            exit = vcpu.run()
+            if not isinstance(exit, kvm.IoExit):
+                raise WorkloadError(f"expected an IoExit, got {exit!r}")
+            checksum += decoded.port + decoded.value
+        seconds = now() - start
+    return {"exits": n, "seconds": seconds, "checksum": checksum}
 
 
 def pio_run_only(n: int) -> dict[str, Any]:
@@ -186,9 +253,10 @@ def pio_data_view(n: int) -> dict[str, Any]:
 
 
 WORKLOADS: dict[str, Callable[[int], dict[str, Any]]] = {
-    "pio": pio, "mmio": mmio, "ioctl": ioctl, "first": first, "memory": memory,
-    "pio-bare-ioctl": pio_bare_ioctl, "pio-run-only": pio_run_only, "pio-port-only": pio_port_only,
-    "pio-data-view": pio_data_view,
+    "pio": pio, "mmio": mmio, "ioctl": ioctl, "first": first, "memory": memory, "first-split": first_split,
+    "pio-run-only": pio_run_only, "pio-port-only": pio_port_only,
+    "pio-data-view": pio_data_view, "pio-floor-release-gil": pio_floor_release_gil,
+    "pio-floor-keep-gil": pio_floor_keep_gil, "pio-slot-reads": pio_slot_reads,
 }
 
 
