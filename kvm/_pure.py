@@ -1,4 +1,4 @@
-"""The pure-Python twin of `kvm._speedups`: `Runner`, `ExitBase`, `Field`, `ValueIoctl`, `ioctl`, same behaviour.
+"""The pure-Python twin of `kvm._speedups` (`Runner`, `VcpuBase`, `ExitBase`, `Field`, `ValueIoctl`, `ioctl`).
 
 Used where the compiled module could not be built (no C compiler at install time) or when the
 environment variable KVM_PURE_PYTHON is set to a non-empty value. See kvm/_speedups.c for the design.
@@ -135,6 +135,34 @@ class Runner:
         return exit
 
 
+class VcpuBase:
+    """The base of kvm.Vcpu: holds its Runner (`_runner`) and offers `run()`."""
+
+    __slots__ = ("_runner",)
+    _runner: Any
+
+    def run(self) -> Any:
+        """KVM_RUN until the next exit to user space; returns the typed exit (see kvm.exits).
+
+        The GIL is released while the guest runs. EINTR (a signal, immediate_exit, kick()) returns an
+        IntrExit; other failures raise KvmError; a closed or forked vCPU raises ClosedError or ForkedError.
+        """
+        runner = getattr(self, "_runner", None)
+        if isinstance(runner, Runner):
+            return runner()
+        return self._raise_unusable()  # the subclass raises ClosedError or ForkedError
+
+    def _raise_unusable(self) -> Any:
+        raise NotImplementedError("subclasses of VcpuBase say why they cannot run")
+
+    @staticmethod
+    def bind_run(cls: type) -> None:
+        """Give subclass `cls` a `run` of its own (the compiled twin needs it for fast calls; here, `run`
+        is inherited as it is)."""
+        if not (isinstance(cls, type) and issubclass(cls, VcpuBase)):
+            raise TypeError("bind_run() needs a subclass of VcpuBase")
+
+
 class ExitBase:
     """ExitBase(vcpu): the base of every exit; Field descriptors read its payload from kvm_run."""
 
@@ -238,4 +266,4 @@ class Field:
         return page[start : start + length]
 
 
-__all__ = ["Runner", "ExitBase", "Field", "ValueIoctl", "ioctl"]
+__all__ = ["Runner", "VcpuBase", "ExitBase", "Field", "ValueIoctl", "ioctl"]

@@ -320,6 +320,93 @@ static PyTypeObject RunnerType = {
     .tp_getset = runner_getset,
 };
 
+/* ---- VcpuBase ---------------------------------------------------------------------------------- */
+
+/* The C base of kvm.Vcpu: it holds the vCPU's Runner, and `run` is a method of the type, so that the
+ * interpreter specialises `vcpu.run()` into a direct call of vcpu_base_run (a Runner stored in the
+ * instance dict would be an attribute lookup plus a generic call on every exit). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *runner;  /* the Runner while the vCPU is open, else NULL or None */
+} VcpuBaseObject;
+
+static PyObject *vcpu_base_run(VcpuBaseObject *self, PyObject *unused) {
+    PyObject *runner = self->runner;
+    if (runner != NULL && Py_IS_TYPE(runner, &RunnerType))
+        return runner_vectorcall(runner, NULL, 0, NULL);
+    /* closed: the subclass raises ClosedError or ForkedError */
+    return PyObject_CallMethod((PyObject *)self, "_raise_unusable", NULL);
+}
+
+static int vcpu_base_traverse(VcpuBaseObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->runner);
+    return 0;
+}
+
+static int vcpu_base_clear(VcpuBaseObject *self) {
+    Py_CLEAR(self->runner);
+    return 0;
+}
+
+static void vcpu_base_dealloc(VcpuBaseObject *self) {
+    PyObject_GC_UnTrack(self);
+    vcpu_base_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+#define RUN_DOC                                                                                        \
+    "run() -> the typed exit: KVM_RUN until the next exit to user space (see kvm.exits).\n\n"           \
+    "The GIL is released while the guest runs. EINTR (a signal, immediate_exit, kick()) returns an\n"   \
+    "IntrExit; other failures raise KvmError; a closed or forked vCPU raises ClosedError or ForkedError."
+
+static PyMethodDef vcpu_run_def = {"run", (PyCFunction)vcpu_base_run, METH_NOARGS, RUN_DOC};
+
+static PyTypeObject VcpuBaseType;
+
+/* bind_run(cls): `run` as a method of exactly `cls`. The 3.11 interpreter keeps a specialised call of a
+ * C method only while the instance's type is exactly the type the method was made for, so a `run`
+ * inherited from VcpuBase would fall back to a generic call on every exit; the subclass gets its own. */
+static PyObject *vcpu_base_bind_run(PyObject *unused, PyObject *cls) {
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &VcpuBaseType)) {
+        PyErr_SetString(PyExc_TypeError, "bind_run() needs a subclass of VcpuBase");
+        return NULL;
+    }
+    PyObject *method = PyDescr_NewMethod((PyTypeObject *)cls, &vcpu_run_def);
+    if (method == NULL)
+        return NULL;
+    int failed = PyObject_SetAttrString(cls, "run", method);
+    Py_DECREF(method);
+    if (failed)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef vcpu_base_methods[] = {
+    {"run", (PyCFunction)vcpu_base_run, METH_NOARGS, RUN_DOC},
+    {"bind_run", (PyCFunction)vcpu_base_bind_run, METH_O | METH_STATIC,
+     "bind_run(cls): give subclass `cls` a `run` method of its own (faster calls; see kvm/_speedups.c)."},
+    {NULL},
+};
+
+static PyMemberDef vcpu_base_members[] = {
+    {"_runner", T_OBJECT, offsetof(VcpuBaseObject, runner), 0, "The vCPU's Runner, None once closed."},
+    {NULL},
+};
+
+static PyTypeObject VcpuBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kvm._speedups.VcpuBase",
+    .tp_doc = "The base of kvm.Vcpu: holds its Runner (`_runner`) and offers `run()`.",
+    .tp_basicsize = sizeof(VcpuBaseObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)vcpu_base_dealloc,
+    .tp_traverse = (traverseproc)vcpu_base_traverse,
+    .tp_clear = (inquiry)vcpu_base_clear,
+    .tp_methods = vcpu_base_methods,
+    .tp_members = vcpu_base_members,
+};
+
 /* ---- ExitBase ---------------------------------------------------------------------------------- */
 
 /* ExitBase(vcpu, *rest): an exit of `vcpu` (its Runner is `vcpu._runner`); extra arguments are left
@@ -750,8 +837,8 @@ static struct PyModuleDef speedups_module = {
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    if (PyType_Ready(&RunnerType) < 0 || PyType_Ready(&ExitBaseType) < 0 || PyType_Ready(&FieldType) < 0 ||
-        PyType_Ready(&ValueIoctlType) < 0)
+    if (PyType_Ready(&RunnerType) < 0 || PyType_Ready(&VcpuBaseType) < 0 || PyType_Ready(&ExitBaseType) < 0 ||
+        PyType_Ready(&FieldType) < 0 || PyType_Ready(&ValueIoctlType) < 0)
         return NULL;
     if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
@@ -761,6 +848,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (module == NULL)
         return NULL;
     if (PyModule_AddObjectRef(module, "Runner", (PyObject *)&RunnerType) < 0 ||
+        PyModule_AddObjectRef(module, "VcpuBase", (PyObject *)&VcpuBaseType) < 0 ||
         PyModule_AddObjectRef(module, "ExitBase", (PyObject *)&ExitBaseType) < 0 ||
         PyModule_AddObjectRef(module, "Field", (PyObject *)&FieldType) < 0 ||
         PyModule_AddObjectRef(module, "ValueIoctl", (PyObject *)&ValueIoctlType) < 0) {

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 from . import _sys
 from ._fd import KvmFd
 from .errors import KvmError
-from ._accel import Runner
+from ._accel import Runner, VcpuBase
 from .exits import IntrExit, UnknownExit, dispatch_table, reason_names
 from .memory import PAGE_SIZE
 from .system import CpuidEntry, _grow, cpuid_entries
@@ -107,7 +107,7 @@ def _assign(target: Any, key: str, value: Any) -> None:
         setattr(target, key, value)
 
 
-class Vcpu(KvmFd):
+class Vcpu(KvmFd, VcpuBase):
     """A vCPU (from `Vm.create_vcpu(id)`).
 
     Register state is read and written through properties that return owning cffi pointers
@@ -127,12 +127,10 @@ class Vcpu(KvmFd):
         self._run_view = self._mapping.view
         self._run = ffi.from_buffer("struct kvm_run *", self._run_view)
         self._kicked = False
-        self._runner: Any = Runner(fd, self._ioctls["KVM_RUN"].number, self._run_view, self,
-                                   dispatch_table(binding), self._run_failed, self._unknown_exit,
-                                   self._raise_unusable, ffi.offsetof("struct kvm_run", "exit_reason"))
-        # The fast path: `vcpu.run()` finds the Runner in the instance dict and calls it directly, with
-        # no Python frame between the caller and KVM_RUN (the class's run() below serves after close()).
-        self.__dict__["run"] = self._runner
+        # `run()` (of VcpuBase) calls it: no Python frame between `vcpu.run()` and KVM_RUN
+        self._runner = Runner(fd, self._ioctls["KVM_RUN"].number, self._run_view, self,
+                              dispatch_table(binding), self._run_failed, self._unknown_exit,
+                              self._raise_unusable, ffi.offsetof("struct kvm_run", "exit_reason"))
         self._stats: Any = None
         self._dirty_ring: _sys.FileMapping | None = None
         self._dirty_index = 0
@@ -144,7 +142,6 @@ class Vcpu(KvmFd):
         return self.vm._cap_owner()  # type: ignore[no-any-return]
 
     def _release(self) -> None:
-        self.__dict__.pop("run", None)
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.close()
@@ -164,18 +161,6 @@ class Vcpu(KvmFd):
                 mapping.detach()
 
     # -- running ----------------------------------------------------------------------------------
-
-    def run(self) -> Any:
-        """KVM_RUN until the next exit to user space; returns the typed exit (see `kvm.exits`).
-
-        The GIL is released while the guest runs. EINTR (a signal, `immediate_exit`, `kick()`) returns an
-        `IntrExit`; other failures raise KvmError. (While the vCPU is open, `vcpu.run` is its `Runner`,
-        which does exactly this without a Python frame; see kvm/_speedups.c.)
-        """
-        runner = self._runner
-        if runner is None:
-            self._raise_unusable()
-        return runner()
 
     def _run_failed(self, err: int) -> Any:
         """The Runner's answer to a failed KVM_RUN: an IntrExit for EINTR, else KvmError."""
@@ -533,3 +518,6 @@ class Vcpu(KvmFd):
 
     def __repr__(self) -> str:
         return f"<Vcpu id={self.id} {'closed' if self.closed else f'fd={self._fd}'}>"
+
+
+VcpuBase.bind_run(Vcpu)  # `vcpu.run()` as a specialised call of the compiled run (see kvm/_speedups.c)
