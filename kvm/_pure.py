@@ -128,10 +128,12 @@ class Runner:
         cls = classes[reason] if reason < len(classes) else None
         if cls is None:
             return self.on_unknown(reason)
-        # An exit holds no state of its own (it reads kvm_run), so one object per reason serves every run.
+        # One exit object per reason serves every run: its values are decoded anew each time.
         exit = self.exits[reason]
         if exit is None:
-            exit = self.exits[reason] = cls(self.vcpu)
+            exit = self.exits[reason] = cls(self.vcpu)  # (decodes its values)
+        elif exit._decoders:
+            exit._decode()
         return exit
 
 
@@ -163,21 +165,81 @@ class VcpuBase:
             raise TypeError("bind_run() needs a subclass of VcpuBase")
 
 
-class ExitBase:
-    """ExitBase(vcpu): the base of every exit; Field descriptors read its payload from kvm_run."""
+_EXIT_VALUES = 8  # as many decoded values as an exit of the compiled twin holds
 
-    __slots__ = ("vcpu", "_page")
+
+class ExitBase:
+    """ExitBase(vcpu): the base of every exit; its class's _decoders fill its decoded members (see
+    decoded_member) at each exit, Field descriptors read the rest of its payload from kvm_run."""
+
+    __slots__ = ("vcpu", "_page", "_values")
+    _decoders: tuple[Any, ...] = ()
     vcpu: Any
     _page: memoryview
+    _values: list[Any]
 
     def __new__(cls, vcpu: Any, *rest: Any) -> Any:
         runner = getattr(vcpu, "_runner", None)
         if not isinstance(runner, Runner):
             raise TypeError(f"{cls.__name__}(): vcpu._runner is not a Runner (is the vCPU closed?)")
+        decoders = cls._decoders
+        if not isinstance(decoders, tuple) or len(decoders) > _EXIT_VALUES:
+            raise TypeError(f"{cls.__name__}._decoders must be a tuple of at most {_EXIT_VALUES} Fields")
         self = object.__new__(cls)
         self.vcpu = vcpu
         self._page = runner.view
+        self._values = [_UNSET] * len(decoders)
+        if decoders:
+            self._decode()
         return self
+
+    def _decode(self) -> None:
+        """Decode the payload values from kvm_run again (after a reply changed it)."""
+        values = self._values
+        for i, field in enumerate(self._decoders):
+            if field is None:
+                continue
+            if not isinstance(field, Field):
+                raise TypeError(f"{type(self).__name__}._decoders[{i}] is not a Field")
+            values[i] = field.__get__(self)
+
+    @staticmethod
+    def decoded_member(cls: type, name: str, index: int) -> Any:
+        """The read-only attribute `name` of `cls` giving decoded value `index` (see kvm._speedups)."""
+        if not (isinstance(cls, type) and issubclass(cls, ExitBase) and isinstance(name, str)
+                and isinstance(index, int)):
+            raise TypeError("decoded_member(cls, name, index) takes a subclass of ExitBase, a str and an int")
+        if not 0 <= index < _EXIT_VALUES:
+            raise ValueError(f"decoded_member(): index {index} is outside 0..{_EXIT_VALUES - 1}")
+        return _Decoded(name, index)
+
+
+_UNSET = object()
+
+
+class _Decoded:
+    """A read-only attribute of an exit: its decoded value `index`."""
+
+    __slots__ = ("name", "index")
+
+    def __init__(self, name: str, index: int) -> None:
+        self.name = name
+        self.index = index
+
+    def __get__(self, obj: Any, cls: Any = None) -> Any:
+        if obj is None:
+            return self
+        values = obj._values
+        value = values[self.index] if self.index < len(values) else _UNSET
+        if value is _UNSET:
+            raise AttributeError(self.name)
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        raise AttributeError(f"{type(obj).__name__}.{self.name} is read-only (reply through the exit's methods)")
+
+    def __delete__(self, obj: Any) -> None:
+        self.__set__(obj, None)
 
 
 def _check_width(width: int) -> None:

@@ -4,9 +4,10 @@
  *
  * After every exit to user space the CPU's predictors and caches are cold, so every interpreted
  * instruction between two KVM_RUNs costs several times its usual price (bench/README.md, "Where the
- * time goes"). This module keeps that path short: `Runner` is the callable that `Vcpu.run` is bound
- * to (KVM_RUN, then one allocation of the exit's class), `ExitBase` is the C base of every exit
- * class, and `Field` is the descriptor that reads an exit's payload straight out of kvm_run.
+ * time goes"). This module keeps that path short: `Runner` issues KVM_RUN and hands back the exit
+ * object of the reason (one per reason, reused), `VcpuBase.run` is how `vcpu.run()` reaches it,
+ * `ExitBase` is the C base of every exit class, which decodes the exit's integer payload into
+ * read-only members as run() returns, and `Field` reads one payload field straight out of kvm_run.
  *
  * No layout is known here: every offset and width comes from the binding in use (kvm/exits.py
  * computes them with the binding's cffi FFI).
@@ -73,13 +74,20 @@ typedef struct {
 static PyTypeObject RunnerType;
 static PyTypeObject ExitBaseType;
 
+/* How many payload values an exit decodes when run() returns (IoExit has the most: 6). */
+#define EXIT_VALUES 8
+
 typedef struct {
     PyObject_HEAD
     const char *run;           /* kvm_run, valid while `owner` lives */
     Py_ssize_t size;           /* bytes of the mapping */
     PyObject *owner;           /* the Runner (holding the export), or NULL for a detached exit */
     PyObject *vcpu;
+    PyObject *decoders;        /* the class's `_decoders`: the Field giving each of values[i], or NULL */
+    PyObject *values[EXIT_VALUES];  /* read through READONLY member descriptors (see decoded_member) */
 } ExitObject;
+
+static int exit_decode(ExitObject *exit);
 
 static PyObject *make_exit(PyTypeObject *cls, RunnerObject *runner) {
     ExitObject *exit = (ExitObject *)cls->tp_alloc(cls, 0);
@@ -91,7 +99,27 @@ static PyObject *make_exit(PyTypeObject *cls, RunnerObject *runner) {
     exit->owner = (PyObject *)runner;
     Py_XINCREF(runner->vcpu);
     exit->vcpu = runner->vcpu;
+    PyObject *decoders = PyObject_GetAttrString((PyObject *)cls, "_decoders");
+    if (decoders == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            goto fail;
+        PyErr_Clear();
+    }
+    if (decoders != NULL && decoders != Py_None) {
+        if (!PyTuple_Check(decoders) || PyTuple_GET_SIZE(decoders) > EXIT_VALUES) {
+            PyErr_Format(PyExc_TypeError, "%s._decoders must be a tuple of at most %d Fields", cls->tp_name,
+                         EXIT_VALUES);
+            Py_DECREF(decoders);
+            goto fail;
+        }
+        exit->decoders = decoders;
+    } else {
+        Py_XDECREF(decoders);
+    }
     return (PyObject *)exit;
+fail:
+    Py_DECREF(exit);
+    return NULL;
 }
 
 /* The answer of a closed or forked Runner: on_unusable() raises ClosedError or ForkedError. */
@@ -144,7 +172,7 @@ static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, si
         Py_DECREF(number);
         return exit;
     }
-    /* An exit holds no state of its own (it reads kvm_run), so one object per reason serves every run. */
+    /* One exit object per reason serves every run: its values are decoded anew each time. */
     PyObject *exit = self->exits[reason];
     if (exit == NULL) {
         exit = make_exit((PyTypeObject *)cls, self);
@@ -152,6 +180,8 @@ static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, si
             return NULL;
         self->exits[reason] = exit;
     }
+    if (((ExitObject *)exit)->decoders != NULL && exit_decode((ExitObject *)exit) < 0)
+        return NULL;
     Py_INCREF(exit);
     return exit;
 }
@@ -428,11 +458,17 @@ static PyObject *exit_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         return NULL;
     }
     ExitObject *exit = (ExitObject *)make_exit(type, (RunnerObject *)runner);
-    if (exit != NULL && exit->vcpu != vcpu) {
+    Py_DECREF(runner);
+    if (exit == NULL)
+        return NULL;
+    if (exit->vcpu != vcpu) {
         Py_INCREF(vcpu);
         Py_XSETREF(exit->vcpu, vcpu);
     }
-    Py_DECREF(runner);
+    if (exit->decoders != NULL && exit_decode(exit) < 0) {
+        Py_DECREF(exit);
+        return NULL;
+    }
     return (PyObject *)exit;
 }
 
@@ -445,6 +481,9 @@ static int exit_init(PyObject *self, PyObject *args, PyObject *kwds) {
 static int exit_traverse(ExitObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->owner);
     Py_VISIT(self->vcpu);
+    Py_VISIT(self->decoders);
+    for (int i = 0; i < EXIT_VALUES; i++)
+        Py_VISIT(self->values[i]);
     return 0;
 }
 
@@ -454,6 +493,9 @@ static int exit_clear(ExitObject *self) {
     self->size = 0;
     Py_CLEAR(self->owner);
     Py_CLEAR(self->vcpu);
+    Py_CLEAR(self->decoders);
+    for (int i = 0; i < EXIT_VALUES; i++)
+        Py_CLEAR(self->values[i]);
     return 0;
 }
 
@@ -471,6 +513,75 @@ static PyObject *exit_get_page(ExitObject *self, void *unused) {
     return view;
 }
 
+static PyObject *exit_redecode(ExitObject *self, PyObject *unused) {
+    if (self->decoders != NULL && exit_decode(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* decoded_member(cls, name, index): a read-only attribute `name` of `cls` holding values[index], which
+ * run() fills from the Field at cls._decoders[index]. It is a member descriptor (not a Field): reading
+ * it is the interpreter's specialised slot load, the cheapest attribute read there is. */
+static PyObject *exit_decoded_member(PyObject *unused, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyType_Check(args[0]) || !PyUnicode_Check(args[1]) || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "decoded_member(cls, name, index) takes a class, a str and an int");
+        return NULL;
+    }
+    PyTypeObject *cls = (PyTypeObject *)args[0];
+    if (!PyType_IsSubtype(cls, &ExitBaseType)) {
+        PyErr_SetString(PyExc_TypeError, "decoded_member(): cls is not a subclass of ExitBase");
+        return NULL;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(args[2]);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    if (index < 0 || index >= EXIT_VALUES) {
+        PyErr_Format(PyExc_ValueError, "decoded_member(): index %zd is outside 0..%d", index, EXIT_VALUES - 1);
+        return NULL;
+    }
+    const char *name = PyUnicode_AsUTF8(args[1]);
+    if (name == NULL)
+        return NULL;
+    /* The descriptor keeps pointing at its PyMemberDef: it lives as long as the process (exit classes
+     * are made once, and kvm/exits.py binds each field once). */
+    PyMemberDef *member = PyMem_Calloc(1, sizeof(PyMemberDef));
+    char *name_copy = PyMem_Malloc(strlen(name) + 1);
+    if (member == NULL || name_copy == NULL) {
+        PyMem_Free(member);
+        PyMem_Free(name_copy);
+        return PyErr_NoMemory();
+    }
+    strcpy(name_copy, name);
+    member->name = name_copy;
+    member->type = T_OBJECT_EX;
+    member->offset = offsetof(ExitObject, values) + index * sizeof(PyObject *);
+    member->flags = READONLY;
+    member->doc = "Decoded from kvm_run when run() returned.";
+    return PyDescr_NewMember(cls, member);
+}
+
+/* Setting a payload attribute fails naming it (the member's own message is just "readonly attribute"). */
+static int exit_setattro(PyObject *self, PyObject *name, PyObject *value) {
+    int result = PyObject_GenericSetAttr(self, name, value);
+    if (result < 0 && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyObject *descr = _PyType_Lookup(Py_TYPE(self), name);
+        if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+            (((PyMemberDescrObject *)descr)->d_member->flags & READONLY)) {
+            PyErr_Format(PyExc_AttributeError, "%s.%U is read-only (reply through the exit's methods)",
+                         Py_TYPE(self)->tp_name, name);
+        }
+    }
+    return result;
+}
+
+static PyMethodDef exit_methods[] = {
+    {"_decode", (PyCFunction)exit_redecode, METH_NOARGS,
+     "Decode the payload values from kvm_run again (after a reply changed it)."},
+    {"decoded_member", (PyCFunction)(void (*)(void))exit_decoded_member, METH_FASTCALL | METH_STATIC,
+     "decoded_member(cls, name, index): the read-only attribute giving decoded value `index` of cls."},
+    {NULL},
+};
+
 static PyMemberDef exit_members[] = {
     {"vcpu", T_OBJECT, offsetof(ExitObject, vcpu), READONLY, "The Vcpu this exit came from."},
     {NULL},
@@ -484,7 +595,8 @@ static PyGetSetDef exit_getset[] = {
 static PyTypeObject ExitBaseType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "kvm._speedups.ExitBase",
-    .tp_doc = "ExitBase(vcpu): the base of every exit; Field descriptors read its payload from kvm_run.",
+    .tp_doc = "ExitBase(vcpu): the base of every exit; its class's _decoders fill its decoded members (see\n"
+              "decoded_member) at each exit, Field descriptors read the rest of its payload from kvm_run.",
     .tp_basicsize = sizeof(ExitObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_new = exit_new,
@@ -492,6 +604,8 @@ static PyTypeObject ExitBaseType = {
     .tp_dealloc = (destructor)exit_dealloc,
     .tp_traverse = (traverseproc)exit_traverse,
     .tp_clear = (inquiry)exit_clear,
+    .tp_setattro = exit_setattro,
+    .tp_methods = exit_methods,
     .tp_members = exit_members,
     .tp_getset = exit_getset,
 };
@@ -564,16 +678,33 @@ static PyObject *out_of_page(FieldObject *self, ExitObject *exit, Py_ssize_t sta
     return NULL;
 }
 
-static PyObject *field_get(FieldObject *self, PyObject *obj, PyObject *type) {
-    if (obj == NULL || obj == Py_None) {
-        Py_INCREF(self);
-        return (PyObject *)self;
+/* An int object for `value` (sign-extended already when is_signed): `reuse` itself when it is an int of
+ * that value, so that decoding the same port or address exit after exit allocates nothing. */
+static PyObject *int_object(uint64_t value, int is_signed, PyObject *reuse) {
+    if (reuse != NULL && PyLong_CheckExact(reuse)) {
+        int same;
+        if (is_signed) {
+            int overflow;
+            long long held = PyLong_AsLongLongAndOverflow(reuse, &overflow);
+            same = !overflow && held == (long long)value;
+        } else {
+            unsigned long long held = PyLong_AsUnsignedLongLong(reuse);
+            same = held == value;
+        }
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            same = 0;
+        }
+        if (same) {
+            Py_INCREF(reuse);
+            return reuse;
+        }
     }
-    if (!PyObject_TypeCheck(obj, &ExitBaseType)) {
-        PyErr_Format(PyExc_TypeError, "%U reads an exit, not %s", self->name, Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
-    ExitObject *exit = (ExitObject *)obj;
+    return is_signed ? PyLong_FromLongLong((long long)value) : PyLong_FromUnsignedLongLong(value);
+}
+
+/* The field's value in the kvm_run page of `exit` (an int may be `reuse`, see int_object). */
+static PyObject *field_read(FieldObject *self, ExitObject *exit, PyObject *reuse) {
     const char *run = exit->run;
     if (run == NULL) {
         PyErr_Format(PyExc_ValueError, "%U: this exit no longer has a kvm_run page", self->name);
@@ -588,9 +719,9 @@ static PyObject *field_get(FieldObject *self, PyObject *obj, PyObject *type) {
             return PyBool_FromLong(value != 0);
         if (self->is_signed) {
             int shift = 64 - 8 * self->width;
-            return PyLong_FromLongLong((long long)(value << shift) >> shift);
+            value = (uint64_t)((long long)(value << shift) >> shift);
         }
-        return PyLong_FromUnsignedLongLong(value);
+        return int_object(value, self->is_signed, reuse);
     }
     Py_ssize_t start = self->indirect ? (Py_ssize_t)load_uint(run + self->offset, self->width) : self->offset;
     if (self->length_offset + self->length_width > size ||
@@ -609,7 +740,7 @@ static PyObject *field_get(FieldObject *self, PyObject *obj, PyObject *type) {
         memcpy(PY_LITTLE_ENDIAN ? bytes : bytes + 8 - length, run + start, length);
         uint64_t value;
         memcpy(&value, bytes, 8);
-        return PyLong_FromUnsignedLongLong(value);
+        return int_object(value, 0, reuse);
     }
     if (self->times_offset >= 0) {
         uint64_t times = load_uint(run + self->times_offset, self->times_width);
@@ -619,6 +750,39 @@ static PyObject *field_get(FieldObject *self, PyObject *obj, PyObject *type) {
         return out_of_page(self, exit, start, (Py_ssize_t)length);
     PyObject *view = ((RunnerObject *)exit->owner)->view;
     return PySequence_GetSlice(view, start, start + (Py_ssize_t)length);
+}
+
+static PyObject *field_get(FieldObject *self, PyObject *obj, PyObject *type) {
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(self);
+        return (PyObject *)self;
+    }
+    if (!PyObject_TypeCheck(obj, &ExitBaseType)) {
+        PyErr_Format(PyExc_TypeError, "%U reads an exit, not %s", self->name, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    return field_read(self, (ExitObject *)obj, NULL);
+}
+
+/* Fill exit->values from its decoders. */
+static int exit_decode(ExitObject *exit) {
+    PyObject *decoders = exit->decoders;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(decoders); i++) {
+        PyObject *field = PyTuple_GET_ITEM(decoders, i);
+        if (field == Py_None)
+            continue;
+        if (!Py_IS_TYPE(field, &FieldType)) {
+            PyErr_Format(PyExc_TypeError, "%s._decoders[%zd] is not a Field", Py_TYPE(exit)->tp_name, i);
+            return -1;
+        }
+        PyObject *old = exit->values[i];
+        PyObject *value = field_read((FieldObject *)field, exit, old);
+        if (value == NULL)
+            return -1;
+        exit->values[i] = value;
+        Py_XDECREF(old);
+    }
+    return 0;
 }
 
 static int field_set(FieldObject *self, PyObject *obj, PyObject *value) {

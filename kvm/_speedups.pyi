@@ -22,7 +22,11 @@ class VcpuBase:
 class ExitBase:
     vcpu: Any
     _page: memoryview
+    _decoders: tuple[Any, ...]
     def __new__(cls, vcpu: Any, *rest: Any) -> Any: ...
+    def _decode(self) -> None: ...
+    @staticmethod
+    def decoded_member(cls: type, name: str, index: int, /) -> Any: ...
 
 class Field:
     name: str

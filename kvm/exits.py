@@ -1,9 +1,11 @@
 """Typed exits: what `Vcpu.run()` returns, one class per KVM_EXIT_* reason.
 
-An exit object reads its payload lazily from the vCPU's shared `struct kvm_run`, so building one costs
-almost nothing; read (or `snapshot()`) what you need before the next `run()` of the same vCPU, which
-overwrites that page. Replies (I/O in data, MMIO read data, RDMSR value, hypercall return) are written
-straight into `kvm_run` and reach the guest on the next `run()`.
+A vCPU keeps one exit object per reason and hands it out again at each exit of that reason: its integer
+payload fields (`port`, `value`, `phys_addr`, ...) are decoded from the vCPU's shared `struct kvm_run`
+when `run()` returns, its `data` is a live view of that page, and the rest is read from the page when
+asked. So read (or `snapshot()`) what you need before the next `run()` of the same vCPU. Replies (I/O in
+data, MMIO read data, RDMSR value, hypercall return) are written straight into `kvm_run` and reach the
+guest on the next `run()`.
 
 A reason this module has no class for becomes `UnknownExit`, never an error.
 """
@@ -21,10 +23,12 @@ _BYTEORDER = sys.byteorder
 class _Payload:
     """A field of an exit's payload, named by its path in `struct kvm_run` ("io.port").
 
-    `dispatch_table(binding)` replaces it with a `Field` descriptor at the offset and width the binding's
-    own layout gives, so reading it is one native load (no cffi, no Python frame on the fast path).
-    kind: "int", "bool", "bytes" (a writable memoryview of `length` [* `times`] bytes at the path, or at
-    the offset stored there when `indirect`) or "value" (the first such element as an int).
+    `dispatch_table(binding)` makes a `Field` of it at the offset and width the binding's own layout
+    gives. kind: "int", "bool", "bytes" (a writable memoryview of `length` [* `times`] bytes at the path,
+    or at the offset stored there when `indirect`) or "value" (the first such element as an int). A
+    "bytes" Field is the class attribute (read when asked); the others are decoded by `run()` into the
+    exit and read back through a read-only member (`ExitBase.decoded_member`), the cheapest attribute
+    read the interpreter has.
     """
 
     def __init__(self, path: str, kind: str = "int", *, length: str | None = None, times: str | None = None,
@@ -55,6 +59,7 @@ class Exit(ExitBase):
     name: str = "?"
     _fields: tuple[str, ...] = ()
     _payloads: dict[str, _Payload] = {}
+    _decoders: tuple[Any, ...] = ()  # the Field of each decoded value, set by dispatch_table()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -161,6 +166,7 @@ class IoExit(Exit):
         size = self.size
         reply = _int_bytes(value, size) if isinstance(value, int) else _int_bytes(value, len(data))
         data[: len(reply)] = reply
+        self._decode()  # `value` shows the reply
 
 
 class MmioExit(Exit):
@@ -183,6 +189,7 @@ class MmioExit(Exit):
         """For a read: the value (an int) or the `len` bytes the guest reads."""
         data = self.data
         data[:] = _int_bytes(value, len(data))
+        self._decode()  # `value` shows the reply
 
 
 class HypercallExit(Exit):
@@ -381,6 +388,7 @@ class RdmsrExit(_MsrExit):
         msr = self._run.msr
         msr.data = value & 0xFFFFFFFFFFFFFFFF
         msr.error = 0
+        self._decode()  # `data` shows the reply
 
 
 class WrmsrExit(_MsrExit):
@@ -521,7 +529,8 @@ def _field_arguments(ffi: Any, name: str, spec: _Payload) -> tuple[Any, ...]:
 
 
 def _bind_fields(cls: type[Exit], binding: Any) -> None:
-    """Install the Field descriptors of `cls` computed from `binding`'s layout of kvm_run.
+    """Install the payload fields of `cls` computed from `binding`'s layout of kvm_run: a Field for
+    "bytes", a decoded member (and its Field in `cls._decoders`) for the others.
 
     The exit classes are shared by every binding (`type(exit) is IoExit` holds whatever the binding),
     which is right because kvm_run's layout is ABI: it never changes between kernel versions of an arch
@@ -530,6 +539,10 @@ def _bind_fields(cls: type[Exit], binding: Any) -> None:
     silently misread.
     """
     label = f"Linux {getattr(binding, 'KERNEL', '?')} {getattr(binding, 'ARCH', '?')}"
+    base = cls.__mro__[1]
+    decoders = list(base._decoders if isinstance(base, type) and issubclass(base, Exit) else ())
+    first = len(decoders)
+    index_of: dict[tuple[Any, ...], int] = {}  # fields of the same path and kind share one value
     for name, spec in cls._payloads.items():
         try:
             arguments = _field_arguments(binding.ffi, f"{cls.__name__}.{name}", spec)
@@ -545,10 +558,19 @@ def _bind_fields(cls: type[Exit], binding: Any) -> None:
             continue
         (label_name, kind, offset, width, signed, indirect, length_offset, length_width, times_offset,
          times_width) = arguments
-        setattr(cls, name, Field(label_name, kind, offset, width, signed=signed, indirect=indirect,
-                                 length_offset=length_offset, length_width=length_width,
-                                 times_offset=times_offset, times_width=times_width))
+        field = Field(label_name, kind, offset, width, signed=signed, indirect=indirect,
+                      length_offset=length_offset, length_width=length_width,
+                      times_offset=times_offset, times_width=times_width)
+        if kind == "bytes":
+            setattr(cls, name, field)
+        else:
+            index = index_of.setdefault(arguments[1:], len(decoders))
+            if index == len(decoders):
+                decoders.append(field)
+            setattr(cls, name, ExitBase.decoded_member(cls, name, index))
         _INSTALLED[(cls, name)] = (arguments, label)
+    if len(decoders) > first:
+        cls._decoders = tuple(decoders)
 
 
 def reason_names(binding: Any) -> dict[int, str]:

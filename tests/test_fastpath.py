@@ -90,6 +90,47 @@ def test_field_reads_integers_of_every_width(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_decoded_members_hold_what_the_page_held_at_decoding(impl):
+    page = _Page(impl)
+    port = impl.Field("port", "int", 64, 2)
+    value = impl.Field("value", "value", 16, 8, indirect=True, length_offset=24, length_width=1)
+    Probe = type("Probe", (impl.ExitBase,), {"__slots__": (), "_decoders": (port, value)})
+    Probe.port = impl.ExitBase.decoded_member(Probe, "port", 0)
+    Probe.alias = impl.ExitBase.decoded_member(Probe, "alias", 0)
+    Probe.value = impl.ExitBase.decoded_member(Probe, "value", 1)
+    page.put(64, "H", 0x3F8)
+    page.put(16, "Q", 1000)
+    page.put(24, "B", 4)
+    page.put(1000, "I", 0xCAFE)
+    exit = Probe(page)  # decodes
+    assert (exit.port, exit.alias, exit.value) == (0x3F8, 0x3F8, 0xCAFE)
+    page.put(64, "H", 0x60)
+    assert exit.port == 0x3F8  # decoded values stay until the next decoding
+    exit._decode()
+    assert (exit.port, exit.value) == (0x60, 0xCAFE)
+    with pytest.raises(AttributeError, match="port is read-only"):
+        exit.port = 1
+    with pytest.raises(AttributeError, match="value is read-only"):
+        del exit.value
+    page.put(24, "B", 16)  # an element size no integer has: decoding fails, naming the field
+    with pytest.raises(ValueError, match="value: an element of 16 bytes"):
+        exit._decode()
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_decoded_members_refuse_bad_plans(impl):
+    with pytest.raises(ValueError, match="index 8"):
+        impl.ExitBase.decoded_member(type("Probe", (impl.ExitBase,), {}), "x", 8)
+    with pytest.raises(TypeError, match="ExitBase"):
+        impl.ExitBase.decoded_member(object, "x", 0)
+    page = _Page(impl)
+    with pytest.raises(TypeError, match=r"_decoders\[0\] is not a Field"):
+        type("Probe", (impl.ExitBase,), {"_decoders": ("port",)})(page)
+    with pytest.raises(TypeError, match="at most 8"):
+        type("Probe", (impl.ExitBase,), {"_decoders": (impl.Field("x", "int", 0, 1),) * 9})(page)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_field_spans_and_values(impl):
     page = _Page(impl)
     Probe = _exit_class(
@@ -203,7 +244,8 @@ def test_exit_fields_have_one_layout_per_arch_across_kernel_versions():
                     assert seen == arguments, f"{klass.__name__}.{name} moved in Linux {kernel} {arch}"
     host = kvm.generated.ARCH
     dispatch_table(kvm.generated.load(None, host))
-    assert layouts[host][("IoExit", "port")][2] == kvm.IoExit.port.offset
+    port = next(field for field in kvm.IoExit._decoders if field.name == "IoExit.port")
+    assert layouts[host][("IoExit", "port")][2] == port.offset
     assert layouts[host][("MmioExit", "data")][2] == kvm.MmioExit.data.offset
     assert len(layouts) >= 2 and layouts["s390x"][("IoExit", "port")] != layouts["x86_64"][("IoExit", "port")]
 
@@ -215,7 +257,7 @@ def test_one_exit_object_per_reason_and_it_outlives_close(vm):
     assert isinstance(first, kvm.IoExit) and (first.port, first.value) == (0x10, 0x41)
     kept = first.snapshot()
     second = vcpu.run()
-    assert second is first  # exits hold no state: the vCPU reuses one object per reason
+    assert second is first  # the vCPU reuses one object per reason, decoded anew at each exit
     assert (second.port, second.value) == (0x11, 0x42) and kept["port"] == 0x10
     assert isinstance(vcpu.run(), kvm.HltExit)
     data = second.data

@@ -51,6 +51,7 @@ def test_port_io_in_with_reply(vm):
     assert isinstance(exit, kvm.IoExit) and exit.is_in
     assert (exit.port, exit.size, exit.count) == (0x20, 1, 1)
     exit.reply(0x5A)
+    assert exit.value == 0x5A  # the exit shows the reply it carries
     exit = vcpu.run()
     assert (exit.port, exit.value) == (0x21, 0x5A)
     exit = vcpu.run()
@@ -241,6 +242,7 @@ def test_user_space_msr_exits(vm):
     assert exit.index == 0xDEADBEEF
     assert exit.reason_flags in (reasons.UNKNOWN, reasons.INVAL)
     exit.reply(0x99_000000AB)
+    assert exit.data == 0x99_000000AB  # the exit shows the reply it carries
     assert vcpu.run().value == 0xAB
     assert vcpu.run().value == 0x99
     exit = vcpu.run()
