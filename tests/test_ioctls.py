@@ -22,44 +22,15 @@ from typing import Any
 
 import pytest
 
-_fd = pytest.importorskip("kvm._fd")
-from kvm.errors import CapabilityError, KvmError  # noqa: E402
-from kvm.generated import load  # noqa: E402
+from kvm import _fd
+from kvm.errors import CapabilityError, KvmError
 
 if not os.path.exists("/dev/kvm") or not os.access("/dev/kvm", os.R_OK | os.W_OK):
     pytest.skip("no usable /dev/kvm", allow_module_level=True)
 
-B = load()  # newest binding for this host's arch
-W = __import__(f"kvm.generated.ioctls_{B.__name__.rsplit('.', 1)[1]}", fromlist=["*"])
+from generated_fds import B, C, W, Device, Sys, Vcpu, Vm, ffi  # noqa: E402
+
 ARCH = B.ARCH
-C = B.CONSTANTS
-ffi = W.ffi
-
-
-class Sys(_fd.KvmFd, W.SystemIoctls):
-    fd_kind = "system"
-
-
-class Vm(_fd.KvmFd, W.VmIoctls):
-    fd_kind = "vm"
-
-    def _cap_owner(self) -> Any:
-        parent = self._parent
-        return self if parent._query_cap(C["KVM_CAP_CHECK_EXTENSION_VM"]) > 0 else parent
-
-
-class Vcpu(_fd.KvmFd, W.VcpuIoctls):
-    fd_kind = "vcpu"
-
-    def _cap_owner(self) -> Any:
-        return self._parent._cap_owner()
-
-
-class Device(_fd.KvmFd, W.DeviceIoctls):
-    fd_kind = "device"
-
-    def _cap_owner(self) -> Any:
-        return self._parent._cap_owner()
 
 
 class Ctx:

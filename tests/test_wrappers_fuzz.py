@@ -15,20 +15,15 @@ from typing import Any
 
 import pytest
 
-_fd = pytest.importorskip("kvm._fd")
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from kvm.errors import KvmError  # noqa: E402
-from kvm.generated import load  # noqa: E402
 
 if not os.access("/dev/kvm", os.R_OK | os.W_OK):
     pytest.skip("no usable /dev/kvm", allow_module_level=True)
 
-B = load()
-W = __import__(f"kvm.generated.ioctls_{B.__name__.rsplit('.', 1)[1]}", fromlist=["*"])
-ffi = W.ffi
-C = B.CONSTANTS
+from generated_fds import B, C, W, Device, Sys, Vcpu, Vm, ffi  # noqa: E402
 
 # What a wrapper may raise on bad input: KvmError (an OSError: the kernel refused, incl. CapabilityError),
 # ClosedError (a ValueError), and the argument errors of Python and cffi.
@@ -36,32 +31,6 @@ TYPED = (KvmError, TypeError, ValueError, OverflowError, KeyError, IndexError, A
 LIVE_EXCLUDED = {"KVM_RUN"}
 FD_RETURNING = {"KVM_CREATE_VM", "KVM_CREATE_VCPU", "KVM_GET_STATS_FD", "KVM_CREATE_GUEST_MEMFD"}
 CASES = {"run": 0, "raised": 0, "returned": 0}
-
-
-class Sys(_fd.KvmFd, W.SystemIoctls):
-    fd_kind = "system"
-
-
-class Vm(_fd.KvmFd, W.VmIoctls):
-    fd_kind = "vm"
-
-    def _cap_owner(self) -> Any:
-        parent = self._parent
-        return self if parent._query_cap(C["KVM_CAP_CHECK_EXTENSION_VM"]) > 0 else parent
-
-
-class Vcpu(_fd.KvmFd, W.VcpuIoctls):
-    fd_kind = "vcpu"
-
-    def _cap_owner(self) -> Any:
-        return self._parent._cap_owner()
-
-
-class Device(_fd.KvmFd, W.DeviceIoctls):
-    fd_kind = "device"
-
-    def _cap_owner(self) -> Any:
-        return self._parent._cap_owner()
 
 
 class Fds:

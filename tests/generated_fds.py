@@ -1,0 +1,42 @@
+"""The generated ioctl wrappers used as they are: a `KvmFd` plus the generated mixin of each fd kind,
+for the newest binding of this host's arch (the ergonomic classes of kvm/ wrap these ioctls their own
+way). Shared by test_ioctls.py and test_wrappers_fuzz.py; import it after checking /dev/kvm is usable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvm import _fd
+from kvm.generated import load
+
+B = load()  # newest binding for this host's arch
+W = __import__(f"kvm.generated.ioctls_{B.__name__.rsplit('.', 1)[1]}", fromlist=["*"])
+C = B.CONSTANTS
+ffi = W.ffi
+
+
+class Sys(_fd.KvmFd, W.SystemIoctls):
+    fd_kind = "system"
+
+
+class Vm(_fd.KvmFd, W.VmIoctls):
+    fd_kind = "vm"
+
+    def _cap_owner(self) -> Any:
+        parent = self._parent
+        return self if parent._query_cap(C["KVM_CAP_CHECK_EXTENSION_VM"]) > 0 else parent
+
+
+class Vcpu(_fd.KvmFd, W.VcpuIoctls):
+    fd_kind = "vcpu"
+
+    def _cap_owner(self) -> Any:
+        return self._parent._cap_owner()
+
+
+class Device(_fd.KvmFd, W.DeviceIoctls):
+    fd_kind = "device"
+
+    def _cap_owner(self) -> Any:
+        return self._parent._cap_owner()
