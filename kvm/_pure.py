@@ -172,11 +172,12 @@ class ExitBase:
     """ExitBase(vcpu): the base of every exit; its class's _decoders fill its decoded members (see
     decoded_member) at each exit, Field descriptors read the rest of its payload from kvm_run."""
 
-    __slots__ = ("vcpu", "_page", "_values")
+    __slots__ = ("vcpu", "_page", "_values", "_plan")
     _decoders: tuple[Any, ...] = ()
     vcpu: Any
     _page: memoryview
     _values: list[Any]
+    _plan: Any  # see _decoding_plan
 
     def __new__(cls, vcpu: Any, *rest: Any) -> Any:
         runner = getattr(vcpu, "_runner", None)
@@ -189,19 +190,23 @@ class ExitBase:
         self.vcpu = vcpu
         self._page = runner.view
         self._values = [_UNSET] * len(decoders)
+        self._plan = _decoding_plan(cls.__name__, decoders)
         if decoders:
             self._decode()
         return self
 
     def _decode(self) -> None:
         """Decode the payload values from kvm_run again (after a reply changed it)."""
-        values = self._values
-        for i, field in enumerate(self._decoders):
-            if field is None:
-                continue
-            if not isinstance(field, Field):
-                raise TypeError(f"{type(self).__name__}._decoders[{i}] is not a Field")
-            values[i] = field.__get__(self)
+        start, end, unpack, together, alone = self._plan
+        decoders = self._decoders
+        values, page = self._values, self._page
+        if together and end <= page.nbytes:
+            for (i, is_bool), value in zip(together, unpack(page, start)):
+                values[i] = value != 0 if is_bool else value
+        else:
+            alone = alone + tuple(i for i, _ in together)  # (reports the field outside the page)
+        for i in alone:
+            values[i] = decoders[i].__get__(self)
 
     @staticmethod
     def decoded_member(cls: type, name: str, index: int) -> Any:
@@ -215,6 +220,28 @@ class ExitBase:
 
 
 _UNSET = object()
+
+def _decoding_plan(owner: str, decoders: tuple[Any, ...]) -> Any:
+    """How an exit decodes its values: the int and bool fields with one struct unpack of the span they
+    cover (start, end, unpack, ((index, is_bool), ...)), and the indices to decode one by one."""
+    for i, field in enumerate(decoders):
+        if field is not None and not isinstance(field, Field):
+            raise TypeError(f"{owner}._decoders[{i}] is not a Field")
+    numbers = sorted((f.offset, i) for i, f in enumerate(decoders) if f is not None and f.kind in ("int", "bool"))
+    together: list[tuple[int, bool]] = []
+    alone = [i for i, f in enumerate(decoders) if f is not None and f.kind not in ("int", "bool")]
+    start = end = numbers[0][0] if numbers else 0
+    fmt = "="
+    for offset, i in numbers:
+        field = decoders[i]
+        if offset < end:  # overlaps the previous field
+            alone.append(i)
+            continue
+        code = {1: "B", 2: "H", 4: "I", 8: "Q"}[field.width]
+        fmt += "x" * (offset - end) + (code.lower() if field.signed else code)
+        end = offset + field.width
+        together.append((i, field.kind == "bool"))
+    return start, end, struct.Struct(fmt).unpack_from, tuple(together), tuple(alone)
 
 
 class _Decoded:

@@ -118,6 +118,24 @@ def test_decoded_members_hold_what_the_page_held_at_decoding(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_decoding_overlapping_fields_and_fields_outside_the_page(impl):
+    page = _Page(impl)
+    fields = (impl.Field("word", "int", 64, 2), impl.Field("high", "int", 65, 1),
+              impl.Field("flag", "bool", 72, 1), impl.Field("signed", "int", 80, 4, signed=True))
+    Probe = type("Probe", (impl.ExitBase,), {"__slots__": (), "_decoders": fields})
+    for i, name in enumerate(("word", "high", "flag", "signed")):
+        setattr(Probe, name, impl.ExitBase.decoded_member(Probe, name, i))
+    page.put(64, "H", 0xBEEF)
+    page.put(72, "B", 3)
+    page.put(80, "i", -2)
+    exit = Probe(page)
+    assert (exit.word, exit.high, exit.flag, exit.signed) == (0xBEEF, page.buffer[65], True, -2)
+    Far = type("Far", (impl.ExitBase,), {"__slots__": (), "_decoders": (impl.Field("far", "int", PAGE - 2, 4),)})
+    with pytest.raises(ValueError, match="far.*outside"):
+        Far(page)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_decoded_members_refuse_bad_plans(impl):
     with pytest.raises(ValueError, match="index 8"):
         impl.ExitBase.decoded_member(type("Probe", (impl.ExitBase,), {}), "x", 8)
