@@ -54,6 +54,8 @@ TIMED(int, ioctl, (int fd, unsigned long request, void *arg), (fd, request, arg)
 TIMED(int, close, (int fd), (fd))
 TIMED(void *, mmap, (void *address, size_t length, int prot, int flags, int fd, off_t offset),
       (address, length, prot, flags, fd, offset))
+TIMED(void *, mmap64, (void *address, size_t length, int prot, int flags, int fd, off_t offset),
+      (address, length, prot, flags, fd, offset))
 TIMED(int, munmap, (void *address, size_t length), (address, length))
 TIMED(int, open64, (const char *path, int flags, mode_t mode), (path, flags, mode))
 TIMED(int, open, (const char *path, int flags, mode_t mode), (path, flags, mode))
