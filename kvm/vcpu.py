@@ -123,12 +123,12 @@ class Vcpu(KvmFd, VcpuBase):
         self.id = id
         binding = vm._binding
         ffi = self._ffi = binding.ffi
-        self._mapping = _sys.FileMapping(fd, vm.system.vcpu_mmap_size)
-        self._run_view = self._mapping.view
-        self._run = ffi.from_buffer("struct kvm_run *", self._run_view)
+        mapping = _sys.FileMapping(fd, vm.system.vcpu_mmap_size)
+        self._mapping: _sys.FileMapping | None = mapping
+        self._run = ffi.from_buffer("struct kvm_run *", mapping.view)
         self._kicked = False
         # `run()` (of VcpuBase) calls it: no Python frame between `vcpu.run()` and KVM_RUN
-        self._runner = Runner(fd, self._ioctls["KVM_RUN"].number, self._run_view, self,
+        self._runner = Runner(fd, self._ioctls["KVM_RUN"].number, mapping.view, self,
                               dispatch_table(binding), self._run_failed, self._unknown_exit,
                               self._raise_unusable, ffi.offsetof("struct kvm_run", "exit_reason"))
         self._stats: Any = None
@@ -154,11 +154,10 @@ class Vcpu(KvmFd, VcpuBase):
             self._ffi.release(run)
         # Exits and their data views may outlive the vCPU: detaching leaves them a private copy of the
         # pages, so that closing the fd frees the vCPU (and, with its VM's fd, the VM) right now.
-        for name in ("_mapping", "_dirty_ring"):
-            mapping = getattr(self, name, None)
-            setattr(self, name, None)
+        for mapping in (self._mapping, self._dirty_ring):
             if mapping is not None:
                 mapping.detach()
+        self._mapping = self._dirty_ring = None
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -499,7 +498,9 @@ class Vcpu(KvmFd, VcpuBase):
         ffi = self._ffi
         self._check_open()
         offset = self._binding.CONSTANTS["KVM_COALESCED_MMIO_PAGE_OFFSET"] * PAGE_SIZE
-        page = self._run_view[offset : offset + PAGE_SIZE]
+        mapping = self._mapping
+        assert mapping is not None  # (open)
+        page = mapping.view[offset : offset + PAGE_SIZE]
         ring = ffi.from_buffer("struct kvm_coalesced_mmio_ring *", page)
         header = ffi.sizeof("struct kvm_coalesced_mmio_ring")
         capacity = (PAGE_SIZE - header) // ffi.sizeof("struct kvm_coalesced_mmio")

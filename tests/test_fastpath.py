@@ -290,6 +290,20 @@ def vcpu_mappings() -> list[str]:
         return [line for line in maps if "kvm-vcpu" in line]
 
 
+def _mapped(address: int) -> bool:
+    with open("/proc/self/maps") as maps:
+        return any(int(line.split("-")[0], 16) == address for line in maps)
+
+
+def test_closing_unmaps_kvm_run_when_nothing_holds_it(system):
+    with system.create_vm() as vm:
+        _, vcpu = real_mode_guest(vm, bytes([0xF4]))
+        assert isinstance(vcpu.run(), kvm.HltExit)
+        address = vcpu._mapping.address
+        assert _mapped(address)
+    assert not _mapped(address)  # at close, not at the next garbage collection
+
+
 def test_closing_releases_the_vcpu_file_although_exits_and_views_live_on(system):
     """The kvm_run mapping would hold the vCPU's file (and so the VM) open: close() detaches it."""
     assert vcpu_mappings() == []
