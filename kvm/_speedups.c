@@ -564,11 +564,21 @@ static PyObject *exit_decoded_member(PyObject *unused, PyObject *const *args, Py
 static int exit_setattro(PyObject *self, PyObject *name, PyObject *value) {
     int result = PyObject_GenericSetAttr(self, name, value);
     if (result < 0 && PyErr_ExceptionMatches(PyExc_AttributeError)) {
-        PyObject *descr = _PyType_Lookup(Py_TYPE(self), name);
-        if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
-            (((PyMemberDescrObject *)descr)->d_member->flags & READONLY)) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyObject *descr = PyObject_GetAttr((PyObject *)Py_TYPE(self), name);  /* a class gives the descriptor */
+        int readonly_member = descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+                              (((PyMemberDescrObject *)descr)->d_member->flags & READONLY);
+        Py_XDECREF(descr);
+        PyErr_Clear();
+        if (readonly_member) {
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(traceback);
             PyErr_Format(PyExc_AttributeError, "%s.%U is read-only (reply through the exit's methods)",
                          Py_TYPE(self)->tp_name, name);
+        } else {
+            PyErr_Restore(type, value, traceback);
         }
     }
     return result;
