@@ -61,9 +61,16 @@ class IoctlDoc:
     summary: str
     # Arches on which another capability than `capability` gates the ioctl.
     capability_on_arch: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+    # (arch, fd kind) where the capability differs from capability_for(arch): KVM_ENABLE_CAP is gated
+    # by KVM_CAP_ENABLE_CAP on vCPUs and by KVM_CAP_ENABLE_CAP_VM on VMs.
+    capability_on_fd: Mapping[tuple[str, str], str | None] = dataclasses.field(default_factory=dict)
 
     def capability_for(self, arch: str) -> str | None:
         return self.capability_on_arch.get(arch, self.capability)
+
+    def capabilities_by_fd(self, arch: str) -> dict[str, str | None]:
+        """On `arch`: fd kind -> capability, for the fds where it is not capability_for(arch)."""
+        return {fd: cap for (on_arch, fd), cap in self.capability_on_fd.items() if on_arch == arch}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +96,11 @@ class IoctlMeta:
     arches: frozenset[str] | None
     section: str | None  # None: api.rst has no section for it
     summary: str
+    capability_on_fd: Mapping[str, str | None] = dataclasses.field(default_factory=dict)  # fd -> another one
+
+    def capabilities(self) -> set[str]:
+        """Every capability gating it, on any fd."""
+        return {cap for cap in (self.capability, *self.capability_on_fd.values()) if cap is not None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,10 +114,10 @@ def annotate(doc: ApiDoc, ioctl_names: Iterable[str], cap_names: Collection[str]
     # An ioctl documented for other arches may still get a number here (its struct is in linux/kvm.h)
     # while its capability is defined only under that arch's #ifdef: only this arch's own must exist.
     problems += [
-        f"{name}: capability {meta.capability} is not defined in the headers"
+        f"{name}: capability {cap} is not defined in the headers"
         for name, meta in metas.items()
-        if meta.capability is not None and meta.capability not in cap_names
-        and (meta.arches is None or arch in meta.arches)
+        for cap in sorted(meta.capabilities())
+        if cap not in cap_names and (meta.arches is None or arch in meta.arches)
     ]
     if problems:
         raise ApiDocError(f"api.rst leaves {len(problems)} problem(s) on {arch}; add rows to "
@@ -116,16 +128,19 @@ def annotate(doc: ApiDoc, ioctl_names: Iterable[str], cap_names: Collection[str]
 def _meta_from_doc(ioctl: IoctlDoc | None, arch: str) -> IoctlMeta:
     if ioctl is None:
         return IoctlMeta(capability=None, fds=frozenset(), arches=None, section=None, summary="")
-    return IoctlMeta(ioctl.capability_for(arch), ioctl.fds, ioctl.arches, ioctl.section, ioctl.summary)
+    return IoctlMeta(ioctl.capability_for(arch), ioctl.fds, ioctl.arches, ioctl.section, ioctl.summary,
+                     ioctl.capabilities_by_fd(arch))
 
 
 def _corrected(meta: IoctlMeta, fix: Fix | None) -> IoctlMeta:
     if fix is None:
         return meta
     if fix.fds is not None:
-        meta = dataclasses.replace(meta, fds=parse_fds(fix.fds))
-    if fix.capability is not None:
-        meta = dataclasses.replace(meta, capability=normalize_capability(fix.capability))
+        fds = parse_fds(fix.fds)
+        meta = dataclasses.replace(meta, fds=fds, capability_on_fd={
+            fd: cap for fd, cap in meta.capability_on_fd.items() if fd in fds})
+    if fix.capability is not None:  # a correction names the one capability of every fd
+        meta = dataclasses.replace(meta, capability=normalize_capability(fix.capability), capability_on_fd={})
     if fix.arches is not None:
         meta = dataclasses.replace(meta, arches=parse_arches(fix.arches))
     return meta
@@ -244,18 +259,25 @@ def _ioctl_docs(section: _Section, names: list[str]) -> list[IoctlDoc]:
     blocks = _field_blocks(section.lines) or [{}]
     summary = _summary(section.lines)
     docs = []
+    fds = frozenset().union(*(parse_fds(b.get("type", "")) for b in blocks))
     for name in names:
         capability, capability_on_arch = _capability_per_arch(blocks, name)
+        on_fd = {
+            (arch, fd): cap
+            for arch in sorted(ALL_ARCHES) for fd in sorted(fds)
+            if (cap := _capability_on(blocks, name, arch, fd)) != capability_on_arch.get(arch, capability)
+        }
         docs.append(IoctlDoc(
             name=name,
             section=section.number,
             capability=capability,
-            fds=frozenset().union(*(parse_fds(b.get("type", "")) for b in blocks)),
+            fds=fds,
             arches=_union_of_arches(parse_arches(b.get("architectures", "all")) for b in blocks),
             parameters=blocks[0].get("parameters", ""),
             returns=blocks[0].get("returns", ""),
             summary=summary,
             capability_on_arch=capability_on_arch,
+            capability_on_fd=on_fd,
         ))
     return docs
 
@@ -375,8 +397,11 @@ def _capability_per_arch(blocks: list[dict[str, str]], ioctl: str) -> tuple[str 
     return default, {arch: cap for arch, cap in per_arch.items() if cap != default}
 
 
-def _capability_on(blocks: list[dict[str, str]], ioctl: str, arch: str | None) -> str | None:
-    """The capability gating `ioctl` on `arch` (None: on arches without a note of their own)."""
+def _capability_on(blocks: list[dict[str, str]], ioctl: str, arch: str | None, fd: str | None = None) -> str | None:
+    """The capability gating `ioctl` on `arch` (None: on arches without a note of their own), issued on a
+    `fd` fd when given: then only the blocks whose type names that fd count, when any does."""
+    if fd is not None:
+        blocks = [b for b in blocks if fd in parse_fds(b.get("type", ""))] or blocks
     # On an arch that no block covers the ioctl does not exist; the first block's answer will do.
     block = next((b for b in blocks if arch is None or _covers(parse_arches(b.get("architectures", "all")), arch)),
                  blocks[0])

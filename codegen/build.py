@@ -180,6 +180,7 @@ def _annotate(model: Model, api_rst: str) -> None:
     for name, meta in metas.items():
         old = model.ioctls[name]
         model.ioctls[name] = Ioctl(**{**old.__dict__, "fds": tuple(sorted(meta.fds)), "capability": meta.capability,
+                                      "capability_on_fd": tuple(sorted(meta.capability_on_fd.items())),
                                       "arches": tuple(sorted(meta.arches)) if meta.arches else None,
                                       "section": meta.section, "summary": meta.summary})
     for cap, enable_on in apidoc.enable_caps(doc).items():

@@ -335,9 +335,24 @@ def resolve(spec: str, arch: str) -> Binding:
 # The diff
 
 
+def _gate_change(a: IoctlSpec, b: IoctlSpec) -> str | None:
+    """How the capability gating the ioctl changed, fd kind by fd kind (on the fds both issue it on),
+    or None."""
+    fds = sorted(a.fd & b.fd) or [""]  # "": no fd in common, compare the capability named first
+    changes = [(fd, a.capability_for(fd), b.capability_for(fd)) for fd in fds]
+    changes = [(fd, old, new) for fd, old, new in changes if old != new]
+    if not changes:
+        return None
+    if len(changes) == len(fds) and len({(old, new) for _, old, new in changes}) == 1:
+        _, old, new = changes[0]
+        return f"gated by {old or 'nothing'} -> {new or 'nothing'}"
+    return "; ".join(f"on {fd} fds gated by {old or 'nothing'} -> {new or 'nothing'}" for fd, old, new in changes)
+
+
 def _ioctl_json(spec: IoctlSpec) -> dict[str, Any]:
     return {"number": spec.number, "direction": spec.direction, "size": spec.size, "arg_type": spec.arg_type,
-            "fd": sorted(spec.fd), "capability": spec.capability}
+            "fd": sorted(spec.fd), "capability": spec.capability,
+            "capability_on_fd": {fd: cap for fd, cap in spec.capability_on_fd}}
 
 
 def _record_json(spec: StructSpec) -> dict[str, Any]:
@@ -590,8 +605,9 @@ class _Differ:
                 self.add("ioctl.arg_layout", name, aj, bj, layout)
             else:
                 self.add("ioctl.arg_type", name, aj, bj, f"argument {a.arg_type} -> {b.arg_type}, same layout")
-        if annotated and a.capability != b.capability:
-            self.add("ioctl.capability", name, aj, bj, f"gated by {a.capability or 'nothing'} -> {b.capability or 'nothing'}")
+        gate_change = _gate_change(a, b) if annotated else None
+        if gate_change:
+            self.add("ioctl.capability", name, aj, bj, gate_change)
         if annotated and a.fd != b.fd:
             self.add("ioctl.fd", name, aj, bj,
                      f"issued on {', '.join(sorted(a.fd)) or '?'} -> {', '.join(sorted(b.fd)) or '?'}")

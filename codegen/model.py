@@ -67,6 +67,7 @@ class Ioctl:
     unavailable: str | None = None  # why there is no number on this arch
     fds: tuple[str, ...] = ()  # sorted subset of ("device", "system", "vcpu", "vm")
     capability: str | None = None  # KVM_CAP_* that gates it, None for basic
+    capability_on_fd: tuple[tuple[str, str | None], ...] = ()  # (fd, capability) where not `capability`
     arches: tuple[str, ...] | None = None  # arches api.rst names (None = all)
     section: str | None = None  # api.rst section number
     summary: str = ""

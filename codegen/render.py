@@ -30,8 +30,10 @@ def _environment() -> jinja2.Environment:
 def _caps(model: Model) -> list[dict[str, object]]:
     gated: dict[str, list[str]] = {}
     for ioctl in model.ioctls.values():
-        if ioctl.capability and ioctl.number is not None:
-            gated.setdefault(ioctl.capability, []).append(ioctl.name)
+        if ioctl.number is None:
+            continue
+        for cap in sorted({ioctl.capability, *(cap for _, cap in ioctl.capability_on_fd)} - {None}):
+            gated.setdefault(cap, []).append(ioctl.name)
     out = []
     for name, value in model.constants.items():
         if not name.startswith("KVM_CAP_"):

@@ -226,8 +226,9 @@ def _doc(ioctl: Ioctl, fd: str, returns: str) -> tuple[str, ...]:
     summary = ioctl.summary or f"{ioctl.name} (undocumented in api.rst)."
     summary = re.sub(r"\s+", " ", summary).replace("\\", "\\\\").replace('"""', "'''").strip()
     arches = ", ".join(ioctl.arches) if ioctl.arches else "all"
+    capability = dict(ioctl.capability_on_fd).get(fd, ioctl.capability)
     lines = [f"{ioctl.name}: {summary}", "",
-             f"capability: {ioctl.capability or 'none (basic API)'}; fd: {fd}; arches: {arches}; "
+             f"capability: {capability or 'none (basic API)'}; fd: {fd}; arches: {arches}; "
              f"api.rst: {('section ' + ioctl.section) if ioctl.section else 'not documented'}",
              f"encoding: {_signature(ioctl)}", f"returns: {returns}"]
     return tuple(lines)

@@ -809,7 +809,7 @@ class VcpuIoctls(_Ioctls):
     def enable_cap(self, arg: CData | None = None, /, *, cap: int | None = None, flags: int | None = None, args: Sequence[int] | bytes | None = None, pad: Sequence[int] | bytes | None = None) -> int:
         """KVM_ENABLE_CAP: On systems that do not support this ioctl, it always fails.
 
-        capability: KVM_CAP_ENABLE_CAP_VM; fd: vcpu; arches: all; api.rst: section 4.37
+        capability: KVM_CAP_ENABLE_CAP; fd: vcpu; arches: all; api.rst: section 4.37
         encoding: _IOW(0xae, 0xa3, struct kvm_enable_cap) = 0x4068aea3
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_enable_cap *` cdata, or keyword fields build one
         """

@@ -710,7 +710,8 @@ CONSTANTS: dict[str, int] = {
     "kvm_ioeventfd_flag_nr_virtio_ccw_notify": 3,
 }
 
-# name -> (number, direction, argument size, argument type, fds, capability, arches, api.rst section, summary)
+# name -> (number, direction, argument size, argument type, fds, capability, arches, api.rst section, summary
+#          [, (fd, capability) pairs where an fd kind has another capability])
 IOCTLS: dict[str, _I] = {
     "KVM_ARM_GET_REG_WRITABLE_MASKS": _I("KVM_ARM_GET_REG_WRITABLE_MASKS", 0x8040aeb6, "read", 64, 'struct reg_mask_range', frozenset(['vm']), 'KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES', frozenset(['arm64']), '4.139', 'This ioctl copies the writable masks for a selected range of registers to userspace.'),
     "KVM_ARM_MTE_COPY_TAGS": _I("KVM_ARM_MTE_COPY_TAGS", 0x8030aeb4, "read", 48, 'struct kvm_arm_copy_mte_tags', frozenset(['vm']), 'KVM_CAP_ARM_MTE', frozenset(['arm64']), '4.130', 'Copies Memory Tagging Extension (MTE) tags to/from guest tag memory.'),
@@ -729,7 +730,7 @@ IOCTLS: dict[str, _I] = {
     "KVM_CREATE_VCPU": _I("KVM_CREATE_VCPU", 0xae41, "none", 0, None, frozenset(['vm']), None, None, '4.7', 'This API adds a vcpu to a virtual machine.'),
     "KVM_CREATE_VM": _I("KVM_CREATE_VM", 0xae01, "none", 0, None, frozenset(['system']), None, None, '4.2', 'The new VM has no virtual cpus and no memory.'),
     "KVM_DIRTY_TLB": _I("KVM_DIRTY_TLB", 0x4010aeaa, "write", 16, 'struct kvm_dirty_tlb', frozenset(['vcpu']), 'KVM_CAP_SW_TLB', frozenset(['ppc64le']), '4.60', 'This must be called whenever userspace has changed an entry in the shared TLB, prior to calling KVM_RUN on the associated vcpu.'),
-    "KVM_ENABLE_CAP": _I("KVM_ENABLE_CAP", 0x4068aea3, "write", 104, 'struct kvm_enable_cap', frozenset(['vcpu', 'vm']), 'KVM_CAP_ENABLE_CAP_VM', None, '4.37', 'On systems that do not support this ioctl, it always fails.'),
+    "KVM_ENABLE_CAP": _I("KVM_ENABLE_CAP", 0x4068aea3, "write", 104, 'struct kvm_enable_cap', frozenset(['vcpu', 'vm']), 'KVM_CAP_ENABLE_CAP_VM', None, '4.37', 'On systems that do not support this ioctl, it always fails.', (('vcpu', 'KVM_CAP_ENABLE_CAP'),)),
     "KVM_GET_API_VERSION": _I("KVM_GET_API_VERSION", 0xae00, "none", 0, None, frozenset(['system']), None, None, '4.1', 'This identifies the API version as the stable kvm API.'),
     "KVM_GET_CLOCK": _I("KVM_GET_CLOCK", 0x8030ae7c, "read", 48, 'struct kvm_clock_data', frozenset(['vm']), 'KVM_CAP_ADJUST_CLOCK', frozenset(['x86_64']), '4.29', 'Gets the current timestamp of kvmclock as seen by the current guest.'),
     "KVM_GET_DEVICE_ATTR": _I("KVM_GET_DEVICE_ATTR", 0x4018aee2, "write", 24, 'struct kvm_device_attr', frozenset(['device', 'vcpu', 'vm']), 'KVM_CAP_DEVICE_CTRL', frozenset(['arm64', 's390x', 'x86_64']), '4.80', 'Gets/sets a specified piece of device configuration and/or state.'),
@@ -1822,7 +1823,7 @@ def _caps() -> dict[str, _Cap]:
         "KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP": _Cap("KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP", 225, frozenset([]), (), None, ''),
         "KVM_CAP_DISABLE_QUIRKS": _Cap("KVM_CAP_DISABLE_QUIRKS", 116, frozenset([]), (), None, ''),
         "KVM_CAP_DISABLE_QUIRKS2": _Cap("KVM_CAP_DISABLE_QUIRKS2", 213, frozenset(['vm']), (), '7.31', 'This capability, if enabled, will cause KVM to disable some behavior quirks.'),
-        "KVM_CAP_ENABLE_CAP": _Cap("KVM_CAP_ENABLE_CAP", 54, frozenset([]), (), None, ''),
+        "KVM_CAP_ENABLE_CAP": _Cap("KVM_CAP_ENABLE_CAP", 54, frozenset([]), ('KVM_ENABLE_CAP',), None, ''),
         "KVM_CAP_ENABLE_CAP_VM": _Cap("KVM_CAP_ENABLE_CAP_VM", 98, frozenset([]), ('KVM_ENABLE_CAP',), None, ''),
         "KVM_CAP_ENFORCE_PV_FEATURE_CPUID": _Cap("KVM_CAP_ENFORCE_PV_FEATURE_CPUID", 190, frozenset([]), (), None, ''),
         "KVM_CAP_EXCEPTION_PAYLOAD": _Cap("KVM_CAP_EXCEPTION_PAYLOAD", 164, frozenset(['vm']), (), '7.17', 'With this capability enabled, CR2 will not be modified prior to the emulated VM-exit when L1 intercepts a #PF exception that occurs in L2.'),

@@ -806,7 +806,8 @@ CONSTANTS: dict[str, int] = {
     "kvm_ioeventfd_flag_nr_virtio_ccw_notify": 3,
 }
 
-# name -> (number, direction, argument size, argument type, fds, capability, arches, api.rst section, summary)
+# name -> (number, direction, argument size, argument type, fds, capability, arches, api.rst section, summary
+#          [, (fd, capability) pairs where an fd kind has another capability])
 IOCTLS: dict[str, _I] = {
     "KVM_ALLOCATE_RMA": _I("KVM_ALLOCATE_RMA", 0x4008aea9, "read", 8, 'struct kvm_allocate_rma', frozenset(['vm']), 'KVM_CAP_PPC_RMA', frozenset(['ppc64le']), None, ''),
     "KVM_ARM_SET_DEVICE_ADDR": _I("KVM_ARM_SET_DEVICE_ADDR", 0x8010aeab, "write", 16, 'struct kvm_arm_device_addr', frozenset(['vm']), 'KVM_CAP_ARM_SET_DEVICE_ADDR', frozenset(['arm64']), '4.85', "Specify a device address in the guest's physical address space where guests can access emulated or directly exposed devices, which the host kernel needs to know about."),
@@ -823,7 +824,7 @@ IOCTLS: dict[str, _I] = {
     "KVM_CREATE_VCPU": _I("KVM_CREATE_VCPU", 0x2000ae41, "none", 0, None, frozenset(['vm']), None, None, '4.7', 'This API adds a vcpu to a virtual machine.'),
     "KVM_CREATE_VM": _I("KVM_CREATE_VM", 0x2000ae01, "none", 0, None, frozenset(['system']), None, None, '4.2', 'The new VM has no virtual cpus and no memory.'),
     "KVM_DIRTY_TLB": _I("KVM_DIRTY_TLB", 0x8010aeaa, "write", 16, 'struct kvm_dirty_tlb', frozenset(['vcpu']), 'KVM_CAP_SW_TLB', frozenset(['ppc64le']), '4.60', 'This must be called whenever userspace has changed an entry in the shared TLB, prior to calling KVM_RUN on the associated vcpu.'),
-    "KVM_ENABLE_CAP": _I("KVM_ENABLE_CAP", 0x8068aea3, "write", 104, 'struct kvm_enable_cap', frozenset(['vcpu', 'vm']), 'KVM_CAP_ENABLE_CAP', None, '4.37', 'On systems that do not support this ioctl, it always fails.'),
+    "KVM_ENABLE_CAP": _I("KVM_ENABLE_CAP", 0x8068aea3, "write", 104, 'struct kvm_enable_cap', frozenset(['vcpu', 'vm']), 'KVM_CAP_ENABLE_CAP', None, '4.37', 'On systems that do not support this ioctl, it always fails.', (('vm', 'KVM_CAP_ENABLE_CAP_VM'),)),
     "KVM_GET_API_VERSION": _I("KVM_GET_API_VERSION", 0x2000ae00, "none", 0, None, frozenset(['system']), None, None, '4.1', 'This identifies the API version as the stable kvm API.'),
     "KVM_GET_CLOCK": _I("KVM_GET_CLOCK", 0x4030ae7c, "read", 48, 'struct kvm_clock_data', frozenset(['vm']), 'KVM_CAP_ADJUST_CLOCK', frozenset(['x86_64']), '4.29', 'Gets the current timestamp of kvmclock as seen by the current guest.'),
     "KVM_GET_DEVICE_ATTR": _I("KVM_GET_DEVICE_ATTR", 0x8018aee2, "write", 24, 'struct kvm_device_attr', frozenset(['device', 'vcpu', 'vm']), 'KVM_CAP_DEVICE_CTRL', frozenset(['arm64', 's390x', 'x86_64']), '4.80', 'Gets/sets a specified piece of device configuration and/or state.'),
@@ -2104,7 +2105,7 @@ def _caps() -> dict[str, _Cap]:
         "KVM_CAP_DISABLE_QUIRKS": _Cap("KVM_CAP_DISABLE_QUIRKS", 116, frozenset([]), (), None, ''),
         "KVM_CAP_DISABLE_QUIRKS2": _Cap("KVM_CAP_DISABLE_QUIRKS2", 213, frozenset(['vm']), (), '7.31', 'This capability, if enabled, will cause KVM to disable some behavior quirks.'),
         "KVM_CAP_ENABLE_CAP": _Cap("KVM_CAP_ENABLE_CAP", 54, frozenset([]), ('KVM_ENABLE_CAP',), None, ''),
-        "KVM_CAP_ENABLE_CAP_VM": _Cap("KVM_CAP_ENABLE_CAP_VM", 98, frozenset([]), (), None, ''),
+        "KVM_CAP_ENABLE_CAP_VM": _Cap("KVM_CAP_ENABLE_CAP_VM", 98, frozenset([]), ('KVM_ENABLE_CAP',), None, ''),
         "KVM_CAP_ENFORCE_PV_FEATURE_CPUID": _Cap("KVM_CAP_ENFORCE_PV_FEATURE_CPUID", 190, frozenset(['vcpu']), (), '6.80', 'When enabled, KVM will disable paravirtual features provided to the guest according to the bits in the KVM_CPUID_FEATURES CPUID leaf (0x40000001).'),
         "KVM_CAP_EXCEPTION_PAYLOAD": _Cap("KVM_CAP_EXCEPTION_PAYLOAD", 164, frozenset(['vm']), (), '7.17', 'With this capability enabled, CR2 will not be modified prior to the emulated VM-exit when L1 intercepts a #PF exception that occurs in L2.'),
         "KVM_CAP_EXIT_HYPERCALL": _Cap("KVM_CAP_EXIT_HYPERCALL", 201, frozenset(['vm']), (), '7.40', 'This capability, if enabled, will cause KVM to exit to userspace with KVM_EXIT_HYPERCALL exit reason to process some hypercalls.'),

@@ -148,8 +148,8 @@ class KvmFd:
         spec = self._ioctls.get(name)
         if spec is None:
             spec = self._spec(name)
-        if spec.capability is not None and name not in self._gate_ok:
-            self._check_gate(name, spec.capability)
+        if name not in self._gate_ok:
+            self._check_gate(name, spec.capability_for(self.fd_kind))
         if isinstance(arg, int):  # by value (an int, or an IntEnum member such as a Cap)
             result = _ioctl_value(fd, spec.number, arg)
             if result < 0:
@@ -166,9 +166,9 @@ class KvmFd:
         """The object whose fd answers KVM_CHECK_EXTENSION for this one (overridden by Vm, Vcpu, Device)."""
         return self
 
-    def _check_gate(self, ioctl: str, capability: str) -> None:
-        value = self._binding.CONSTANTS.get(capability)
-        if value is None:  # a capability this binding has no number for: nothing to check against
+    def _check_gate(self, ioctl: str, capability: str | None) -> None:
+        value = None if capability is None else self._binding.CONSTANTS.get(capability)
+        if capability is None or value is None:  # basic API, or a capability this binding has no number for
             self._gate_ok.add(ioctl)
             return
         owner = self._cap_owner()

@@ -16,6 +16,15 @@ class IoctlSpec(NamedTuple):
     arches: frozenset[str] | None  # arches api.rst documents it for (None: all)
     section: str | None  # api.rst section
     summary: str
+    # (fd kind, capability) where issuing it on that fd needs another capability than `capability`
+    capability_on_fd: tuple[tuple[str, str | None], ...] = ()
+
+    def capability_for(self, fd_kind: str) -> str | None:
+        """The KVM_CAP_* that gates it on a `fd_kind` fd ("vm", "vcpu", ...), None when basic."""
+        for fd, capability in self.capability_on_fd:
+            if fd == fd_kind:
+                return capability
+        return self.capability
 
 
 class FieldSpec(NamedTuple):

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+import kvm.generated
 from kvm_bindgen import apidoc, apidoc_fixes, inputs
 from kvm_bindgen.arches import ARCHES
 
@@ -132,8 +133,14 @@ def test_enable_cap_has_a_vcpu_and_a_vm_field_block() -> None:
     assert doc.ioctls["KVM_ENABLE_CAP"].fds == {"vm", "vcpu"}
     assert doc.ioctls["KVM_ENABLE_CAP"].arches is None
     # The vcpu block (KVM_CAP_ENABLE_CAP) lists "mips, ppc, s390, x86, loongarch"; the vm block says "all".
-    assert annotated("6.12", "x86_64")["KVM_ENABLE_CAP"].capability == "KVM_CAP_ENABLE_CAP"
-    assert annotated("6.12", "arm64")["KVM_ENABLE_CAP"].capability == "KVM_CAP_ENABLE_CAP_VM"
+    # Each fd kind is gated by its own block's capability.
+    x86, arm64 = annotated("6.12", "x86_64")["KVM_ENABLE_CAP"], annotated("6.12", "arm64")["KVM_ENABLE_CAP"]
+    assert (x86.capability, x86.capability_on_fd) == ("KVM_CAP_ENABLE_CAP", {"vm": "KVM_CAP_ENABLE_CAP_VM"})
+    assert (arm64.capability, arm64.capability_on_fd) == ("KVM_CAP_ENABLE_CAP_VM", {"vcpu": "KVM_CAP_ENABLE_CAP"})
+    for binding in (kvm.generated.load("6.12", "x86_64"), kvm.generated.load("6.12", "arm64")):
+        spec = binding.IOCTLS["KVM_ENABLE_CAP"]
+        assert (spec.capability_for("vm"), spec.capability_for("vcpu")) == ("KVM_CAP_ENABLE_CAP_VM", "KVM_CAP_ENABLE_CAP")
+        assert "KVM_ENABLE_CAP" in binding.CAPS["KVM_CAP_ENABLE_CAP_VM"].ioctls
 
 
 def test_arch_note_in_capability_field() -> None:
@@ -248,6 +255,17 @@ def test_made_up_sections() -> None:
     assert (c.capability, c.fds, c.arches) == (None, {"system"}, set(ALL_ARCHES) - {"arm64"})
     assert doc.caps["KVM_CAP_E"] == apidoc.CapDoc(
         "KVM_CAP_E", "6.1", frozenset({"vcpu"}), frozenset({"x86_64"}), "args[0] is the answer", "")
+
+
+def test_a_capability_per_fd_kind_from_field_blocks() -> None:
+    doc = apidoc.parse(
+        "4.1 KVM_X\n---------\n\n"
+        ":Capability: KVM_CAP_V\n:Architectures: x86\n:Type: vcpu ioctl\n\n"
+        ":Capability: KVM_CAP_M\n:Architectures: all\n:Type: vm ioctl\n"
+    )
+    x = doc.ioctls["KVM_X"]
+    assert (x.capability_for("x86_64"), x.capabilities_by_fd("x86_64")) == ("KVM_CAP_V", {"vm": "KVM_CAP_M"})
+    assert (x.capability_for("arm64"), x.capabilities_by_fd("arm64")) == ("KVM_CAP_M", {"vcpu": "KVM_CAP_V"})
 
 
 @pytest.mark.parametrize(("text", "expected"), [

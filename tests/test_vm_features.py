@@ -428,7 +428,7 @@ def test_error_and_capability_reporting(system, vm):
     assert str(err) == "KVM_CREATE_VCPU on vm fd: EINVAL (Invalid argument)"
     absent = [
         spec for spec in G.IOCTLS.values()
-        if spec.capability and "vm" in spec.fd and spec.capability in C and vm.check_extension(spec.capability) == 0
+        if "vm" in spec.fd and spec.capability_for("vm") in C and vm.check_extension(spec.capability_for("vm")) == 0
         and (spec.arches is None or G.ARCH in spec.arches)
     ]
     if not absent:
@@ -436,8 +436,28 @@ def test_error_and_capability_reporting(system, vm):
     spec = absent[0]
     with pytest.raises(kvm.CapabilityError) as info:
         vm._ioctl(spec.name, 0)
-    assert info.value.capability == spec.capability and info.value.ioctl == spec.name
-    assert spec.capability in str(info.value) and spec.name in str(info.value)
+    capability = spec.capability_for("vm")
+    assert info.value.capability == capability and info.value.ioctl == spec.name
+    assert capability in str(info.value) and spec.name in str(info.value)
+
+
+def test_each_fd_kind_checks_its_own_capability(vm, monkeypatch):
+    """KVM_ENABLE_CAP needs KVM_CAP_ENABLE_CAP_VM on a VM and KVM_CAP_ENABLE_CAP on a vCPU (api.rst 4.37)."""
+    vcpu = vm.create_vcpu(0)
+    asked: list[tuple[str, int]] = []
+    for obj in (vm, vcpu._cap_owner()):
+        real = obj._query_cap
+        monkeypatch.setattr(obj, "_query_cap", lambda value, real=real, obj=obj: asked.append((obj.fd_kind, value))
+                            or real(value))
+    spec = G.IOCTLS["KVM_ENABLE_CAP"]
+    for obj in (vm, vcpu):
+        asked.clear()
+        try:
+            obj._ioctl("KVM_ENABLE_CAP", G.ffi.new("struct kvm_enable_cap *"))  # cap 0: refused by the kernel
+        except (kvm.KvmError, kvm.CapabilityError):
+            pass
+        assert C[spec.capability_for(obj.fd_kind)] in [value for _, value in asked], obj.fd_kind
+    assert spec.capability_for("vm") == "KVM_CAP_ENABLE_CAP_VM" and spec.capability_for("vcpu") == "KVM_CAP_ENABLE_CAP"
 
 
 def test_create_device(vm):
