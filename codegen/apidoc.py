@@ -259,8 +259,9 @@ def _ioctl_docs(section: _Section, names: list[str]) -> list[IoctlDoc]:
     blocks = _field_blocks(section.lines) or [{}]
     summary = _summary(section.lines)
     docs = []
-    fds = frozenset().union(*(parse_fds(b.get("type", "")) for b in blocks))
+    typed_fds = frozenset().union(*(parse_fds(b.get("type", "")) for b in blocks))
     for name in names:
+        fds = typed_fds | _noted_fds(blocks, name)
         capability, capability_on_arch = _capability_per_arch(blocks, name)
         on_fd = {
             (arch, fd): cap
@@ -351,6 +352,8 @@ class _CapabilityChoice:
     name: str | None  # None: basic
     arches: frozenset[str] | None  # from a note like "(s390)"; None: no arch note
     only_for: str | None  # the ioctl named by a note like "for KVM_GET_MSR_FEATURE_INDEX_LIST"
+    fd: str | None = None  # the fd kind of a note like "for vm device" or "for system (/dev/kvm) device"
+    no_set: bool = False  # "(no set)": not for the KVM_SET_* ioctl of a SET/GET section
 
 
 # A choice is a capability, "basic" or "none"; a KVM_* name after "for" belongs to the note before it.
@@ -367,12 +370,26 @@ def _capability_choices(text: str) -> list[_CapabilityChoice]:
     for match, end in zip(matches, ends):
         note = text[match.end() : end]
         only_for = re.search(r"\bfor (KVM_\w+)", note)
+        fd = re.search(r"\bfor (vm|vcpu|system)\b", note)
         choices.append(_CapabilityChoice(
             name=normalize_capability(match[1]),
             arches=_arch_note(note),
             only_for=only_for[1] if only_for else None,
+            fd=fd[1] if fd else None,
+            no_set="(no set)" in note,
         ))
     return choices
+
+
+def _choices_for(text: str, ioctl: str) -> list[_CapabilityChoice]:
+    """The choices that apply to `ioctl` ("for <ioctl>" ones take precedence; "(no set)" ones skip SETs)."""
+    choices = [c for c in _capability_choices(text) if not (c.no_set and "_SET_" in ioctl)]
+    return [c for c in choices if c.only_for == ioctl] or [c for c in choices if c.only_for is None]
+
+
+def _noted_fds(blocks: list[dict[str, str]], ioctl: str) -> frozenset[str]:
+    """fd kinds only a capability note names ("KVM_CAP_SYS_ATTRIBUTES for system (/dev/kvm) device")."""
+    return frozenset(c.fd for b in blocks for c in _choices_for(b.get("capability", "basic"), ioctl) if c.fd)
 
 
 def _arch_note(note: str) -> frozenset[str] | None:
@@ -405,8 +422,9 @@ def _capability_on(blocks: list[dict[str, str]], ioctl: str, arch: str | None, f
     # On an arch that no block covers the ioctl does not exist; the first block's answer will do.
     block = next((b for b in blocks if arch is None or _covers(parse_arches(b.get("architectures", "all")), arch)),
                  blocks[0])
-    choices = _capability_choices(block.get("capability", "basic"))
-    choices = [c for c in choices if c.only_for == ioctl] or [c for c in choices if c.only_for is None]
+    choices = _choices_for(block.get("capability", "basic"), ioctl)
+    # a choice noted "for <fd kind>" gates that fd kind only
+    choices = [c for c in choices if fd is not None and c.fd == fd] or [c for c in choices if c.fd is None] or choices
     on_arch = [c for c in choices if arch is not None and c.arches is not None and arch in c.arches]
     without_arch_note = [c for c in choices if c.arches is None]
     for candidates in (on_arch, without_arch_note, choices):

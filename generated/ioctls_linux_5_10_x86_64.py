@@ -400,7 +400,7 @@ class VmIoctls(_Ioctls):
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION: The API allows the application to query about extensions to the core kvm API.
 
-        capability: none (basic API); fd: vm; arches: all; api.rst: section 4.4
+        capability: KVM_CAP_CHECK_EXTENSION_VM; fd: vm; arches: all; api.rst: section 4.4
         encoding: _IO(0xae, 0x3) = 0xae03
         returns: the ioctl's (non-negative) result
         """
@@ -503,7 +503,7 @@ class VmIoctls(_Ioctls):
     def get_device_attr(self, group: int, attr: int, size: int = 8, flags: int = 0) -> bytes:
         """KVM_GET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: vm; arches: all; api.rst: section 4.80
+        capability: KVM_CAP_VM_ATTRIBUTES; fd: vm; arches: all; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe2, struct kvm_device_attr) = 0x4018aee2
         returns: the attribute's `size` bytes
         """
@@ -563,7 +563,7 @@ class VmIoctls(_Ioctls):
     def has_device_attr(self, group: int, attr: int, flags: int = 0) -> int:
         """KVM_HAS_DEVICE_ATTR: Tests whether a device supports a particular attribute.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: vm; arches: all; api.rst: section 4.81
+        capability: KVM_CAP_VM_ATTRIBUTES; fd: vm; arches: all; api.rst: section 4.81
         encoding: _IOW(0xae, 0xe3, struct kvm_device_attr) = 0x4018aee3
         returns: 0 when the attribute exists (else KvmError ENXIO)
         """
@@ -802,7 +802,7 @@ class VmIoctls(_Ioctls):
     def set_device_attr(self, group: int, attr: int, value: bytes | int | None = None, flags: int = 0) -> int:
         """KVM_SET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: vm; arches: all; api.rst: section 4.80
+        capability: KVM_CAP_VM_ATTRIBUTES; fd: vm; arches: all; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe1, struct kvm_device_attr) = 0x4018aee1
         returns: the ioctl's result; an int `value` is passed as a u64
         """
@@ -999,7 +999,7 @@ class VcpuIoctls(_Ioctls):
     def get_device_attr(self, group: int, attr: int, size: int = 8, flags: int = 0) -> bytes:
         """KVM_GET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: vcpu; arches: all; api.rst: section 4.80
+        capability: KVM_CAP_VCPU_ATTRIBUTES; fd: vcpu; arches: all; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe2, struct kvm_device_attr) = 0x4018aee2
         returns: the attribute's `size` bytes
         """
@@ -1150,7 +1150,7 @@ class VcpuIoctls(_Ioctls):
     def has_device_attr(self, group: int, attr: int, flags: int = 0) -> int:
         """KVM_HAS_DEVICE_ATTR: Tests whether a device supports a particular attribute.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: vcpu; arches: all; api.rst: section 4.81
+        capability: KVM_CAP_VCPU_ATTRIBUTES; fd: vcpu; arches: all; api.rst: section 4.81
         encoding: _IOW(0xae, 0xe3, struct kvm_device_attr) = 0x4018aee3
         returns: 0 when the attribute exists (else KvmError ENXIO)
         """
@@ -1339,7 +1339,7 @@ class VcpuIoctls(_Ioctls):
     def set_device_attr(self, group: int, attr: int, value: bytes | int | None = None, flags: int = 0) -> int:
         """KVM_SET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: vcpu; arches: all; api.rst: section 4.80
+        capability: KVM_CAP_VCPU_ATTRIBUTES; fd: vcpu; arches: all; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe1, struct kvm_device_attr) = 0x4018aee1
         returns: the ioctl's result; an int `value` is passed as a u64
         """

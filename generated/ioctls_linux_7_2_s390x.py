@@ -230,7 +230,7 @@ class _Ioctls:
 
 
 class SystemIoctls(_Ioctls):
-    """Every ioctl issued on a system fd (6)."""
+    """Every ioctl issued on a system fd (8)."""
 
     __slots__ = ()
 
@@ -261,6 +261,15 @@ class SystemIoctls(_Ioctls):
         """
         return self._ioctl("KVM_GET_API_VERSION", 0)
 
+    def get_device_attr(self, group: int, attr: int, size: int = 8, flags: int = 0) -> bytes:
+        """KVM_GET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
+
+        capability: KVM_CAP_SYS_ATTRIBUTES; fd: system; arches: arm64, s390x, x86_64; api.rst: section 4.80
+        encoding: _IOW(0xae, 0xe2, struct kvm_device_attr) = 0x4018aee2
+        returns: the attribute's `size` bytes
+        """
+        return _attr_get(self._ioctl, "KVM_GET_DEVICE_ATTR", group, attr, size, flags)
+
     def get_vcpu_mmap_size(self) -> int:
         """KVM_GET_VCPU_MMAP_SIZE: The KVM_RUN ioctl (cf.) communicates with userspace via a shared memory region.
 
@@ -269,6 +278,15 @@ class SystemIoctls(_Ioctls):
         returns: the ioctl's (non-negative) result
         """
         return self._ioctl("KVM_GET_VCPU_MMAP_SIZE", 0)
+
+    def has_device_attr(self, group: int, attr: int, flags: int = 0) -> int:
+        """KVM_HAS_DEVICE_ATTR: Tests whether a device supports a particular attribute.
+
+        capability: KVM_CAP_SYS_ATTRIBUTES; fd: system; arches: all; api.rst: section 4.81
+        encoding: _IOW(0xae, 0xe3, struct kvm_device_attr) = 0x4018aee3
+        returns: 0 when the attribute exists (else KvmError ENXIO)
+        """
+        return self._ioctl("KVM_HAS_DEVICE_ATTR", _attr(group, attr, flags, 0))
 
     def s390_enable_sie(self) -> int:
         """KVM_S390_ENABLE_SIE: KVM_S390_ENABLE_SIE (undocumented in api.rst).
@@ -308,7 +326,7 @@ class VmIoctls(_Ioctls):
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION: The API allows the application to query about extensions to the core kvm API.
 
-        capability: none (basic API); fd: vm; arches: all; api.rst: section 4.4
+        capability: KVM_CAP_CHECK_EXTENSION_VM; fd: vm; arches: all; api.rst: section 4.4
         encoding: _IO(0xae, 0x3) = 0xae03
         returns: the ioctl's (non-negative) result
         """
@@ -402,7 +420,7 @@ class VmIoctls(_Ioctls):
     def get_device_attr(self, group: int, attr: int, size: int = 8, flags: int = 0) -> bytes:
         """KVM_GET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: vm; arches: arm64, s390x, x86_64; api.rst: section 4.80
+        capability: KVM_CAP_VM_ATTRIBUTES; fd: vm; arches: arm64, s390x, x86_64; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe2, struct kvm_device_attr) = 0x4018aee2
         returns: the attribute's `size` bytes
         """
@@ -458,7 +476,7 @@ class VmIoctls(_Ioctls):
     def has_device_attr(self, group: int, attr: int, flags: int = 0) -> int:
         """KVM_HAS_DEVICE_ATTR: Tests whether a device supports a particular attribute.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: vm; arches: all; api.rst: section 4.81
+        capability: KVM_CAP_VM_ATTRIBUTES; fd: vm; arches: all; api.rst: section 4.81
         encoding: _IOW(0xae, 0xe3, struct kvm_device_attr) = 0x4018aee3
         returns: 0 when the attribute exists (else KvmError ENXIO)
         """
@@ -686,7 +704,7 @@ class VmIoctls(_Ioctls):
     def set_device_attr(self, group: int, attr: int, value: bytes | int | None = None, flags: int = 0) -> int:
         """KVM_SET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: vm; arches: arm64, s390x, x86_64; api.rst: section 4.80
+        capability: KVM_CAP_VM_ATTRIBUTES; fd: vm; arches: arm64, s390x, x86_64; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe1, struct kvm_device_attr) = 0x4018aee1
         returns: the ioctl's result; an int `value` is passed as a u64
         """
@@ -836,7 +854,7 @@ class VcpuIoctls(_Ioctls):
     def get_device_attr(self, group: int, attr: int, size: int = 8, flags: int = 0) -> bytes:
         """KVM_GET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: vcpu; arches: arm64, s390x, x86_64; api.rst: section 4.80
+        capability: KVM_CAP_VCPU_ATTRIBUTES; fd: vcpu; arches: arm64, s390x, x86_64; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe2, struct kvm_device_attr) = 0x4018aee2
         returns: the attribute's `size` bytes
         """
@@ -925,7 +943,7 @@ class VcpuIoctls(_Ioctls):
     def has_device_attr(self, group: int, attr: int, flags: int = 0) -> int:
         """KVM_HAS_DEVICE_ATTR: Tests whether a device supports a particular attribute.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: vcpu; arches: all; api.rst: section 4.81
+        capability: KVM_CAP_VCPU_ATTRIBUTES; fd: vcpu; arches: all; api.rst: section 4.81
         encoding: _IOW(0xae, 0xe3, struct kvm_device_attr) = 0x4018aee3
         returns: 0 when the attribute exists (else KvmError ENXIO)
         """
@@ -1118,7 +1136,7 @@ class VcpuIoctls(_Ioctls):
     def set_device_attr(self, group: int, attr: int, value: bytes | int | None = None, flags: int = 0) -> int:
         """KVM_SET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: vcpu; arches: arm64, s390x, x86_64; api.rst: section 4.80
+        capability: KVM_CAP_VCPU_ATTRIBUTES; fd: vcpu; arches: arm64, s390x, x86_64; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe1, struct kvm_device_attr) = 0x4018aee1
         returns: the ioctl's result; an int `value` is passed as a u64
         """
@@ -1296,7 +1314,7 @@ WRAPPERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "KVM_ENABLE_CAP": ("enable_cap", ('VmIoctls', 'VcpuIoctls')),
     "KVM_GET_API_VERSION": ("get_api_version", ('SystemIoctls',)),
     "KVM_GET_CLOCK": ("get_clock", ('VmIoctls',)),
-    "KVM_GET_DEVICE_ATTR": ("get_device_attr", ('VmIoctls', 'VcpuIoctls', 'DeviceIoctls')),
+    "KVM_GET_DEVICE_ATTR": ("get_device_attr", ('SystemIoctls', 'VmIoctls', 'VcpuIoctls', 'DeviceIoctls')),
     "KVM_GET_DIRTY_LOG": ("get_dirty_log", ('VmIoctls',)),
     "KVM_GET_FPU": ("get_fpu", ('VcpuIoctls',)),
     "KVM_GET_IRQCHIP": ("get_irqchip", ('VmIoctls',)),
@@ -1309,7 +1327,7 @@ WRAPPERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "KVM_GET_STATS_FD": ("get_stats_fd", ('VmIoctls', 'VcpuIoctls')),
     "KVM_GET_TSC_KHZ": ("get_tsc_khz", ('VmIoctls', 'VcpuIoctls')),
     "KVM_GET_VCPU_MMAP_SIZE": ("get_vcpu_mmap_size", ('SystemIoctls',)),
-    "KVM_HAS_DEVICE_ATTR": ("has_device_attr", ('VmIoctls', 'VcpuIoctls', 'DeviceIoctls')),
+    "KVM_HAS_DEVICE_ATTR": ("has_device_attr", ('SystemIoctls', 'VmIoctls', 'VcpuIoctls', 'DeviceIoctls')),
     "KVM_INTERRUPT": ("interrupt", ('VcpuIoctls',)),
     "KVM_IOEVENTFD": ("ioeventfd", ('VmIoctls',)),
     "KVM_IRQFD": ("irqfd", ('VmIoctls',)),

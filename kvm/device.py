@@ -1,4 +1,5 @@
-"""`Device`: an in-kernel device (KVM_CREATE_DEVICE) and the attribute ioctls shared with VM and vCPU fds."""
+"""`Device`: an in-kernel device (KVM_CREATE_DEVICE), and the attribute ioctls (KVM_{HAS,GET,SET}_DEVICE_ATTR)
+it shares with VM and vCPU fds and, reading only, with /dev/kvm."""
 
 from __future__ import annotations
 
@@ -50,7 +51,28 @@ def _set_attr(obj: Any, group: int, attr: int, value: int | bytes | None, size: 
     obj._ioctl("KVM_SET_DEVICE_ATTR", _attr(obj, group, attr, buffer))
 
 
-class Device(KvmFd):
+class ReadableAttributes:
+    """`has_attr` and `get_attr`: KVM_HAS_DEVICE_ATTR and KVM_GET_DEVICE_ATTR on this fd (each gated by
+    the capability api.rst gives for the fd kind: KVM_CAP_DEVICE_CTRL, _VM_, _VCPU_ or _SYS_ATTRIBUTES)."""
+
+    def has_attr(self, group: int, attr: int) -> bool:
+        """Whether attribute `attr` of `group` is supported here (False on ENXIO)."""
+        return _has_attr(self, group, attr)
+
+    def get_attr(self, group: int, attr: int, size: int = 8) -> Any:
+        """The attribute's value: an int for sizes 1, 2, 4 and 8, else `size` bytes."""
+        return _get_attr(self, group, attr, size)
+
+
+class Attributes(ReadableAttributes):
+    """ReadableAttributes plus `set_attr` (KVM_SET_DEVICE_ATTR)."""
+
+    def set_attr(self, group: int, attr: int, value: int | bytes | None = None, size: int = 8) -> None:
+        """Set the attribute: `value` an int (stored in `size` bytes), bytes, or None (addr 0)."""
+        _set_attr(self, group, attr, value, size)
+
+
+class Device(KvmFd, Attributes):
     """A device fd from `Vm.create_device(type)`; `type` is a `DeviceType` number."""
 
     fd_kind = "device"
@@ -62,15 +84,6 @@ class Device(KvmFd):
 
     def _cap_owner(self) -> KvmFd:
         return self.vm._cap_owner()  # type: ignore[no-any-return]
-
-    def has_attr(self, group: int, attr: int) -> bool:
-        return _has_attr(self, group, attr)
-
-    def get_attr(self, group: int, attr: int, size: int = 8) -> Any:
-        return _get_attr(self, group, attr, size)
-
-    def set_attr(self, group: int, attr: int, value: int | bytes | None = None, size: int = 8) -> None:
-        _set_attr(self, group, attr, value, size)
 
     def __repr__(self) -> str:
         return f"<Device type={self.type} {'closed' if self.closed else f'fd={self._fd}'}>"

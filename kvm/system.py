@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone does not see it
 from ._accel import ValueIoctl
 from ._fd import KvmFd
+from .device import ReadableAttributes
 from .errors import ClosedError, KvmError
 from .exits import dispatch_table
 
@@ -84,7 +85,7 @@ def _weak_method(obj: Any, function: Any) -> Any:
 _VM_FDS_ANSWER_CAPS: dict[str, bool] = {}  # see Kvm._vm_fds_answer_caps
 
 
-class Kvm(KvmFd):
+class Kvm(KvmFd, ReadableAttributes):
     """The KVM subsystem: `Kvm()` opens /dev/kvm (close-on-exec).
 
     `binding` picks another bundled binding (`kvm.generated.load("6.12")`); the default is the host

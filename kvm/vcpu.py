@@ -12,6 +12,7 @@ from . import _sys
 from ._fd import KvmFd
 from .errors import KvmError
 from ._accel import Runner, VcpuBase
+from .device import Attributes
 from .exits import IntrExit, UnknownExit, dispatch_table, reason_names
 from .memory import PAGE_SIZE
 from .system import CpuidEntry, _grow, cpuid_entries
@@ -107,7 +108,7 @@ def _assign(target: Any, key: str, value: Any) -> None:
         setattr(target, key, value)
 
 
-class Vcpu(KvmFd, VcpuBase):
+class Vcpu(KvmFd, Attributes, VcpuBase):
     """A vCPU (from `Vm.create_vcpu(id)`).
 
     Register state is read and written through properties that return owning cffi pointers
@@ -443,21 +444,6 @@ class Vcpu(KvmFd, VcpuBase):
             os.set_inheritable(fd, False)
             self._stats = StatsFd(fd, self._ffi, self._binding.CONSTANTS)
         return self._stats.read()  # type: ignore[no-any-return]
-
-    def has_attr(self, group: int, attr: int) -> bool:
-        from .device import _has_attr
-
-        return _has_attr(self, group, attr)
-
-    def get_attr(self, group: int, attr: int, size: int = 8) -> Any:
-        from .device import _get_attr
-
-        return _get_attr(self, group, attr, size)
-
-    def set_attr(self, group: int, attr: int, value: int | bytes | None = None, size: int = 8) -> None:
-        from .device import _set_attr
-
-        _set_attr(self, group, attr, value, size)
 
     # -- dirty ring, coalesced ring ---------------------------------------------------------------
 

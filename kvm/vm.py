@@ -9,7 +9,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 from . import _sys
 from ._fd import KvmFd
-from .device import Device, _get_attr, _has_attr, _set_attr
+from .device import Attributes, Device
 from .errors import CapabilityError, ClosedError, KvmError
 from .memory import PAGE_SIZE, GuestMemory
 from .stats import StatsFd
@@ -119,7 +119,7 @@ class GuestMemfd(KvmFd):
         return _mmap.mmap(self.fileno(), length or self.size, _mmap.MAP_SHARED, offset=offset)
 
 
-class Vm(KvmFd):
+class Vm(KvmFd, Attributes):
     """A VM (from `Kvm.create_vm()`). Closing it closes its vCPUs, devices and memory."""
 
     fd_kind = "vm"
@@ -611,17 +611,6 @@ class Vm(KvmFd):
             os.set_inheritable(fd, False)
             self._stats = StatsFd(fd, self._ffi, self._binding.CONSTANTS)
         return self._stats.read()
-
-    # -- device attributes on the VM fd -----------------------------------------------------------
-
-    def has_attr(self, group: int, attr: int) -> bool:
-        return _has_attr(self, group, attr)
-
-    def get_attr(self, group: int, attr: int, size: int = 8) -> int:
-        return _get_attr(self, group, attr, size)
-
-    def set_attr(self, group: int, attr: int, value: int | bytes | None = None, size: int = 8) -> None:
-        _set_attr(self, group, attr, value, size)
 
 
 def _bitmap_pages(bitmap: bytes, memory: GuestMemory) -> list[int]:

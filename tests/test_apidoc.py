@@ -94,12 +94,19 @@ def test_plain_sections() -> None:
 
 def test_several_fd_kinds_and_capabilities_in_one_field() -> None:
     metas = annotated("6.12", "x86_64")
-    # "basic, KVM_CAP_CHECK_EXTENSION_VM for vm ioctl": the first choice.
-    assert (metas["KVM_CHECK_EXTENSION"].fds, metas["KVM_CHECK_EXTENSION"].capability) == ({"system", "vm"}, None)
-    # "KVM_CAP_DEVICE_CTRL, KVM_CAP_VM_ATTRIBUTES for vm device, ...", title "KVM_SET_DEVICE_ATTR/KVM_GET_DEVICE_ATTR"
-    for name in ("KVM_SET_DEVICE_ATTR", "KVM_GET_DEVICE_ATTR"):
-        assert metas[name].fds == {"device", "vm", "vcpu"}
-        assert metas[name].capability == "KVM_CAP_DEVICE_CTRL"
+    # "basic, KVM_CAP_CHECK_EXTENSION_VM for vm ioctl": basic on /dev/kvm, the capability on VMs.
+    check = metas["KVM_CHECK_EXTENSION"]
+    assert (check.fds, check.capability, check.capability_on_fd) == (
+        {"system", "vm"}, None, {"vm": "KVM_CAP_CHECK_EXTENSION_VM"})
+    # "KVM_CAP_DEVICE_CTRL, KVM_CAP_VM_ATTRIBUTES for vm device, KVM_CAP_VCPU_ATTRIBUTES for vcpu device
+    #  KVM_CAP_SYS_ATTRIBUTES for system (/dev/kvm) device (no set)", title "KVM_SET_DEVICE_ATTR/KVM_GET_DEVICE_ATTR"
+    per_fd = {"vm": "KVM_CAP_VM_ATTRIBUTES", "vcpu": "KVM_CAP_VCPU_ATTRIBUTES", "system": "KVM_CAP_SYS_ATTRIBUTES"}
+    for name, fds in (("KVM_SET_DEVICE_ATTR", {"device", "vm", "vcpu"}),
+                      ("KVM_GET_DEVICE_ATTR", {"device", "vm", "vcpu", "system"}),
+                      ("KVM_HAS_DEVICE_ATTR", {"device", "vm", "vcpu", "system"})):
+        assert metas[name].fds == fds, name
+        assert metas[name].capability == "KVM_CAP_DEVICE_CTRL"  # on device fds
+        assert metas[name].capability_on_fd == {fd: cap for fd, cap in per_fd.items() if fd in fds}, name
     # "KVM_CAP_XEN_HVM / KVM_XEN_HVM_CONFIG_SHARED_INFO": a capability and a flag.
     assert metas["KVM_XEN_HVM_SET_ATTR"].capability == "KVM_CAP_XEN_HVM"
 

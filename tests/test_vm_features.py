@@ -460,6 +460,18 @@ def test_each_fd_kind_checks_its_own_capability(vm, monkeypatch):
     assert spec.capability_for("vm") == "KVM_CAP_ENABLE_CAP_VM" and spec.capability_for("vcpu") == "KVM_CAP_ENABLE_CAP"
 
 
+def test_system_attributes(system):
+    """/dev/kvm answers KVM_HAS/GET_DEVICE_ATTR (x86: the XSAVE features a guest may be given)."""
+    require_cap(system, "SYS_ATTRIBUTES")
+    if "KVM_X86_GRP_SYSTEM" not in C:
+        pytest.skip(f"no system attribute group known to this binding for {G.ARCH}")
+    group, attr = C["KVM_X86_GRP_SYSTEM"], C["KVM_X86_XCOMP_GUEST_SUPP"]
+    assert system.has_attr(group, attr) is True
+    assert system.get_attr(group, attr) & 0b11 == 0b11  # x87 and SSE state
+    assert system.has_attr(group, 0x7FFF) is False
+    assert not hasattr(system, "set_attr")  # api.rst: no set on /dev/kvm
+
+
 def test_create_device(vm):
     require_cap(vm, "DEVICE_CTRL")
     vfio = G.DeviceType.VFIO
