@@ -7,6 +7,7 @@ ioctl, come from the binding in use (`kvm.generated` by default), never from thi
 
 from __future__ import annotations
 
+import importlib
 import os
 import weakref
 from types import ModuleType
@@ -160,6 +161,16 @@ class KvmFd:
             raise KvmError(name, self.fd_kind, _sys_ffi.errno)
         return result
 
+    @property
+    def ioctls(self) -> Any:
+        """Every generated wrapper of this fd kind, bound to this object: `SystemIoctls`, `VmIoctls`,
+        `VcpuIoctls` or `DeviceIoctls` of the binding's `ioctls_*` module, issuing each ioctl on this fd
+        through the same capability gates and errors. Arguments and results are the generated layer's
+        (cdata, ints; `vm.ioctls.create_vcpu(0)` returns a raw fd the caller owns), one method per
+        ioctl, including those this class offers in another form (`vcpu.regs` is `vcpu.ioctls.get_regs()`).
+        """
+        return _bound_ioctls_class(self._binding, self.fd_kind)(self)
+
     # -- capabilities -----------------------------------------------------------------------------
 
     def _cap_owner(self) -> KvmFd:
@@ -198,3 +209,39 @@ class KvmFd:
     def __repr__(self) -> str:
         state = "closed" if self._fd == _CLOSED else ("forked" if self._fd == _FORKED else f"fd={self._fd}")
         return f"<{type(self).__name__} {state}>"
+
+
+class _BoundIoctls:
+    """The generated wrappers of one fd kind, issuing their ioctls through a KvmFd (see `KvmFd.ioctls`)."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: KvmFd) -> None:
+        self.owner = owner
+
+    def _ioctl(self, name: str, arg: Any = 0) -> int:
+        return self.owner._ioctl(name, arg)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self.owner!r}>"
+
+
+_MIXINS = {"system": "SystemIoctls", "vm": "VmIoctls", "vcpu": "VcpuIoctls", "device": "DeviceIoctls"}
+_BOUND_CLASSES: dict[tuple[str, str], type] = {}
+
+
+def _bound_ioctls_class(binding: ModuleType, fd_kind: str) -> type:
+    key = (binding.__name__, fd_kind)
+    cls = _BOUND_CLASSES.get(key)
+    if cls is None:
+        mixin_name = _MIXINS.get(fd_kind)
+        if mixin_name is None:
+            raise AttributeError(f"the generated wrappers have no class for {fd_kind} fds")
+        package, _, module = binding.__name__.rpartition(".")
+        try:
+            wrappers = importlib.import_module(f"{package}.ioctls_{module}")
+        except ImportError:
+            raise AttributeError(f"binding {binding.__name__} has no generated wrappers module") from None
+        mixin = getattr(wrappers, mixin_name)
+        cls = _BOUND_CLASSES[key] = type(mixin_name, (_BoundIoctls, mixin), {"__slots__": ()})
+    return cls

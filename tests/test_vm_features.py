@@ -496,3 +496,30 @@ def test_clock_and_tss(vm):
         vm.set_tss_addr(0xFFFBD000)
     if vm.check_extension("KVM_CAP_SET_IDENTITY_MAP_ADDR") > 0:
         vm.set_identity_map_addr(0xFFFBC000)
+
+
+def test_every_generated_wrapper_is_reachable_from_the_objects(system, vm):
+    """`obj.ioctls` is the binding's generated mixin of the object's fd kind, bound to its fd and gates."""
+    wrappers = __import__(f"kvm.generated.ioctls_{system.binding.__name__.rsplit('.', 1)[1]}", fromlist=["*"])
+    vcpu = vm.create_vcpu(0)
+    for obj, mixin in ((system, wrappers.SystemIoctls), (vm, wrappers.VmIoctls), (vcpu, wrappers.VcpuIoctls)):
+        bound = obj.ioctls
+        assert isinstance(bound, mixin) and bound.owner is obj
+        missing = [name for name in vars(mixin) if not name.startswith("_") and not callable(getattr(bound, name))]
+        assert not missing
+    assert system.ioctls.get_api_version() == 12
+    assert vm.ioctls.check_extension(C["KVM_CAP_USER_MEMORY"]) == vm.check_extension("USER_MEMORY")
+    vcpu.regs = {"rip": 0x1234}
+    assert vcpu.ioctls.get_regs().rip == 0x1234  # the same vCPU
+    fd = vm.ioctls.create_vcpu(1)  # the raw form: an fd the caller owns
+    try:
+        assert fd >= 0 and fd not in (vm.fileno(), vcpu.fileno())
+    finally:
+        os.close(fd)
+    bound = vcpu.ioctls
+    vcpu.close()
+    with pytest.raises(kvm.ClosedError):
+        bound.get_regs()
+    if vm.check_extension("GUEST_MEMFD") > 0:  # no generated wrappers for guest_memfd fds
+        with pytest.raises(AttributeError, match="guest_memfd"):
+            vm.create_guest_memfd(0x1000).ioctls
