@@ -1,6 +1,6 @@
 """Where the time of a port-I/O exit goes: the loop of bench/run.py taken apart step by step.
 
-Run: python bench/breakdown.py [--rounds R] [--exits N] [--first]
+Run: python bench/breakdown.py [--rounds R] [--exits N] [--first | --coldness]
 
 Each step is a bench/workloads.py variant run right after the C baseline (`baseline pio N`), in fresh
 processes, R rounds; the figure is the median over rounds of (Python ns/exit - C ns/exit). The first two
@@ -9,7 +9,9 @@ module into bench/build/); then each step adds one thing to the previous one; th
 variants: a lower bound for eagerly decoded exits, the data as a memoryview, the pure-Python path.
 
 With --first, the steady-state first exit instead: C's time next to Python's, which bench/syscall_clock.c
-(preloaded) splits into time inside system calls and time outside them.
+(preloaded) splits into time inside system calls and time outside them. With --coldness, bench/coldness.c:
+what a distinct line of code or page of data costs right after an exit, beyond its cost after an ioctl
+that stays in the host.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from run import (BASELINE_BINARY, BENCH_DIR, WORKLOADS_SCRIPT, build_baseline, c
 
 FLOOR_SOURCE = os.path.join(BENCH_DIR, "floor.c")
 SYSCALL_CLOCK_SOURCE = os.path.join(BENCH_DIR, "syscall_clock.c")
+COLDNESS_SOURCE = os.path.join(BENCH_DIR, "coldness.c")
 
 STEPS = [
     ("pio-floor-keep-gil", {}, "Python loop + a compiled KVM_RUN call holding the GIL (not safe to use)"),
@@ -76,14 +79,36 @@ def first_exit_split(rounds: int, vms: int) -> None:
         print(f"{statistics.median(value) * 1e6:>22.1f}  {label}")
 
 
+def coldness(rounds: int, n: int) -> None:
+    """What a distinct code line or data page costs after a KVM_RUN exit, against after a host-only ioctl."""
+    binary = os.path.join(BENCH_DIR, "build", "coldness")
+    run_process(["gcc", "-O2", "-Wall", *kvm_header_flags()[0], "-o", binary, COLDNESS_SOURCE])
+    code, data = [], []
+    for round_number in range(rounds):
+        out = run_json([binary, str(n)])
+        lines = out["lines"]
+        run, host = out["run_ns"], out["host_ns"]
+        code.append(((run[1] - run[0]) - (host[1] - host[0])) / lines)
+        data.append(((run[2] - run[0]) - (host[2] - host[0])) / lines)
+        print(f"round {round_number + 1}/{rounds} done", file=sys.stderr)
+    print(f"{'ns (median of rounds)':>22}  extra cost of a distinct ... touched right after a KVM_RUN exit")
+    print(f"{statistics.median(code):>22.1f}  code cache line (a call of a small function on its own line)")
+    print(f"{statistics.median(data):>22.1f}  data page (a read of one byte of its own 4 KiB page)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--exits", type=int, default=100_000)
     parser.add_argument("--first", action="store_true",
                         help="take the steady-state first exit apart instead (--exits is then VMs per process)")
+    parser.add_argument("--coldness", action="store_true",
+                        help="measure what code and data cost right after an exit (bench/coldness.c)")
     args = parser.parse_args()
     check_host()
+    if args.coldness:
+        coldness(args.rounds, min(args.exits, 50_000))
+        return
     build_baseline()
     if args.first:
         first_exit_split(args.rounds, min(args.exits, 200))
