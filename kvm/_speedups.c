@@ -112,7 +112,10 @@ static PyObject *make_exit(PyTypeObject *cls, RunnerObject *runner) {
             Py_DECREF(decoders);
             goto fail;
         }
-        exit->decoders = decoders;
+        if (PyTuple_GET_SIZE(decoders) > 0)
+            exit->decoders = decoders;  /* NULL otherwise: nothing to decode at each exit */
+        else
+            Py_DECREF(decoders);
     } else {
         Py_XDECREF(decoders);
     }
