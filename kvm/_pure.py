@@ -237,8 +237,7 @@ def _decoding_plan(owner: str, decoders: tuple[Any, ...]) -> Any:
         if offset < end:  # overlaps the previous field
             alone.append(i)
             continue
-        code = {1: "B", 2: "H", 4: "I", 8: "Q"}[field.width]
-        fmt += "x" * (offset - end) + (code.lower() if field.signed else code)
+        fmt += "x" * (offset - end) + field._code
         end = offset + field.width
         together.append((i, field.kind == "bool"))
     return start, end, struct.Struct(fmt).unpack_from, tuple(together), tuple(alone)
@@ -278,7 +277,7 @@ class Field:
     """A read-only descriptor of an exit's payload in kvm_run (see kvm._speedups.Field)."""
 
     __slots__ = ("name", "kind", "offset", "width", "signed", "indirect", "length_offset", "length_width",
-                 "times_offset", "times_width", "_unpack")
+                 "times_offset", "times_width", "_code", "_unpack")
 
     def __init__(self, name: str, kind: str, offset: int, width: int, *, signed: bool = False,
                  indirect: bool = False, length_offset: int = -1, length_width: int = 0,
@@ -308,9 +307,10 @@ class Field:
         self.length_width = length_width
         self.times_offset = times_offset
         self.times_width = times_width
-        # the native-order format of the field at `offset` (its width is checked above where it matters)
+        # the struct code of the field at `offset` (its width is checked above where it matters)
         code = {1: "B", 2: "H", 4: "I", 8: "Q"}.get(width, "B")
-        self._unpack = struct.Struct("=" + (code.lower() if signed else code)).unpack_from
+        self._code = code.lower() if signed else code
+        self._unpack = struct.Struct("=" + self._code).unpack_from
 
     def __repr__(self) -> str:
         return f"<Field {self.name} {self.kind} at {self.offset}>"
