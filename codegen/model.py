@@ -72,6 +72,14 @@ class Ioctl:
     section: str | None = None  # api.rst section number
     summary: str = ""
 
+    def capability_for(self, fd: str) -> str | None:
+        """The capability gating it on a `fd` fd."""
+        return dict(self.capability_on_fd).get(fd, self.capability)
+
+    def capabilities(self) -> set[str]:
+        """Every capability gating it, on any fd."""
+        return {cap for cap in (self.capability, *(cap for _, cap in self.capability_on_fd)) if cap is not None}
+
 
 @dataclasses.dataclass(frozen=True)
 class EnumGroup:

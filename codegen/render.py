@@ -32,7 +32,7 @@ def _caps(model: Model) -> list[dict[str, object]]:
     for ioctl in model.ioctls.values():
         if ioctl.number is None:
             continue
-        for cap in sorted({ioctl.capability, *(cap for _, cap in ioctl.capability_on_fd)} - {None}):
+        for cap in sorted(ioctl.capabilities()):
             gated.setdefault(cap, []).append(ioctl.name)
     out = []
     for name, value in model.constants.items():

@@ -226,7 +226,7 @@ def _doc(ioctl: Ioctl, fd: str, returns: str) -> tuple[str, ...]:
     summary = ioctl.summary or f"{ioctl.name} (undocumented in api.rst)."
     summary = re.sub(r"\s+", " ", summary).replace("\\", "\\\\").replace('"""', "'''").strip()
     arches = ", ".join(ioctl.arches) if ioctl.arches else "all"
-    capability = dict(ioctl.capability_on_fd).get(fd, ioctl.capability)
+    capability = ioctl.capability_for(fd)
     lines = [f"{ioctl.name}: {summary}", "",
              f"capability: {capability or 'none (basic API)'}; fd: {fd}; arches: {arches}; "
              f"api.rst: {('section ' + ioctl.section) if ioctl.section else 'not documented'}",

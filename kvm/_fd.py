@@ -178,13 +178,12 @@ class KvmFd:
         return self
 
     def _check_gate(self, ioctl: str, capability: str | None) -> None:
-        value = None if capability is None else self._binding.CONSTANTS.get(capability)
-        if capability is None or value is None:  # basic API, or a capability this binding has no number for
-            self._gate_ok.add(ioctl)
-            return
-        owner = self._cap_owner()
-        if owner._query_cap(value) <= 0:
-            raise CapabilityError(ioctl, self.fd_kind, capability, owner.fd_kind)
+        # nothing to check: basic API (None), or a capability this binding has no number for
+        value = self._binding.CONSTANTS.get(capability) if capability is not None else None
+        if capability is not None and value is not None:
+            owner = self._cap_owner()
+            if owner._query_cap(value) <= 0:
+                raise CapabilityError(ioctl, self.fd_kind, capability, owner.fd_kind)
         self._gate_ok.add(ioctl)
 
     def _query_cap(self, value: int) -> int:
