@@ -22,8 +22,8 @@ import statistics
 import sys
 import sysconfig
 
-from run import (BASELINE_BINARY, BENCH_DIR, WORKLOADS_SCRIPT, build_baseline, check_host, kvm_header_flags, run_json,
-                 run_process)
+from run import (BASELINE_BINARY, BENCH_DIR, WORKLOADS_SCRIPT, BenchError, build_baseline, check_host, kvm_header_flags,
+                 run_json, run_process)
 
 FLOOR_SOURCE = os.path.join(BENCH_DIR, "floor.c")
 SYSCALL_CLOCK_SOURCE = os.path.join(BENCH_DIR, "syscall_clock.c")
@@ -61,13 +61,15 @@ def first_exit_split(rounds: int, vms: int) -> None:
     c_wall, py_wall, py_syscalls, py_rest, calls = [], [], [], [], []
     for round_number in range(rounds):
         c = run_json([BASELINE_BINARY, "first", str(vms)])
-        python = run_json([sys.executable, WORKLOADS_SCRIPT, "first-split", str(vms)], preload)
+        python = run_json([sys.executable, WORKLOADS_SCRIPT, "first", str(vms)], preload)
+        if "syscall_seconds" not in python:
+            raise BenchError("the Python side did not see bench/syscall_clock.c (LD_PRELOAD)")
         # the first VM of each process is not steady state
         c_wall.append(statistics.median(c["seconds"][1:]))
         py_wall.append(statistics.median(python["seconds"][1:]))
         py_syscalls.append(statistics.median(python["syscall_seconds"][1:]))
         py_rest.append(statistics.median(a - b for a, b in zip(python["seconds"][1:], python["syscall_seconds"][1:])))
-        calls.append(statistics.median(python["calls"][1:]))
+        calls.append(statistics.median(python["syscalls"][1:]))
         print(f"round {round_number + 1}/{rounds} done", file=sys.stderr)
     print(f"{'us (median of rounds)':>22}  steady-state first exit")
     for value, label in [

@@ -87,9 +87,16 @@ def ioctl(n: int) -> dict[str, Any]:
 
 
 def first(n: int) -> dict[str, Any]:
-    """n times: nothing -> first exit (open /dev/kvm, VM, memory, vCPU, registers, run)."""
-    samples = []
+    """n times: nothing -> first exit (open /dev/kvm, VM, memory, vCPU, registers, run).
+
+    With bench/syscall_clock.c preloaded (LD_PRELOAD, as breakdown.py --first does), each sample is also
+    split: the time spent in system calls ("syscall_seconds") and their number ("syscalls").
+    """
+    clock = _syscall_clock()
+    samples, syscall_seconds, syscalls = [], [], []
     for _ in range(n):
+        if clock is not None:
+            clock.syscall_clock_start()
         start = now()
         with kvm.Kvm() as k, k.create_vm() as vm:
             mem = vm.add_memory(0, MEM_SIZE)
@@ -98,36 +105,26 @@ def first(n: int) -> dict[str, Any]:
             kvm.x86.setup_real_mode(vcpu, entry=CODE_ADDR)
             exit = vcpu.run()
             samples.append(now() - start)
+            if clock is not None:
+                syscall_seconds.append(clock.syscall_clock_ns() / 1e9)
+                syscalls.append(clock.syscall_clock_calls())
             if not isinstance(exit, kvm.IoExit):
                 raise WorkloadError(f"expected an IoExit first, got {exit!r}")
-    return {"seconds": samples, "import_seconds": IMPORT_SECONDS}
+    out: dict[str, Any] = {"seconds": samples, "import_seconds": IMPORT_SECONDS}
+    if clock is not None:
+        out.update(syscall_seconds=syscall_seconds, syscalls=syscalls)
+    return out
 
 
-def first_split(n: int) -> dict[str, Any]:
-    """`first`, with each sample split into time in system calls and the rest (Python's own time), read
-    from bench/syscall_clock.c, which breakdown.py --first preloads (LD_PRELOAD)."""
+def _syscall_clock() -> Any:
+    """bench/syscall_clock.c's counters when it is preloaded, else None."""
     import ctypes
 
     clock = ctypes.CDLL(None)
     if not hasattr(clock, "syscall_clock_start"):
-        raise WorkloadError("first-split needs bench/build/syscall_clock.so in LD_PRELOAD")
+        return None
     clock.syscall_clock_ns.restype = clock.syscall_clock_calls.restype = ctypes.c_long
-    seconds, syscall_seconds, calls = [], [], []
-    for _ in range(n):
-        clock.syscall_clock_start()
-        start = now()
-        with kvm.Kvm() as k, k.create_vm() as vm:
-            mem = vm.add_memory(0, MEM_SIZE)
-            mem.write(CODE_ADDR, PIO_CODE)
-            vcpu = vm.create_vcpu(0)
-            kvm.x86.setup_real_mode(vcpu, entry=CODE_ADDR)
-            exit = vcpu.run()
-            seconds.append(now() - start)
-            syscall_seconds.append(clock.syscall_clock_ns() / 1e9)
-            calls.append(clock.syscall_clock_calls())
-            if not isinstance(exit, kvm.IoExit):
-                raise WorkloadError(f"expected an IoExit first, got {exit!r}")
-    return {"seconds": seconds, "syscall_seconds": syscall_seconds, "calls": calls}
+    return clock
 
 
 def memory(size: int) -> dict[str, Any]:
@@ -253,7 +250,7 @@ def pio_data_view(n: int) -> dict[str, Any]:
 
 
 WORKLOADS: dict[str, Callable[[int], dict[str, Any]]] = {
-    "pio": pio, "mmio": mmio, "ioctl": ioctl, "first": first, "memory": memory, "first-split": first_split,
+    "pio": pio, "mmio": mmio, "ioctl": ioctl, "first": first, "memory": memory,
     "pio-run-only": pio_run_only, "pio-port-only": pio_port_only,
     "pio-data-view": pio_data_view, "pio-floor-release-gil": pio_floor_release_gil,
     "pio-floor-keep-gil": pio_floor_keep_gil, "pio-slot-reads": pio_slot_reads,
