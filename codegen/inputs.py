@@ -216,7 +216,7 @@ def downloaded(pkg: Package, *, download: bool = True) -> pathlib.Path:
     if not download:
         raise InputError(f"{pkg.filename} is not in the cache {cache_dir() / 'debs'} (run `kvm-bindgen fetch`)")
     kernel = load_manifest()[pkg.kernel]
-    url = f"{mirror(kernel.archive)}/pool/main/l/linux/{pkg.filename}"
+    url = f"{mirror(kernel.archive)}/{POOLS[kernel.archive]}/l/linux/{pkg.filename}"
     try:
         with urllib.request.urlopen(url, timeout=60) as resp:
             data = resp.read()
@@ -238,6 +238,10 @@ def downloaded(pkg: Package, *, download: bool = True) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, data)
     return path
+
+
+# Where each archive keeps its packages (the `Filename:` fields of its Packages index start so).
+POOLS = {"debian": "pool/main", "debian-security": "pool/updates/main"}
 
 
 def mirror(archive: str) -> str:
