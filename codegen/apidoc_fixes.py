@@ -33,6 +33,14 @@ FIXES: tuple[Fix, ...] = (
         reason="api.rst before 6.12 names it KVM_CAP_PPC_RADIX_MMU"),
     Fix(("KVM_X86_SET_MSR_FILTER",), capability="KVM_CAP_X86_MSR_FILTER",
         reason="api.rst 5.10 gives the ioctl's own name as its capability"),
+    Fix(("KVM_HAS_DEVICE_ATTR", "KVM_GET_DEVICE_ATTR", "KVM_SET_DEVICE_ATTR"), arches="all",
+        reason="documented for x86, arm64 and s390, but generic on device fds (kvm_device_ioctl; riscv's AIA "
+               "and loongarch's irqchips are set up through them); on vm and vcpu fds the per-fd capability "
+               "(KVM_CAP_VM_ATTRIBUTES, KVM_CAP_VCPU_ATTRIBUTES) says whether the arch has them"),
+    Fix(("KVM_IRQFD", "KVM_SET_GSI_ROUTING", "KVM_SIGNAL_MSI"), arches="all",
+        reason="documented for x86, arm64 and s390 (SIGNAL_MSI: x86, arm64), but generic code "
+               "(virt/kvm/eventfd.c, irqchip.c) that riscv and loongarch also build; their capabilities "
+               "(KVM_CAP_IRQFD, KVM_CAP_IRQ_ROUTING, KVM_CAP_SIGNAL_MSI) say whether a host has them"),
     # No section in api.rst (in some or all bundled kernels).
     Fix(("KVM_SET_CPUID2", "KVM_GET_CPUID2"), fds="vcpu", capability="KVM_CAP_EXT_CPUID", arches="x86",
         reason="only mentioned under KVM_SET_CPUID and KVM_GET_SUPPORTED_CPUID"),

@@ -109,7 +109,7 @@ SPECIAL_SIGNATURES: dict[str, tuple[list[str], str]] = {
     "one_reg_set": (["reg_id: int", "value: int"], "int"),
     "attr_get": (["group: int", "attr: int", "size: int = 8", "flags: int = 0"], "bytes"),
     "attr_set": (["group: int", "attr: int", "value: bytes | int | None = None", "flags: int = 0"], "int"),
-    "attr_has": (["group: int", "attr: int", "flags: int = 0"], "int"),
+    "attr_has": (["group: int", "attr: int", "flags: int = 0"], "bool"),
     "sized_get": (["size: int | None = None"], "CData"),
     "xsave2": (["size: int = 4096"], "CData"),
 }
@@ -117,21 +117,22 @@ SPECIAL_RETURNS = {
     "index_list": "the list the kernel returns (the buffer grows on E2BIG as the kernel asks)",
     "cpuid_get": "a new cdata (`nent` entries filled); `nent` None grows the buffer on E2BIG",
     "flex_set": "the ioctl's result; `entries` is a sequence of entries (cdata or dicts) or a ready cdata",
-    "msrs_get": "{index: value} of the MSRs read (the kernel stops at the first it cannot read)",
-    "msrs_set": "the number of MSRs written (the kernel stops at the first it cannot write)",
+    "msrs_get": "{index: value} of the MSRs read: the kernel stops at the first it cannot read, so a shorter "
+                "result means the MSR after the last one read was refused",
+    "msrs_set": "the number of MSRs written: the kernel stops at the first it refuses, the ones before stay written",
     "signal_mask": "the ioctl's result; `signals` None removes the mask",
     "dirty_log": "the slot's dirty bitmap (bit i of the little-endian words = page i)",
     "clear_dirty_log": "the ioctl's result; `bitmap` None clears every page of the range",
-    "one_reg_get": "the register's value (KVM_REG_SIZE from the id, at most 8 bytes read as an int)",
+    "one_reg_get": "the register's value, an unsigned int of the size the id encodes (KVM_REG_SIZE)",
     "one_reg_set": "the ioctl's result",
-    "attr_get": "the attribute's `size` bytes",
+    "attr_get": "the attribute's first `size` bytes (the buffer is at least 8 bytes, as the kernel writes)",
     "attr_set": "the ioctl's result; an int `value` is passed as a u64",
-    "attr_has": "0 when the attribute exists (else KvmError ENXIO)",
+    "attr_has": "whether the attribute exists (False when the kernel answers ENXIO)",
     "sized_get": "a new cdata of the size the kernel asks for (E2BIG protocol on `size`)",
     "xsave2": "a new cdata of `size` bytes (KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) on the VM fd)",
 }
 # Names the generated bodies use, which a keyword field must not shadow.
-RESERVED = frozenset({"self", "ffi", "p"})
+RESERVED = frozenset({"self", "ffi", "_m"})
 # sizeof(sigset_t) in the kernel, which KVM_SET_SIGNAL_MASK insists on.
 SIGSET_BYTES = {"mips64el": 16}
 
@@ -154,7 +155,13 @@ class Method:
     ctype: str = ""  # the argument's C type ("struct kvm_regs", "__u64")
     fields: tuple[Param, ...] = ()  # keyword fields of struct_in / struct_inout / flex_set
     value: str = ""  # the argument expression of `value` shapes ("0", "vcpu_id")
+    returns_fd: bool = False  # the result is a new file descriptor
     extra: dict[str, object] = dataclasses.field(default_factory=dict)
+
+    @property
+    def args(self) -> str:
+        """The parameters, passed on in order (`slot, npages`)."""
+        return ", ".join(p.split(":")[0] for p in self.params if p not in ("/", "*"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +244,7 @@ def _doc(ioctl: Ioctl, fd: str, returns: str) -> tuple[str, ...]:
 def describe(ioctl: Ioctl, fd: str, model: Model) -> Method:
     """The wrapper of `ioctl` on a `fd` fd."""
     name = method_name(ioctl.name)
-    base = dict(ioctl=ioctl.name, name=name)
+    base = dict(ioctl=ioctl.name, name=name, returns_fd=ioctl.name in RETURNS_FD)
     fd_note = "a new file descriptor (int), which the caller owns and must close"
     arg_type = ioctl.arg_type
     if ioctl.name in IO_WITH_RECORD:
@@ -304,7 +311,7 @@ def describe(ioctl: Ioctl, fd: str, model: Model) -> Method:
 def describe_model(model: Model) -> WrapperModule:
     classes: dict[str, list[Method]] = {cls: [] for cls in FD_CLASSES.values()}
     for ioctl in sorted(model.ioctls.values(), key=lambda i: i.name):
-        if ioctl.number is None:
+        if ioctl.number is None or (ioctl.arches and model.arch not in ioctl.arches):
             continue
         for fd in ioctl.fds:
             classes[FD_CLASSES[fd]].append(describe(ioctl, fd, model))

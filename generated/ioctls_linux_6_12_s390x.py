@@ -3,220 +3,23 @@
 
 `SystemIoctls`, `VmIoctls`, `VcpuIoctls` and `DeviceIoctls` are mixins: the class that mixes one in
 provides `_ioctl(name, arg) -> int`, which checks the ioctl's capability (KVM_CHECK_EXTENSION, cached
-per fd), issues it and raises KvmError on failure. Records are cffi cdata of this binding's `ffi`.
+per fd), issues it and raises KvmError on failure. Each method is one call into `kvm.marshal`, which
+checks the arguments and builds what the kernel reads. Records are cffi cdata of this binding's `ffi`.
+Only the ioctls api.rst documents for s390x (or for every arch) have a method.
 """
 
 from __future__ import annotations
 
-import errno
-import sys
-from operator import index as _int
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from kvm import marshal as _m
+from kvm.marshal import CData
 
 from . import linux_6_12_s390x as _binding
 
 ffi: Any = _binding.ffi
-CData: TypeAlias = Any  # a cffi cdata of `ffi` (e.g. a `struct kvm_regs *`)
-_Ioctl = Callable[[str, Any], int]
-
-_MAX_ENTRIES = 1 << 16  # largest flexible array the E2BIG loops grow to
-_MAX_BYTES = 1 << 26  # largest buffer a wrapper allocates
-_SIGSET_BYTES = 8
-
-
-def _struct(ctype: str, arg: CData | None, fields: dict[str, Any]) -> CData:
-    """`arg` (a `ctype *` cdata, or a `ctype` one) or a new `ctype *`, with the given fields set."""
-    if arg is None:
-        arg = ffi.new(ctype + " *")
-    elif not isinstance(arg, ffi.CData):
-        raise TypeError(f"expected a {ctype} cdata, got {type(arg).__name__}")
-    elif ffi.typeof(arg) is ffi.typeof(ctype):
-        arg = ffi.addressof(arg)
-    elif ffi.typeof(arg) is not ffi.typeof(ctype + " *"):
-        raise TypeError(f"expected a {ctype} cdata, got {ffi.typeof(arg).cname}")
-    for name, value in fields.items():
-        if value is not None:
-            setattr(arg, name, value)
-    return arg
-
-
-def _count(value: int, limit: int, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if not 0 <= value <= limit:
-        raise ValueError(f"{what} must be in 0..{limit}, not {value}")
-    return value
-
-
-def _flex(ctype: str, count: str, array: str, entries: Sequence[Any] | CData, fields: dict[str, Any]) -> CData:
-    """A `ctype *` whose flexible array `array` holds `entries`, `count` set to their number."""
-    if isinstance(entries, ffi.CData):
-        return _struct(ctype, entries, fields)
-    if isinstance(entries, (str, bytes)) or not isinstance(entries, Iterable):
-        raise TypeError(f"expected a sequence of entries or a {ctype} cdata, got {type(entries).__name__}")
-    items = list(entries)
-    _count(len(items), _MAX_ENTRIES, "number of entries")
-    arg = ffi.new(ctype + " *", {count: len(items), array: items})
-    return _struct(ctype, arg, fields)
-
-
-def _index_list(ioctl: _Ioctl, name: str, ctype: str, count: str, array: str, start: int) -> list[int]:
-    """E2BIG protocol where the kernel writes the count it needs back into `count`."""
-    size = start
-    while True:
-        arg = ffi.new(ctype + " *", {count: size, array: size})
-        try:
-            ioctl(name, arg)
-        except OSError as e:
-            needed = int(getattr(arg, count))
-            if e.errno != errno.E2BIG or needed <= size or needed > _MAX_ENTRIES:
-                raise
-            size = needed
-            continue
-        return [int(getattr(arg, array)[i]) for i in range(int(getattr(arg, count)))]
-
-
-def _grow(ioctl: _Ioctl, name: str, ctype: str, nent: int | None, start: int) -> CData:
-    """E2BIG protocol without a count: double the array until the kernel's answer fits."""
-    size = start if nent is None else _count(nent, _MAX_ENTRIES, "nent")
-    while True:
-        arg = ffi.new(ctype + " *", {"nent": size, "entries": size})
-        try:
-            ioctl(name, arg)
-        except OSError as e:
-            if e.errno != errno.E2BIG or nent is not None or size >= _MAX_ENTRIES:
-                raise
-            size = max(size * 2, int(arg.nent))
-            continue
-        return arg
-
-
-def _msrs_get(ioctl: _Ioctl, name: str, indices: Iterable[int]) -> dict[int, int]:
-    if isinstance(indices, (str, bytes)) or not isinstance(indices, Iterable):
-        raise TypeError(f"indices must be an iterable of ints, not {type(indices).__name__}")
-    wanted = list(indices)
-    _count(len(wanted), _MAX_ENTRIES, "number of MSRs")
-    arg = ffi.new("struct kvm_msrs *", {"nmsrs": len(wanted), "entries": [{"index": i} for i in wanted]})
-    done = ioctl(name, arg)
-    return {int(arg.entries[i].index): int(arg.entries[i].data) for i in range(min(done, len(wanted)))}
-
-
-def _msrs_set(ioctl: _Ioctl, name: str, msrs: Mapping[int, int] | CData) -> int:
-    if isinstance(msrs, ffi.CData):
-        return ioctl(name, _struct("struct kvm_msrs", msrs, {}))
-    if not isinstance(msrs, Mapping):
-        raise TypeError(f"msrs must be a mapping {{index: value}} or a struct kvm_msrs cdata, not {type(msrs).__name__}")
-    _count(len(msrs), _MAX_ENTRIES, "number of MSRs")
-    entries = [{"index": index, "data": data} for index, data in msrs.items()]
-    return ioctl(name, ffi.new("struct kvm_msrs *", {"nmsrs": len(entries), "entries": entries}))
-
-
-def _signal_mask(ioctl: _Ioctl, name: str, signals: Iterable[int] | None) -> int:
-    if signals is None:
-        return ioctl(name, 0)
-    if isinstance(signals, (str, bytes)) or not isinstance(signals, Iterable):
-        raise TypeError(f"signals must be an iterable of signal numbers, not {type(signals).__name__}")
-    bits = 0
-    for sig in signals:
-        bits |= 1 << (_count(sig, _SIGSET_BYTES * 8, "signal number") - 1) if sig else 0
-    mask = list(bits.to_bytes(_SIGSET_BYTES, sys.byteorder))
-    return ioctl(name, ffi.new("struct kvm_signal_mask *", {"len": _SIGSET_BYTES, "sigset": mask}))
-
-
-def _dirty_log(ioctl: _Ioctl, name: str, slot: int, npages: int) -> bytes:
-    words = (_count(npages, _MAX_BYTES * 8, "npages") + 63) // 64
-    bitmap = ffi.new("__u64[]", max(words, 1))
-    arg = ffi.new("struct kvm_dirty_log *", {"slot": slot})
-    arg.dirty_bitmap = bitmap
-    ioctl(name, arg)
-    return bytes(ffi.buffer(bitmap, words * 8))
-
-
-def _clear_dirty_log(ioctl: _Ioctl, name: str, slot: int, first_page: int, num_pages: int,
-                     bitmap: bytes | None) -> int:
-    nbytes = (_count(num_pages, 1 << 32, "num_pages") + 63) // 64 * 8
-    if nbytes > _MAX_BYTES:
-        raise ValueError(f"num_pages must be at most {_MAX_BYTES * 8}, not {num_pages}")
-    if bitmap is None:
-        bitmap = b"\xff" * nbytes
-    if not isinstance(bitmap, bytes):
-        raise TypeError(f"bitmap must be bytes, not {type(bitmap).__name__}")
-    if len(bitmap) < nbytes:
-        raise ValueError(f"bitmap has {len(bitmap)} bytes, {num_pages} pages need {nbytes}")
-    buf = ffi.new("char[]", bitmap)
-    arg = ffi.new("struct kvm_clear_dirty_log *", {"slot": slot, "first_page": first_page, "num_pages": num_pages})
-    arg.dirty_bitmap = buf
-    return ioctl(name, arg)
-
-
-def _reg_size(reg_id: int) -> int:
-    size = 1 << ((_count(reg_id, (1 << 64) - 1, "reg_id") >> 52) & 0xF)
-    if size > _MAX_BYTES:
-        raise ValueError(f"register size {size} of id {reg_id:#x}")
-    return size
-
-
-def _one_reg_get(ioctl: _Ioctl, name: str, reg_id: int) -> int:
-    buf = ffi.new("char[]", max(_reg_size(reg_id), 8))
-    ioctl(name, ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buf))}))
-    return int.from_bytes(ffi.buffer(buf, _reg_size(reg_id)), sys.byteorder)
-
-
-def _one_reg_set(ioctl: _Ioctl, name: str, reg_id: int, value: int) -> int:
-    size = max(_reg_size(reg_id), 8)
-    data = _count(value, (1 << (8 * size)) - 1, "value").to_bytes(size, sys.byteorder)
-    buf = ffi.new("char[]", data)
-    return ioctl(name, ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buf))}))
-
-
-def _attr(group: int, attr: int, flags: int, addr: int) -> CData:
-    return ffi.new("struct kvm_device_attr *", {"flags": flags, "group": group, "attr": attr, "addr": addr})
-
-
-def _attr_get(ioctl: _Ioctl, name: str, group: int, attr: int, size: int, flags: int) -> bytes:
-    buf = ffi.new("char[]", max(_count(size, _MAX_BYTES, "size"), 1))
-    ioctl(name, _attr(group, attr, flags, int(ffi.cast("uintptr_t", buf))))
-    return bytes(ffi.buffer(buf, size))
-
-
-def _attr_set(ioctl: _Ioctl, name: str, group: int, attr: int, value: bytes | int | None, flags: int) -> int:
-    if value is None:
-        return ioctl(name, _attr(group, attr, flags, 0))
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = _count(value, (1 << 64) - 1, "value").to_bytes(8, sys.byteorder)
-    if not isinstance(value, bytes):
-        raise TypeError(f"value must be bytes, an int or None, not {type(value).__name__}")
-    _count(len(value), _MAX_BYTES, "len(value)")
-    buf = ffi.new("char[]", value)
-    return ioctl(name, _attr(group, attr, flags, int(ffi.cast("uintptr_t", buf))))
-
-
-def _sized_get(ioctl: _Ioctl, name: str, ctype: str, field: str, size: int | None) -> CData:
-    """E2BIG protocol where the record's `field` is its total size in bytes."""
-    want = ffi.sizeof(ctype) if size is None else _count(size, _MAX_BYTES, "size")
-    while True:
-        buf = ffi.new("char[]", max(want, ffi.sizeof(ctype)))
-        arg = ffi.cast(ctype + " *", buf)
-        setattr(arg, field, want)
-        try:
-            ioctl(name, arg)
-        except OSError as e:
-            needed = int(getattr(arg, field))
-            if e.errno != errno.E2BIG or size is not None or needed <= want or needed > _MAX_BYTES:
-                raise
-            want = needed
-            continue
-        # keep the buffer alive as long as the struct pointer
-        return ffi.gc(ffi.cast(ctype + " *", buf), lambda _p, _keep=buf: None)
-
-
-def _xsave2(ioctl: _Ioctl, name: str, size: int) -> CData:
-    base = ffi.sizeof("struct kvm_xsave")
-    extra = (max(_count(size, _MAX_BYTES, "size"), base) - base + 3) // 4
-    arg = ffi.new("struct kvm_xsave *", {"extra": extra})
-    ioctl(name, arg)
-    return arg
+SIGSET_BYTES = 8  # sizeof(sigset_t) in the kernel, which KVM_SET_SIGNAL_MASK insists on
 
 
 class _Ioctls:
@@ -230,7 +33,7 @@ class _Ioctls:
 
 
 class SystemIoctls(_Ioctls):
-    """Every ioctl issued on a system fd (8)."""
+    """Every ioctl issued on a system fd (7)."""
 
     __slots__ = ()
 
@@ -241,7 +44,7 @@ class SystemIoctls(_Ioctls):
         encoding: _IO(0xae, 0x3) = 0xae03
         returns: the ioctl's (non-negative) result
         """
-        return self._ioctl("KVM_CHECK_EXTENSION", _int(cap))
+        return _m.by_value(self._ioctl, "KVM_CHECK_EXTENSION", cap, "cap")
 
     def create_vm(self, vm_type: int = 0) -> int:
         """KVM_CREATE_VM: The new VM has no virtual cpus and no memory.
@@ -250,7 +53,7 @@ class SystemIoctls(_Ioctls):
         encoding: _IO(0xae, 0x1) = 0xae01
         returns: a new file descriptor (int), which the caller owns and must close
         """
-        return self._ioctl("KVM_CREATE_VM", _int(vm_type))
+        return _m.new_fd(_m.by_value(self._ioctl, "KVM_CREATE_VM", vm_type, "vm_type"))
 
     def get_api_version(self) -> int:
         """KVM_GET_API_VERSION: This identifies the API version as the stable kvm API.
@@ -264,11 +67,11 @@ class SystemIoctls(_Ioctls):
     def get_device_attr(self, group: int, attr: int, size: int = 8, flags: int = 0) -> bytes:
         """KVM_GET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_SYS_ATTRIBUTES; fd: system; arches: arm64, s390x, x86_64; api.rst: section 4.80
+        capability: KVM_CAP_SYS_ATTRIBUTES; fd: system; arches: all; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe2, struct kvm_device_attr) = 0x4018aee2
-        returns: the attribute's `size` bytes
+        returns: the attribute's first `size` bytes (the buffer is at least 8 bytes, as the kernel writes)
         """
-        return _attr_get(self._ioctl, "KVM_GET_DEVICE_ATTR", group, attr, size, flags)
+        return _m.attr_get(self._ioctl, ffi, "KVM_GET_DEVICE_ATTR", group, attr, size, flags)
 
     def get_vcpu_mmap_size(self) -> int:
         """KVM_GET_VCPU_MMAP_SIZE: The KVM_RUN ioctl (cf.) communicates with userspace via a shared memory region.
@@ -279,14 +82,14 @@ class SystemIoctls(_Ioctls):
         """
         return self._ioctl("KVM_GET_VCPU_MMAP_SIZE", 0)
 
-    def has_device_attr(self, group: int, attr: int, flags: int = 0) -> int:
+    def has_device_attr(self, group: int, attr: int, flags: int = 0) -> bool:
         """KVM_HAS_DEVICE_ATTR: Tests whether a device supports a particular attribute.
 
         capability: KVM_CAP_SYS_ATTRIBUTES; fd: system; arches: all; api.rst: section 4.81
         encoding: _IOW(0xae, 0xe3, struct kvm_device_attr) = 0x4018aee3
-        returns: 0 when the attribute exists (else KvmError ENXIO)
+        returns: whether the attribute exists (False when the kernel answers ENXIO)
         """
-        return self._ioctl("KVM_HAS_DEVICE_ATTR", _attr(group, attr, flags, 0))
+        return _m.attr_has(self._ioctl, ffi, "KVM_HAS_DEVICE_ATTR", group, attr, flags)
 
     def s390_enable_sie(self) -> int:
         """KVM_S390_ENABLE_SIE: KVM_S390_ENABLE_SIE (undocumented in api.rst).
@@ -297,31 +100,11 @@ class SystemIoctls(_Ioctls):
         """
         return self._ioctl("KVM_S390_ENABLE_SIE", 0)
 
-    def x86_get_mce_cap_supported(self) -> int:
-        """KVM_X86_GET_MCE_CAP_SUPPORTED: Returns supported MCE capabilities.
-
-        capability: KVM_CAP_MCE; fd: system; arches: x86_64; api.rst: section 4.104
-        encoding: _IOR(0xae, 0x9d, __u64) = 0x8008ae9d
-        returns: the __u64 the kernel writes
-        """
-        p = ffi.new("__u64 *")
-        self._ioctl("KVM_X86_GET_MCE_CAP_SUPPORTED", p)
-        return int(p[0])
-
 
 class VmIoctls(_Ioctls):
-    """Every ioctl issued on a vm fd (53)."""
+    """Every ioctl issued on a vm fd (28)."""
 
     __slots__ = ()
-
-    def arm_set_device_addr(self, arg: CData | None = None, /, *, id: int | None = None, addr: int | None = None) -> int:
-        """KVM_ARM_SET_DEVICE_ADDR: Specify a device address in the guest's physical address space where guests can access emulated or directly exposed devices, which the host kernel needs to know about.
-
-        capability: KVM_CAP_ARM_SET_DEVICE_ADDR; fd: vm; arches: arm64; api.rst: section 4.85
-        encoding: _IOW(0xae, 0xab, struct kvm_arm_device_addr) = 0x4010aeab
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_arm_device_addr *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_ARM_SET_DEVICE_ADDR", _struct("struct kvm_arm_device_addr", arg, {"id": id, "addr": addr}))
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION: The API allows the application to query about extensions to the core kvm API.
@@ -330,16 +113,7 @@ class VmIoctls(_Ioctls):
         encoding: _IO(0xae, 0x3) = 0xae03
         returns: the ioctl's (non-negative) result
         """
-        return self._ioctl("KVM_CHECK_EXTENSION", _int(cap))
-
-    def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap: bytes | None = None) -> int:
-        """KVM_CLEAR_DIRTY_LOG: The ioctl clears the dirty status of pages in a memory slot, according to the bitmap that is passed in struct kvm_clear_dirty_log's dirty_bitmap field.
-
-        capability: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2; fd: vm; arches: arm64, mips64el, x86_64; api.rst: section 4.117
-        encoding: _IOWR(0xae, 0xc0, struct kvm_clear_dirty_log) = 0xc018aec0
-        returns: the ioctl's result; `bitmap` None clears every page of the range
-        """
-        return _clear_dirty_log(self._ioctl, "KVM_CLEAR_DIRTY_LOG", slot, first_page, num_pages, bitmap)
+        return _m.by_value(self._ioctl, "KVM_CHECK_EXTENSION", cap, "cap")
 
     def create_device(self, arg: CData | None = None, /, *, type: int | None = None, fd: int | None = None, flags: int | None = None) -> CData:
         """KVM_CREATE_DEVICE: Creates an emulated device in the kernel.
@@ -348,9 +122,7 @@ class VmIoctls(_Ioctls):
         encoding: _IOWR(0xae, 0xe0, struct kvm_create_device) = 0xc00caee0
         returns: `arg` (or a new `struct kvm_create_device *` from the keyword fields) as the kernel updated it
         """
-        p = _struct("struct kvm_create_device", arg, {"type": type, "fd": fd, "flags": flags})
-        self._ioctl("KVM_CREATE_DEVICE", p)
-        return p
+        return _m.struct_inout(self._ioctl, ffi, "KVM_CREATE_DEVICE", "struct kvm_create_device", arg, {"type": type, "fd": fd, "flags": flags})
 
     def create_guest_memfd(self, arg: CData | None = None, /, *, size: int | None = None, flags: int | None = None, reserved: Sequence[int] | bytes | None = None) -> int:
         """KVM_CREATE_GUEST_MEMFD: KVM_CREATE_GUEST_MEMFD creates an anonymous file and returns a file descriptor that refers to it. guest_memfd files are roughly analogous to files created via memfd_create(), e.g. guest_memfd...
@@ -359,7 +131,7 @@ class VmIoctls(_Ioctls):
         encoding: _IOWR(0xae, 0xd4, struct kvm_create_guest_memfd) = 0xc040aed4
         returns: a new file descriptor (int), which the caller owns and must close; `arg` is a `struct kvm_create_guest_memfd *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_CREATE_GUEST_MEMFD", _struct("struct kvm_create_guest_memfd", arg, {"size": size, "flags": flags, "reserved": reserved}))
+        return _m.new_fd(_m.struct_in(self._ioctl, ffi, "KVM_CREATE_GUEST_MEMFD", "struct kvm_create_guest_memfd", arg, {"size": size, "flags": flags, "reserved": reserved}))
 
     def create_irqchip(self) -> int:
         """KVM_CREATE_IRQCHIP: Creates an interrupt controller model in the kernel.
@@ -370,24 +142,6 @@ class VmIoctls(_Ioctls):
         """
         return self._ioctl("KVM_CREATE_IRQCHIP", 0)
 
-    def create_pit(self) -> int:
-        """KVM_CREATE_PIT: KVM_CREATE_PIT (undocumented in api.rst).
-
-        capability: KVM_CAP_PIT; fd: vm; arches: x86_64; api.rst: not documented
-        encoding: _IO(0xae, 0x64) = 0xae64
-        returns: the ioctl's (non-negative) result
-        """
-        return self._ioctl("KVM_CREATE_PIT", 0)
-
-    def create_pit2(self, arg: CData | None = None, /, *, flags: int | None = None, pad: Sequence[int] | bytes | None = None) -> int:
-        """KVM_CREATE_PIT2: Creates an in-kernel device model for the i8254 PIT.
-
-        capability: KVM_CAP_PIT2; fd: vm; arches: x86_64; api.rst: section 4.71
-        encoding: _IOW(0xae, 0x77, struct kvm_pit_config) = 0x4040ae77
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_pit_config *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_CREATE_PIT2", _struct("struct kvm_pit_config", arg, {"flags": flags, "pad": pad}))
-
     def create_vcpu(self, vcpu_id: int) -> int:
         """KVM_CREATE_VCPU: This API adds a vcpu to a virtual machine.
 
@@ -395,7 +149,7 @@ class VmIoctls(_Ioctls):
         encoding: _IO(0xae, 0x41) = 0xae41
         returns: a new file descriptor (int), which the caller owns and must close
         """
-        return self._ioctl("KVM_CREATE_VCPU", _int(vcpu_id))
+        return _m.new_fd(_m.by_value(self._ioctl, "KVM_CREATE_VCPU", vcpu_id, "vcpu_id"))
 
     def enable_cap(self, arg: CData | None = None, /, *, cap: int | None = None, flags: int | None = None, args: Sequence[int] | bytes | None = None, pad: Sequence[int] | bytes | None = None) -> int:
         """KVM_ENABLE_CAP: On systems that do not support this ioctl, it always fails.
@@ -404,27 +158,16 @@ class VmIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xa3, struct kvm_enable_cap) = 0x4068aea3
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_enable_cap *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_ENABLE_CAP", _struct("struct kvm_enable_cap", arg, {"cap": cap, "flags": flags, "args": args, "pad": pad}))
-
-    def get_clock(self) -> CData:
-        """KVM_GET_CLOCK: Gets the current timestamp of kvmclock as seen by the current guest.
-
-        capability: KVM_CAP_ADJUST_CLOCK; fd: vm; arches: x86_64; api.rst: section 4.29
-        encoding: _IOR(0xae, 0x7c, struct kvm_clock_data) = 0x8030ae7c
-        returns: a new `struct kvm_clock_data *` cdata the kernel filled
-        """
-        p = ffi.new("struct kvm_clock_data *")
-        self._ioctl("KVM_GET_CLOCK", p)
-        return p
+        return _m.struct_in(self._ioctl, ffi, "KVM_ENABLE_CAP", "struct kvm_enable_cap", arg, {"cap": cap, "flags": flags, "args": args, "pad": pad})
 
     def get_device_attr(self, group: int, attr: int, size: int = 8, flags: int = 0) -> bytes:
         """KVM_GET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_VM_ATTRIBUTES; fd: vm; arches: arm64, s390x, x86_64; api.rst: section 4.80
+        capability: KVM_CAP_VM_ATTRIBUTES; fd: vm; arches: all; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe2, struct kvm_device_attr) = 0x4018aee2
-        returns: the attribute's `size` bytes
+        returns: the attribute's first `size` bytes (the buffer is at least 8 bytes, as the kernel writes)
         """
-        return _attr_get(self._ioctl, "KVM_GET_DEVICE_ATTR", group, attr, size, flags)
+        return _m.attr_get(self._ioctl, ffi, "KVM_GET_DEVICE_ATTR", group, attr, size, flags)
 
     def get_dirty_log(self, slot: int, npages: int) -> bytes:
         """KVM_GET_DIRTY_LOG: Given a memory slot, return a bitmap containing any pages dirtied since the last call to this ioctl.
@@ -433,27 +176,7 @@ class VmIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x42, struct kvm_dirty_log) = 0x4010ae42
         returns: the slot's dirty bitmap (bit i of the little-endian words = page i)
         """
-        return _dirty_log(self._ioctl, "KVM_GET_DIRTY_LOG", slot, npages)
-
-    def get_irqchip(self, arg: CData | None = None, /, *, chip_id: int | None = None, pad: int | None = None, chip: CData | None = None) -> CData:
-        """KVM_GET_IRQCHIP: Reads the state of a kernel interrupt controller created with KVM_CREATE_IRQCHIP into a buffer provided by the caller.
-
-        capability: KVM_CAP_IRQCHIP; fd: vm; arches: x86_64; api.rst: section 4.26
-        encoding: _IOWR(0xae, 0x62, struct kvm_irqchip) = 0xc208ae62
-        returns: `arg` (or a new `struct kvm_irqchip *` from the keyword fields) as the kernel updated it
-        """
-        p = _struct("struct kvm_irqchip", arg, {"chip_id": chip_id, "pad": pad, "chip": chip})
-        self._ioctl("KVM_GET_IRQCHIP", p)
-        return p
-
-    def get_nr_mmu_pages(self) -> int:
-        """KVM_GET_NR_MMU_PAGES: KVM_GET_NR_MMU_PAGES (undocumented in api.rst).
-
-        capability: KVM_CAP_MMU_SHADOW_CACHE_CONTROL; fd: vm; arches: x86_64; api.rst: not documented
-        encoding: _IO(0xae, 0x45) = 0xae45
-        returns: the ioctl's (non-negative) result
-        """
-        return self._ioctl("KVM_GET_NR_MMU_PAGES", 0)
+        return _m.dirty_log(self._ioctl, ffi, "KVM_GET_DIRTY_LOG", slot, npages)
 
     def get_stats_fd(self) -> int:
         """KVM_GET_STATS_FD: The returned file descriptor can be used to read VM/vCPU statistics data in binary format.
@@ -464,23 +187,14 @@ class VmIoctls(_Ioctls):
         """
         return self._ioctl("KVM_GET_STATS_FD", 0)
 
-    def get_tsc_khz(self) -> int:
-        """KVM_GET_TSC_KHZ: Returns the tsc frequency of the guest.
-
-        capability: KVM_CAP_GET_TSC_KHZ; fd: vm; arches: x86_64; api.rst: section 4.56
-        encoding: _IO(0xae, 0xa3) = 0xaea3
-        returns: the ioctl's (non-negative) result
-        """
-        return self._ioctl("KVM_GET_TSC_KHZ", 0)
-
-    def has_device_attr(self, group: int, attr: int, flags: int = 0) -> int:
+    def has_device_attr(self, group: int, attr: int, flags: int = 0) -> bool:
         """KVM_HAS_DEVICE_ATTR: Tests whether a device supports a particular attribute.
 
         capability: KVM_CAP_VM_ATTRIBUTES; fd: vm; arches: all; api.rst: section 4.81
         encoding: _IOW(0xae, 0xe3, struct kvm_device_attr) = 0x4018aee3
-        returns: 0 when the attribute exists (else KvmError ENXIO)
+        returns: whether the attribute exists (False when the kernel answers ENXIO)
         """
-        return self._ioctl("KVM_HAS_DEVICE_ATTR", _attr(group, attr, flags, 0))
+        return _m.attr_has(self._ioctl, ffi, "KVM_HAS_DEVICE_ATTR", group, attr, flags)
 
     def ioeventfd(self, arg: CData | None = None, /, *, datamatch: int | None = None, addr: int | None = None, len: int | None = None, fd: int | None = None, flags: int | None = None, pad: Sequence[int] | bytes | None = None) -> int:
         """KVM_IOEVENTFD: This ioctl attaches or detaches an ioeventfd to a legal pio/mmio address within the guest.
@@ -489,83 +203,16 @@ class VmIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x79, struct kvm_ioeventfd) = 0x4040ae79
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_ioeventfd *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_IOEVENTFD", _struct("struct kvm_ioeventfd", arg, {"datamatch": datamatch, "addr": addr, "len": len, "fd": fd, "flags": flags, "pad": pad}))
-
-    def irq_line(self, arg: CData | None = None, /, *, irq: int | None = None, status: int | None = None, level: int | None = None) -> int:
-        """KVM_IRQ_LINE: Sets the level of a GSI input to the interrupt controller model in the kernel.
-
-        capability: KVM_CAP_IRQCHIP; fd: vm; arches: arm64, x86_64; api.rst: section 4.25
-        encoding: _IOW(0xae, 0x61, struct kvm_irq_level) = 0x4008ae61
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_irq_level *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_IRQ_LINE", _struct("struct kvm_irq_level", arg, {"irq": irq, "status": status, "level": level}))
-
-    def irq_line_status(self, arg: CData | None = None, /, *, irq: int | None = None, status: int | None = None, level: int | None = None) -> CData:
-        """KVM_IRQ_LINE_STATUS: KVM_IRQ_LINE_STATUS (undocumented in api.rst).
-
-        capability: KVM_CAP_IRQ_INJECT_STATUS; fd: vm; arches: arm64, ppc64le, riscv64, x86_64; api.rst: not documented
-        encoding: _IOWR(0xae, 0x67, struct kvm_irq_level) = 0xc008ae67
-        returns: `arg` (or a new `struct kvm_irq_level *` from the keyword fields) as the kernel updated it
-        """
-        p = _struct("struct kvm_irq_level", arg, {"irq": irq, "status": status, "level": level})
-        self._ioctl("KVM_IRQ_LINE_STATUS", p)
-        return p
+        return _m.struct_in(self._ioctl, ffi, "KVM_IOEVENTFD", "struct kvm_ioeventfd", arg, {"datamatch": datamatch, "addr": addr, "len": len, "fd": fd, "flags": flags, "pad": pad})
 
     def irqfd(self, arg: CData | None = None, /, *, fd: int | None = None, gsi: int | None = None, flags: int | None = None, resamplefd: int | None = None, pad: Sequence[int] | bytes | None = None) -> int:
         """KVM_IRQFD: Allows setting an eventfd to directly trigger a guest interrupt. kvm_irqfd.fd specifies the file descriptor to use as the eventfd and kvm_irqfd.gsi specifies the irqchip pin toggled by this event.
 
-        capability: KVM_CAP_IRQFD; fd: vm; arches: arm64, s390x, x86_64; api.rst: section 4.75
+        capability: KVM_CAP_IRQFD; fd: vm; arches: all; api.rst: section 4.75
         encoding: _IOW(0xae, 0x76, struct kvm_irqfd) = 0x4020ae76
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_irqfd *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_IRQFD", _struct("struct kvm_irqfd", arg, {"fd": fd, "gsi": gsi, "flags": flags, "resamplefd": resamplefd, "pad": pad}))
-
-    def memory_encrypt_op(self, arg: CData | int = 0) -> int:
-        """KVM_MEMORY_ENCRYPT_OP: If the platform supports creating encrypted VMs then this ioctl can be used for issuing platform-specific memory encryption commands to manage those encrypted VMs.
-
-        capability: none (basic API); fd: vm; arches: x86_64; api.rst: section 4.110
-        encoding: _IOWR(0xae, 0xba, unsigned long) = 0xc008aeba
-        returns: the ioctl's result; `arg` is a cdata pointer the caller builds (or 0)
-        """
-        return self._ioctl("KVM_MEMORY_ENCRYPT_OP", arg)
-
-    def memory_encrypt_reg_region(self, arg: CData | None = None, /, *, addr: int | None = None, size: int | None = None) -> int:
-        """KVM_MEMORY_ENCRYPT_REG_REGION: This ioctl can be used to register a guest memory region which may contain encrypted data (e.g. guest RAM, SMRAM etc).
-
-        capability: none (basic API); fd: vm; arches: x86_64; api.rst: section 4.111
-        encoding: _IOR(0xae, 0xbb, struct kvm_enc_region) = 0x8010aebb
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_enc_region *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_MEMORY_ENCRYPT_REG_REGION", _struct("struct kvm_enc_region", arg, {"addr": addr, "size": size}))
-
-    def memory_encrypt_unreg_region(self, arg: CData | None = None, /, *, addr: int | None = None, size: int | None = None) -> int:
-        """KVM_MEMORY_ENCRYPT_UNREG_REGION: This ioctl can be used to unregister the guest memory region registered with KVM_MEMORY_ENCRYPT_REG_REGION ioctl above.
-
-        capability: none (basic API); fd: vm; arches: x86_64; api.rst: section 4.112
-        encoding: _IOR(0xae, 0xbc, struct kvm_enc_region) = 0x8010aebc
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_enc_region *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_MEMORY_ENCRYPT_UNREG_REGION", _struct("struct kvm_enc_region", arg, {"addr": addr, "size": size}))
-
-    def ppc_allocate_htab(self, value: int) -> int:
-        """KVM_PPC_ALLOCATE_HTAB: This requests the host kernel to allocate an MMU hash table for a guest using the PAPR paravirtualization interface.
-
-        capability: KVM_CAP_PPC_ALLOC_HTAB; fd: vm; arches: ppc64le; api.rst: section 4.76
-        encoding: _IOWR(0xae, 0xa7, __u32) = 0xc004aea7
-        returns: the __u32 the kernel writes back over `value`
-        """
-        p = ffi.new("__u32 *", value)
-        self._ioctl("KVM_PPC_ALLOCATE_HTAB", p)
-        return int(p[0])
-
-    def ppc_svm_off(self) -> int:
-        """KVM_PPC_SVM_OFF: This ioctl is used to turn off the secure mode of the guest or transition the guest from secure mode to normal mode.
-
-        capability: none (basic API); fd: vm; arches: ppc64le; api.rst: section 4.121
-        encoding: _IO(0xae, 0xb3) = 0xaeb3
-        returns: the ioctl's (non-negative) result
-        """
-        return self._ioctl("KVM_PPC_SVM_OFF", 0)
+        return _m.struct_in(self._ioctl, ffi, "KVM_IRQFD", "struct kvm_irqfd", arg, {"fd": fd, "gsi": gsi, "flags": flags, "resamplefd": resamplefd, "pad": pad})
 
     def register_coalesced_mmio(self, arg: CData | None = None, /, *, addr: int | None = None, size: int | None = None, pad: int | None = None, pio: int | None = None) -> int:
         """KVM_REGISTER_COALESCED_MMIO: Coalesced I/O is a performance optimization that defers hardware register write emulation so that userspace exits are avoided.
@@ -574,18 +221,7 @@ class VmIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x67, struct kvm_coalesced_mmio_zone) = 0x4010ae67
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_coalesced_mmio_zone *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_REGISTER_COALESCED_MMIO", _struct("struct kvm_coalesced_mmio_zone", arg, {"addr": addr, "size": size, "pad": pad, "pio": pio}))
-
-    def reinject_control(self) -> CData:
-        """KVM_REINJECT_CONTROL: i8254 (PIT) has two modes, reinject and !reinject.
-
-        capability: KVM_CAP_REINJECT_CONTROL; fd: vm; arches: x86_64; api.rst: section 4.99
-        encoding: _IO(0xae, 0x71) = 0xae71
-        returns: a new `struct kvm_reinject_control *` cdata the kernel filled
-        """
-        p = ffi.new("struct kvm_reinject_control *")
-        self._ioctl("KVM_REINJECT_CONTROL", p)
-        return p
+        return _m.struct_in(self._ioctl, ffi, "KVM_REGISTER_COALESCED_MMIO", "struct kvm_coalesced_mmio_zone", arg, {"addr": addr, "size": size, "pad": pad, "pio": pio})
 
     def reset_dirty_rings(self) -> int:
         """KVM_RESET_DIRTY_RINGS: KVM_RESET_DIRTY_RINGS (undocumented in api.rst).
@@ -603,9 +239,7 @@ class VmIoctls(_Ioctls):
         encoding: _IOWR(0xae, 0xb8, struct kvm_s390_cmma_log) = 0xc020aeb8
         returns: `arg` (or a new `struct kvm_s390_cmma_log *` from the keyword fields) as the kernel updated it
         """
-        p = _struct("struct kvm_s390_cmma_log", arg, {"start_gfn": start_gfn, "count": count, "flags": flags, "remaining": remaining, "mask": mask, "values": values})
-        self._ioctl("KVM_S390_GET_CMMA_BITS", p)
-        return p
+        return _m.struct_inout(self._ioctl, ffi, "KVM_S390_GET_CMMA_BITS", "struct kvm_s390_cmma_log", arg, {"start_gfn": start_gfn, "count": count, "flags": flags, "remaining": remaining, "mask": mask, "values": values})
 
     def s390_get_skeys(self, arg: CData | None = None, /, *, start_gfn: int | None = None, count: int | None = None, skeydata_addr: int | None = None, flags: int | None = None, reserved: Sequence[int] | bytes | None = None) -> int:
         """KVM_S390_GET_SKEYS: This ioctl is used to get guest storage key values on the s390 architecture.
@@ -614,7 +248,7 @@ class VmIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xb2, struct kvm_s390_skeys) = 0x4040aeb2
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_skeys *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_GET_SKEYS", _struct("struct kvm_s390_skeys", arg, {"start_gfn": start_gfn, "count": count, "skeydata_addr": skeydata_addr, "flags": flags, "reserved": reserved}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_GET_SKEYS", "struct kvm_s390_skeys", arg, {"start_gfn": start_gfn, "count": count, "skeydata_addr": skeydata_addr, "flags": flags, "reserved": reserved})
 
     def s390_interrupt(self, arg: CData | None = None, /, *, type: int | None = None, parm: int | None = None, parm64: int | None = None) -> int:
         """KVM_S390_INTERRUPT: Allows to inject an interrupt to the guest.
@@ -623,7 +257,7 @@ class VmIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x94, struct kvm_s390_interrupt) = 0x4010ae94
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_interrupt *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_INTERRUPT", _struct("struct kvm_s390_interrupt", arg, {"type": type, "parm": parm, "parm64": parm64}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_INTERRUPT", "struct kvm_s390_interrupt", arg, {"type": type, "parm": parm, "parm64": parm64})
 
     def s390_mem_op(self, arg: CData | None = None, /, *, gaddr: int | None = None, flags: int | None = None, size: int | None = None, op: int | None = None, buf: int | None = None, ar: int | None = None, key: int | None = None, pad1: Sequence[int] | bytes | None = None, old_addr: int | None = None, sida_offset: int | None = None, reserved: Sequence[int] | bytes | None = None) -> int:
         """KVM_S390_MEM_OP: Read or write data from/to the VM's memory.
@@ -632,7 +266,7 @@ class VmIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xb1, struct kvm_s390_mem_op) = 0x4040aeb1
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_mem_op *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_MEM_OP", _struct("struct kvm_s390_mem_op", arg, {"gaddr": gaddr, "flags": flags, "size": size, "op": op, "buf": buf, "ar": ar, "key": key, "pad1": pad1, "old_addr": old_addr, "sida_offset": sida_offset, "reserved": reserved}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_MEM_OP", "struct kvm_s390_mem_op", arg, {"gaddr": gaddr, "flags": flags, "size": size, "op": op, "buf": buf, "ar": ar, "key": key, "pad1": pad1, "old_addr": old_addr, "sida_offset": sida_offset, "reserved": reserved})
 
     def s390_pv_command(self, arg: CData | None = None, /, *, cmd: int | None = None, rc: int | None = None, rrc: int | None = None, data: int | None = None, flags: int | None = None, reserved: Sequence[int] | bytes | None = None) -> CData:
         """KVM_S390_PV_COMMAND: KVM_S390_PV_COMMAND (undocumented in api.rst).
@@ -641,9 +275,7 @@ class VmIoctls(_Ioctls):
         encoding: _IOWR(0xae, 0xc5, struct kvm_pv_cmd) = 0xc020aec5
         returns: `arg` (or a new `struct kvm_pv_cmd *` from the keyword fields) as the kernel updated it
         """
-        p = _struct("struct kvm_pv_cmd", arg, {"cmd": cmd, "rc": rc, "rrc": rrc, "data": data, "flags": flags, "reserved": reserved})
-        self._ioctl("KVM_S390_PV_COMMAND", p)
-        return p
+        return _m.struct_inout(self._ioctl, ffi, "KVM_S390_PV_COMMAND", "struct kvm_pv_cmd", arg, {"cmd": cmd, "rc": rc, "rrc": rrc, "data": data, "flags": flags, "reserved": reserved})
 
     def s390_set_cmma_bits(self, arg: CData | None = None, /, *, start_gfn: int | None = None, count: int | None = None, flags: int | None = None, remaining: int | None = None, mask: int | None = None, values: int | None = None) -> int:
         """KVM_S390_SET_CMMA_BITS: This ioctl is used to set the values of the CMMA bits on the s390 architecture.
@@ -652,7 +284,7 @@ class VmIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xb9, struct kvm_s390_cmma_log) = 0x4020aeb9
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_cmma_log *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_SET_CMMA_BITS", _struct("struct kvm_s390_cmma_log", arg, {"start_gfn": start_gfn, "count": count, "flags": flags, "remaining": remaining, "mask": mask, "values": values}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_SET_CMMA_BITS", "struct kvm_s390_cmma_log", arg, {"start_gfn": start_gfn, "count": count, "flags": flags, "remaining": remaining, "mask": mask, "values": values})
 
     def s390_set_skeys(self, arg: CData | None = None, /, *, start_gfn: int | None = None, count: int | None = None, skeydata_addr: int | None = None, flags: int | None = None, reserved: Sequence[int] | bytes | None = None) -> int:
         """KVM_S390_SET_SKEYS: This ioctl is used to set guest storage key values on the s390 architecture.
@@ -661,7 +293,7 @@ class VmIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xb3, struct kvm_s390_skeys) = 0x4040aeb3
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_skeys *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_SET_SKEYS", _struct("struct kvm_s390_skeys", arg, {"start_gfn": start_gfn, "count": count, "skeydata_addr": skeydata_addr, "flags": flags, "reserved": reserved}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_SET_SKEYS", "struct kvm_s390_skeys", arg, {"start_gfn": start_gfn, "count": count, "skeydata_addr": skeydata_addr, "flags": flags, "reserved": reserved})
 
     def s390_zpci_op(self, arg: CData | None = None, /, *, fh: int | None = None, op: int | None = None, pad: Sequence[int] | bytes | None = None, u: CData | None = None) -> int:
         """KVM_S390_ZPCI_OP: Used to manage hardware-assisted virtualization features for zPCI devices.
@@ -670,97 +302,25 @@ class VmIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xd1, struct kvm_s390_zpci_op) = 0x4048aed1
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_zpci_op *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_ZPCI_OP", _struct("struct kvm_s390_zpci_op", arg, {"fh": fh, "op": op, "pad": pad, "u": u}))
-
-    def set_boot_cpu_id(self, vcpu_id: int) -> int:
-        """KVM_SET_BOOT_CPU_ID: Define which vcpu is the Bootstrap Processor (BSP).
-
-        capability: KVM_CAP_SET_BOOT_CPU_ID; fd: vm; arches: x86_64; api.rst: section 4.41
-        encoding: _IO(0xae, 0x78) = 0xae78
-        returns: the ioctl's (non-negative) result
-        """
-        return self._ioctl("KVM_SET_BOOT_CPU_ID", _int(vcpu_id))
-
-    def set_clock(self, arg: CData | None = None, /, *, clock: int | None = None, flags: int | None = None, pad0: int | None = None, realtime: int | None = None, host_tsc: int | None = None, pad: Sequence[int] | bytes | None = None) -> int:
-        """KVM_SET_CLOCK: Sets the current timestamp of kvmclock to the value specified in its parameter.
-
-        capability: KVM_CAP_ADJUST_CLOCK; fd: vm; arches: x86_64; api.rst: section 4.30
-        encoding: _IOW(0xae, 0x7b, struct kvm_clock_data) = 0x4030ae7b
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_clock_data *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_SET_CLOCK", _struct("struct kvm_clock_data", arg, {"clock": clock, "flags": flags, "pad0": pad0, "realtime": realtime, "host_tsc": host_tsc, "pad": pad}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_ZPCI_OP", "struct kvm_s390_zpci_op", arg, {"fh": fh, "op": op, "pad": pad, "u": u})
 
     def set_device_attr(self, group: int, attr: int, value: bytes | int | None = None, flags: int = 0) -> int:
         """KVM_SET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_VM_ATTRIBUTES; fd: vm; arches: arm64, s390x, x86_64; api.rst: section 4.80
+        capability: KVM_CAP_VM_ATTRIBUTES; fd: vm; arches: all; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe1, struct kvm_device_attr) = 0x4018aee1
         returns: the ioctl's result; an int `value` is passed as a u64
         """
-        return _attr_set(self._ioctl, "KVM_SET_DEVICE_ATTR", group, attr, value, flags)
+        return _m.attr_set(self._ioctl, ffi, "KVM_SET_DEVICE_ATTR", group, attr, value, flags)
 
     def set_gsi_routing(self, entries: Sequence[Any] | CData, /, *, flags: int | None = None, __empty_entries: CData | None = None) -> int:
         """KVM_SET_GSI_ROUTING: Sets the GSI routing table entries, overwriting any previously set entries.
 
-        capability: KVM_CAP_IRQ_ROUTING; fd: vm; arches: arm64, s390x, x86_64; api.rst: section 4.52
+        capability: KVM_CAP_IRQ_ROUTING; fd: vm; arches: all; api.rst: section 4.52
         encoding: _IOW(0xae, 0x6a, struct kvm_irq_routing) = 0x4008ae6a
         returns: the ioctl's result; `entries` is a sequence of entries (cdata or dicts) or a ready cdata
         """
-        return self._ioctl("KVM_SET_GSI_ROUTING", _flex("struct kvm_irq_routing", "nr", "entries", entries, {"flags": flags, "__empty_entries": __empty_entries}))
-
-    def set_identity_map_addr(self, value: int) -> int:
-        """KVM_SET_IDENTITY_MAP_ADDR: This ioctl defines the physical address of a one-page region in the guest physical address space.
-
-        capability: KVM_CAP_SET_IDENTITY_MAP_ADDR; fd: vm; arches: x86_64; api.rst: section 4.40
-        encoding: _IOW(0xae, 0x48, __u64) = 0x4008ae48
-        returns: the ioctl's result; `value` is passed as a pointer to __u64
-        """
-        return self._ioctl("KVM_SET_IDENTITY_MAP_ADDR", ffi.new("__u64 *", value))
-
-    def set_irqchip(self, arg: CData | None = None, /, *, chip_id: int | None = None, pad: int | None = None, chip: CData | None = None) -> int:
-        """KVM_SET_IRQCHIP: Sets the state of a kernel interrupt controller created with KVM_CREATE_IRQCHIP from a buffer provided by the caller.
-
-        capability: KVM_CAP_IRQCHIP; fd: vm; arches: x86_64; api.rst: section 4.27
-        encoding: _IOR(0xae, 0x63, struct kvm_irqchip) = 0x8208ae63
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_irqchip *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_SET_IRQCHIP", _struct("struct kvm_irqchip", arg, {"chip_id": chip_id, "pad": pad, "chip": chip}))
-
-    def set_memory_attributes(self, arg: CData | None = None, /, *, address: int | None = None, size: int | None = None, attributes: int | None = None, flags: int | None = None) -> int:
-        """KVM_SET_MEMORY_ATTRIBUTES: KVM_SET_MEMORY_ATTRIBUTES allows userspace to set memory attributes for a range of guest physical memory.
-
-        capability: KVM_CAP_MEMORY_ATTRIBUTES; fd: vm; arches: x86_64; api.rst: section 4.141
-        encoding: _IOW(0xae, 0xd2, struct kvm_memory_attributes) = 0x4020aed2
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_memory_attributes *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_SET_MEMORY_ATTRIBUTES", _struct("struct kvm_memory_attributes", arg, {"address": address, "size": size, "attributes": attributes, "flags": flags}))
-
-    def set_nr_mmu_pages(self, pages: int) -> int:
-        """KVM_SET_NR_MMU_PAGES: KVM_SET_NR_MMU_PAGES (undocumented in api.rst).
-
-        capability: KVM_CAP_MMU_SHADOW_CACHE_CONTROL; fd: vm; arches: x86_64; api.rst: not documented
-        encoding: _IO(0xae, 0x44) = 0xae44
-        returns: the ioctl's (non-negative) result
-        """
-        return self._ioctl("KVM_SET_NR_MMU_PAGES", _int(pages))
-
-    def set_tsc_khz(self, khz: int) -> int:
-        """KVM_SET_TSC_KHZ: Specifies the tsc frequency for the virtual machine.
-
-        capability: KVM_CAP_TSC_CONTROL; fd: vm; arches: x86_64; api.rst: section 4.55
-        encoding: _IO(0xae, 0xa2) = 0xaea2
-        returns: the ioctl's (non-negative) result
-        """
-        return self._ioctl("KVM_SET_TSC_KHZ", _int(khz))
-
-    def set_tss_addr(self, addr: int) -> int:
-        """KVM_SET_TSS_ADDR: This ioctl defines the physical address of a three-page region in the guest physical address space.
-
-        capability: KVM_CAP_SET_TSS_ADDR; fd: vm; arches: x86_64; api.rst: section 4.36
-        encoding: _IO(0xae, 0x47) = 0xae47
-        returns: the ioctl's (non-negative) result
-        """
-        return self._ioctl("KVM_SET_TSS_ADDR", _int(addr))
+        return _m.flex_set(self._ioctl, ffi, "KVM_SET_GSI_ROUTING", "struct kvm_irq_routing", "nr", "entries", entries, {"flags": flags, "__empty_entries": __empty_entries})
 
     def set_user_memory_region(self, arg: CData | None = None, /, *, slot: int | None = None, flags: int | None = None, guest_phys_addr: int | None = None, memory_size: int | None = None, userspace_addr: int | None = None) -> int:
         """KVM_SET_USER_MEMORY_REGION: This ioctl allows the user to create, modify or delete a guest physical memory slot.
@@ -769,7 +329,7 @@ class VmIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x46, struct kvm_userspace_memory_region) = 0x4020ae46
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_userspace_memory_region *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_SET_USER_MEMORY_REGION", _struct("struct kvm_userspace_memory_region", arg, {"slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr, "memory_size": memory_size, "userspace_addr": userspace_addr}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_SET_USER_MEMORY_REGION", "struct kvm_userspace_memory_region", arg, {"slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr, "memory_size": memory_size, "userspace_addr": userspace_addr})
 
     def set_user_memory_region2(self, arg: CData | None = None, /, *, slot: int | None = None, flags: int | None = None, guest_phys_addr: int | None = None, memory_size: int | None = None, userspace_addr: int | None = None, guest_memfd_offset: int | None = None, guest_memfd: int | None = None, pad1: int | None = None, pad2: Sequence[int] | bytes | None = None) -> int:
         """KVM_SET_USER_MEMORY_REGION2: KVM_SET_USER_MEMORY_REGION2 is an extension to KVM_SET_USER_MEMORY_REGION that allows mapping guest_memfd memory into a guest.
@@ -778,16 +338,16 @@ class VmIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x49, struct kvm_userspace_memory_region2) = 0x40a0ae49
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_userspace_memory_region2 *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_SET_USER_MEMORY_REGION2", _struct("struct kvm_userspace_memory_region2", arg, {"slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr, "memory_size": memory_size, "userspace_addr": userspace_addr, "guest_memfd_offset": guest_memfd_offset, "guest_memfd": guest_memfd, "pad1": pad1, "pad2": pad2}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_SET_USER_MEMORY_REGION2", "struct kvm_userspace_memory_region2", arg, {"slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr, "memory_size": memory_size, "userspace_addr": userspace_addr, "guest_memfd_offset": guest_memfd_offset, "guest_memfd": guest_memfd, "pad1": pad1, "pad2": pad2})
 
     def signal_msi(self, arg: CData | None = None, /, *, address_lo: int | None = None, address_hi: int | None = None, data: int | None = None, flags: int | None = None, devid: int | None = None, pad: Sequence[int] | bytes | None = None) -> int:
         """KVM_SIGNAL_MSI: Directly inject a MSI message.
 
-        capability: KVM_CAP_SIGNAL_MSI; fd: vm; arches: arm64, x86_64; api.rst: section 4.71
+        capability: KVM_CAP_SIGNAL_MSI; fd: vm; arches: all; api.rst: section 4.71
         encoding: _IOW(0xae, 0xa5, struct kvm_msi) = 0x4020aea5
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_msi *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_SIGNAL_MSI", _struct("struct kvm_msi", arg, {"address_lo": address_lo, "address_hi": address_hi, "data": data, "flags": flags, "devid": devid, "pad": pad}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_SIGNAL_MSI", "struct kvm_msi", arg, {"address_lo": address_lo, "address_hi": address_hi, "data": data, "flags": flags, "devid": devid, "pad": pad})
 
     def unregister_coalesced_mmio(self, arg: CData | None = None, /, *, addr: int | None = None, size: int | None = None, pad: int | None = None, pio: int | None = None) -> int:
         """KVM_UNREGISTER_COALESCED_MMIO: Coalesced I/O is a performance optimization that defers hardware register write emulation so that userspace exits are avoided.
@@ -796,40 +356,13 @@ class VmIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x68, struct kvm_coalesced_mmio_zone) = 0x4010ae68
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_coalesced_mmio_zone *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_UNREGISTER_COALESCED_MMIO", _struct("struct kvm_coalesced_mmio_zone", arg, {"addr": addr, "size": size, "pad": pad, "pio": pio}))
-
-    def xen_hvm_evtchn_send(self, arg: CData | None = None, /, *, port: int | None = None, vcpu: int | None = None, priority: int | None = None) -> int:
-        """KVM_XEN_HVM_EVTCHN_SEND: This ioctl injects an event channel interrupt directly to the guest vCPU.
-
-        capability: KVM_CAP_XEN_HVM; fd: vm; arches: x86_64; api.rst: section 4.135
-        encoding: _IOW(0xae, 0xd0, struct kvm_irq_routing_xen_evtchn) = 0x400caed0
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_irq_routing_xen_evtchn *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_XEN_HVM_EVTCHN_SEND", _struct("struct kvm_irq_routing_xen_evtchn", arg, {"port": port, "vcpu": vcpu, "priority": priority}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_UNREGISTER_COALESCED_MMIO", "struct kvm_coalesced_mmio_zone", arg, {"addr": addr, "size": size, "pad": pad, "pio": pio})
 
 
 class VcpuIoctls(_Ioctls):
-    """Every ioctl issued on a vcpu fd (46)."""
+    """Every ioctl issued on a vcpu fd (29)."""
 
     __slots__ = ()
-
-    def arm_vcpu_finalize(self, value: int) -> int:
-        """KVM_ARM_VCPU_FINALIZE: Finalizes the configuration of the specified vcpu feature.
-
-        capability: none (basic API); fd: vcpu; arches: arm64; api.rst: section 4.119
-        encoding: _IOW(0xae, 0xc2, int) = 0x4004aec2
-        returns: the ioctl's result; `value` is passed as a pointer to int
-        """
-        return self._ioctl("KVM_ARM_VCPU_FINALIZE", ffi.new("int *", value))
-
-    def dirty_tlb(self, arg: CData | None = None, /, *, bitmap: int | None = None, num_dirty: int | None = None) -> int:
-        """KVM_DIRTY_TLB: This must be called whenever userspace has changed an entry in the shared TLB, prior to calling KVM_RUN on the associated vcpu.
-
-        capability: KVM_CAP_SW_TLB; fd: vcpu; arches: ppc64le; api.rst: section 4.60
-        encoding: _IOW(0xae, 0xaa, struct kvm_dirty_tlb) = 0x4010aeaa
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_dirty_tlb *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_DIRTY_TLB", _struct("struct kvm_dirty_tlb", arg, {"bitmap": bitmap, "num_dirty": num_dirty}))
 
     def enable_cap(self, arg: CData | None = None, /, *, cap: int | None = None, flags: int | None = None, args: Sequence[int] | bytes | None = None, pad: Sequence[int] | bytes | None = None) -> int:
         """KVM_ENABLE_CAP: On systems that do not support this ioctl, it always fails.
@@ -838,27 +371,16 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xa3, struct kvm_enable_cap) = 0x4068aea3
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_enable_cap *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_ENABLE_CAP", _struct("struct kvm_enable_cap", arg, {"cap": cap, "flags": flags, "args": args, "pad": pad}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_ENABLE_CAP", "struct kvm_enable_cap", arg, {"cap": cap, "flags": flags, "args": args, "pad": pad})
 
     def get_device_attr(self, group: int, attr: int, size: int = 8, flags: int = 0) -> bytes:
         """KVM_GET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_VCPU_ATTRIBUTES; fd: vcpu; arches: arm64, s390x, x86_64; api.rst: section 4.80
+        capability: KVM_CAP_VCPU_ATTRIBUTES; fd: vcpu; arches: all; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe2, struct kvm_device_attr) = 0x4018aee2
-        returns: the attribute's `size` bytes
+        returns: the attribute's first `size` bytes (the buffer is at least 8 bytes, as the kernel writes)
         """
-        return _attr_get(self._ioctl, "KVM_GET_DEVICE_ATTR", group, attr, size, flags)
-
-    def get_fpu(self) -> CData:
-        """KVM_GET_FPU: Reads the floating point state from the vcpu.
-
-        capability: none (basic API); fd: vcpu; arches: loongarch64, x86_64; api.rst: section 4.22
-        encoding: _IOR(0xae, 0x8c, struct kvm_fpu) = 0x8088ae8c
-        returns: a new `struct kvm_fpu *` cdata the kernel filled
-        """
-        p = ffi.new("struct kvm_fpu *")
-        self._ioctl("KVM_GET_FPU", p)
-        return p
+        return _m.attr_get(self._ioctl, ffi, "KVM_GET_DEVICE_ATTR", group, attr, size, flags)
 
     def get_mp_state(self) -> CData:
         """KVM_GET_MP_STATE: Returns the vcpu's current "multiprocessing state" (though also valid on uniprocessor guests).
@@ -867,27 +389,16 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOR(0xae, 0x98, struct kvm_mp_state) = 0x8004ae98
         returns: a new `struct kvm_mp_state *` cdata the kernel filled
         """
-        p = ffi.new("struct kvm_mp_state *")
-        self._ioctl("KVM_GET_MP_STATE", p)
-        return p
+        return _m.struct_out(self._ioctl, ffi, "KVM_GET_MP_STATE", "struct kvm_mp_state")
 
     def get_one_reg(self, reg_id: int) -> int:
         """KVM_GET_ONE_REG: This ioctl allows to receive the value of a single register implemented in a vcpu.
 
         capability: KVM_CAP_ONE_REG; fd: vcpu; arches: all; api.rst: section 4.69
         encoding: _IOW(0xae, 0xab, struct kvm_one_reg) = 0x4010aeab
-        returns: the register's value (KVM_REG_SIZE from the id, at most 8 bytes read as an int)
+        returns: the register's value, an unsigned int of the size the id encodes (KVM_REG_SIZE)
         """
-        return _one_reg_get(self._ioctl, "KVM_GET_ONE_REG", reg_id)
-
-    def get_reg_list(self) -> list[int]:
-        """KVM_GET_REG_LIST: This ioctl returns the guest registers that are supported for the KVM_GET_ONE_REG/KVM_SET_ONE_REG calls.
-
-        capability: none (basic API); fd: vcpu; arches: arm64, mips64el, riscv64; api.rst: section 4.84
-        encoding: _IOWR(0xae, 0xb0, struct kvm_reg_list) = 0xc008aeb0
-        returns: the list the kernel returns (the buffer grows on E2BIG as the kernel asks)
-        """
-        return _index_list(self._ioctl, "KVM_GET_REG_LIST", "struct kvm_reg_list", "n", "reg", 256)
+        return _m.one_reg_get(self._ioctl, ffi, "KVM_GET_ONE_REG", reg_id)
 
     def get_regs(self) -> CData:
         """KVM_GET_REGS: Reads the general purpose registers from the vcpu.
@@ -896,20 +407,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOR(0xae, 0x81, struct kvm_regs) = 0x8080ae81
         returns: a new `struct kvm_regs *` cdata the kernel filled
         """
-        p = ffi.new("struct kvm_regs *")
-        self._ioctl("KVM_GET_REGS", p)
-        return p
-
-    def get_sregs(self) -> CData:
-        """KVM_GET_SREGS: Reads special registers from the vcpu.
-
-        capability: none (basic API); fd: vcpu; arches: ppc64le, x86_64; api.rst: section 4.13
-        encoding: _IOR(0xae, 0x83, struct kvm_sregs) = 0x80c0ae83
-        returns: a new `struct kvm_sregs *` cdata the kernel filled
-        """
-        p = ffi.new("struct kvm_sregs *")
-        self._ioctl("KVM_GET_SREGS", p)
-        return p
+        return _m.struct_out(self._ioctl, ffi, "KVM_GET_REGS", "struct kvm_regs")
 
     def get_stats_fd(self) -> int:
         """KVM_GET_STATS_FD: The returned file descriptor can be used to read VM/vCPU statistics data in binary format.
@@ -920,50 +418,14 @@ class VcpuIoctls(_Ioctls):
         """
         return self._ioctl("KVM_GET_STATS_FD", 0)
 
-    def get_tsc_khz(self) -> int:
-        """KVM_GET_TSC_KHZ: Returns the tsc frequency of the guest.
-
-        capability: KVM_CAP_GET_TSC_KHZ; fd: vcpu; arches: x86_64; api.rst: section 4.56
-        encoding: _IO(0xae, 0xa3) = 0xaea3
-        returns: the ioctl's (non-negative) result
-        """
-        return self._ioctl("KVM_GET_TSC_KHZ", 0)
-
-    def has_device_attr(self, group: int, attr: int, flags: int = 0) -> int:
+    def has_device_attr(self, group: int, attr: int, flags: int = 0) -> bool:
         """KVM_HAS_DEVICE_ATTR: Tests whether a device supports a particular attribute.
 
         capability: KVM_CAP_VCPU_ATTRIBUTES; fd: vcpu; arches: all; api.rst: section 4.81
         encoding: _IOW(0xae, 0xe3, struct kvm_device_attr) = 0x4018aee3
-        returns: 0 when the attribute exists (else KvmError ENXIO)
+        returns: whether the attribute exists (False when the kernel answers ENXIO)
         """
-        return self._ioctl("KVM_HAS_DEVICE_ATTR", _attr(group, attr, flags, 0))
-
-    def interrupt(self, arg: CData | None = None, /, *, irq: int | None = None) -> int:
-        """KVM_INTERRUPT: Queues a hardware interrupt vector to be injected.
-
-        capability: none (basic API); fd: vcpu; arches: loongarch64, mips64el, ppc64le, riscv64, x86_64; api.rst: section 4.16
-        encoding: _IOW(0xae, 0x86, struct kvm_interrupt) = 0x4004ae86
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_interrupt *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_INTERRUPT", _struct("struct kvm_interrupt", arg, {"irq": irq}))
-
-    def kvmclock_ctrl(self) -> int:
-        """KVM_KVMCLOCK_CTRL: This ioctl sets a flag accessible to the guest indicating that the specified vCPU has been paused by the host userspace.
-
-        capability: KVM_CAP_KVMCLOCK_CTRL; fd: vcpu; arches: x86_64; api.rst: section 4.70
-        encoding: _IO(0xae, 0xad) = 0xaead
-        returns: the ioctl's (non-negative) result
-        """
-        return self._ioctl("KVM_KVMCLOCK_CTRL", 0)
-
-    def nmi(self) -> int:
-        """KVM_NMI: Queues an NMI on the thread's vcpu.
-
-        capability: KVM_CAP_USER_NMI; fd: vcpu; arches: x86_64; api.rst: section 4.64
-        encoding: _IO(0xae, 0x9a) = 0xae9a
-        returns: the ioctl's (non-negative) result
-        """
-        return self._ioctl("KVM_NMI", 0)
+        return _m.attr_has(self._ioctl, ffi, "KVM_HAS_DEVICE_ATTR", group, attr, flags)
 
     def pre_fault_memory(self, arg: CData | None = None, /, *, gpa: int | None = None, size: int | None = None, flags: int | None = None, padding: Sequence[int] | bytes | None = None) -> CData:
         """KVM_PRE_FAULT_MEMORY: KVM_PRE_FAULT_MEMORY populates KVM's stage-2 page tables used to map memory for the current vCPU state.
@@ -972,9 +434,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOWR(0xae, 0xd5, struct kvm_pre_fault_memory) = 0xc040aed5
         returns: `arg` (or a new `struct kvm_pre_fault_memory *` from the keyword fields) as the kernel updated it
         """
-        p = _struct("struct kvm_pre_fault_memory", arg, {"gpa": gpa, "size": size, "flags": flags, "padding": padding})
-        self._ioctl("KVM_PRE_FAULT_MEMORY", p)
-        return p
+        return _m.struct_inout(self._ioctl, ffi, "KVM_PRE_FAULT_MEMORY", "struct kvm_pre_fault_memory", arg, {"gpa": gpa, "size": size, "flags": flags, "padding": padding})
 
     def run(self) -> int:
         """KVM_RUN: This ioctl is used to run a guest virtual cpu.
@@ -1001,7 +461,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xb6, struct kvm_s390_irq_state) = 0x4020aeb6
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_irq_state *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_GET_IRQ_STATE", _struct("struct kvm_s390_irq_state", arg, {"buf": buf, "flags": flags, "len": len, "reserved": reserved}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_GET_IRQ_STATE", "struct kvm_s390_irq_state", arg, {"buf": buf, "flags": flags, "len": len, "reserved": reserved})
 
     def s390_initial_reset(self) -> int:
         """KVM_S390_INITIAL_RESET: This ioctl resets VCPU registers and control structures according to the initial cpu reset definition in the POP.
@@ -1019,7 +479,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x94, struct kvm_s390_interrupt) = 0x4010ae94
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_interrupt *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_INTERRUPT", _struct("struct kvm_s390_interrupt", arg, {"type": type, "parm": parm, "parm64": parm64}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_INTERRUPT", "struct kvm_s390_interrupt", arg, {"type": type, "parm": parm, "parm64": parm64})
 
     def s390_irq(self, arg: CData | None = None, /, *, type: int | None = None, u: CData | None = None) -> int:
         """KVM_S390_IRQ: Allows to inject an interrupt to the guest.
@@ -1028,7 +488,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xb4, struct kvm_s390_irq) = 0x4048aeb4
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_irq *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_IRQ", _struct("struct kvm_s390_irq", arg, {"type": type, "u": u}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_IRQ", "struct kvm_s390_irq", arg, {"type": type, "u": u})
 
     def s390_mem_op(self, arg: CData | None = None, /, *, gaddr: int | None = None, flags: int | None = None, size: int | None = None, op: int | None = None, buf: int | None = None, ar: int | None = None, key: int | None = None, pad1: Sequence[int] | bytes | None = None, old_addr: int | None = None, sida_offset: int | None = None, reserved: Sequence[int] | bytes | None = None) -> int:
         """KVM_S390_MEM_OP: Read or write data from/to the VM's memory.
@@ -1037,7 +497,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xb1, struct kvm_s390_mem_op) = 0x4040aeb1
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_mem_op *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_MEM_OP", _struct("struct kvm_s390_mem_op", arg, {"gaddr": gaddr, "flags": flags, "size": size, "op": op, "buf": buf, "ar": ar, "key": key, "pad1": pad1, "old_addr": old_addr, "sida_offset": sida_offset, "reserved": reserved}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_MEM_OP", "struct kvm_s390_mem_op", arg, {"gaddr": gaddr, "flags": flags, "size": size, "op": op, "buf": buf, "ar": ar, "key": key, "pad1": pad1, "old_addr": old_addr, "sida_offset": sida_offset, "reserved": reserved})
 
     def s390_normal_reset(self) -> int:
         """KVM_S390_NORMAL_RESET: This ioctl resets VCPU registers and control structures according to the cpu reset definition in the POP (Principles Of Operation).
@@ -1055,9 +515,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOWR(0xae, 0xd0, struct kvm_pv_cmd) = 0xc020aed0
         returns: `arg` (or a new `struct kvm_pv_cmd *` from the keyword fields) as the kernel updated it
         """
-        p = _struct("struct kvm_pv_cmd", arg, {"cmd": cmd, "rc": rc, "rrc": rrc, "data": data, "flags": flags, "reserved": reserved})
-        self._ioctl("KVM_S390_PV_CPU_COMMAND", p)
-        return p
+        return _m.struct_inout(self._ioctl, ffi, "KVM_S390_PV_CPU_COMMAND", "struct kvm_pv_cmd", arg, {"cmd": cmd, "rc": rc, "rrc": rrc, "data": data, "flags": flags, "reserved": reserved})
 
     def s390_set_initial_psw(self, arg: CData | None = None, /, *, mask: int | None = None, addr: int | None = None) -> int:
         """KVM_S390_SET_INITIAL_PSW: KVM_S390_SET_INITIAL_PSW (undocumented in api.rst).
@@ -1066,7 +524,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x96, struct kvm_s390_psw) = 0x4010ae96
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_psw *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_SET_INITIAL_PSW", _struct("struct kvm_s390_psw", arg, {"mask": mask, "addr": addr}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_SET_INITIAL_PSW", "struct kvm_s390_psw", arg, {"mask": mask, "addr": addr})
 
     def s390_set_irq_state(self, arg: CData | None = None, /, *, buf: int | None = None, flags: int | None = None, len: int | None = None, reserved: Sequence[int] | bytes | None = None) -> int:
         """KVM_S390_SET_IRQ_STATE: This ioctl allows userspace to set the complete state of all cpu-local interrupts currently pending for the vcpu.
@@ -1075,7 +533,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xb5, struct kvm_s390_irq_state) = 0x4020aeb5
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_irq_state *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_SET_IRQ_STATE", _struct("struct kvm_s390_irq_state", arg, {"buf": buf, "flags": flags, "len": len, "reserved": reserved}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_SET_IRQ_STATE", "struct kvm_s390_irq_state", arg, {"buf": buf, "flags": flags, "len": len, "reserved": reserved})
 
     def s390_store_status(self, addr: int) -> int:
         """KVM_S390_STORE_STATUS: KVM_S390_STORE_STATUS (undocumented in api.rst).
@@ -1084,7 +542,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x95, unsigned long) = 0x4008ae95
         returns: the ioctl's (non-negative) result
         """
-        return self._ioctl("KVM_S390_STORE_STATUS", _int(addr))
+        return _m.by_value(self._ioctl, "KVM_S390_STORE_STATUS", addr, "addr")
 
     def s390_ucas_map(self, arg: CData | None = None, /, *, user_addr: int | None = None, vcpu_addr: int | None = None, length: int | None = None) -> int:
         """KVM_S390_UCAS_MAP: This ioctl maps the memory at "user_addr" with the length "length" to the vcpu's address space starting at "vcpu_addr".
@@ -1093,7 +551,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x50, struct kvm_s390_ucas_mapping) = 0x4018ae50
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_ucas_mapping *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_UCAS_MAP", _struct("struct kvm_s390_ucas_mapping", arg, {"user_addr": user_addr, "vcpu_addr": vcpu_addr, "length": length}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_UCAS_MAP", "struct kvm_s390_ucas_mapping", arg, {"user_addr": user_addr, "vcpu_addr": vcpu_addr, "length": length})
 
     def s390_ucas_unmap(self, arg: CData | None = None, /, *, user_addr: int | None = None, vcpu_addr: int | None = None, length: int | None = None) -> int:
         """KVM_S390_UCAS_UNMAP: This ioctl unmaps the memory in the vcpu's address space starting at "vcpu_addr" with the length "length".
@@ -1102,7 +560,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x51, struct kvm_s390_ucas_mapping) = 0x4018ae51
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_s390_ucas_mapping *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_S390_UCAS_UNMAP", _struct("struct kvm_s390_ucas_mapping", arg, {"user_addr": user_addr, "vcpu_addr": vcpu_addr, "length": length}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_S390_UCAS_UNMAP", "struct kvm_s390_ucas_mapping", arg, {"user_addr": user_addr, "vcpu_addr": vcpu_addr, "length": length})
 
     def s390_vcpu_fault(self, addr: int) -> int:
         """KVM_S390_VCPU_FAULT: This call creates a page table entry on the virtual cpu's address space (for user controlled virtual machines) or the virtual machine's address space (for regular virtual machines).
@@ -1111,25 +569,16 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x52, unsigned long) = 0x4008ae52
         returns: the ioctl's (non-negative) result
         """
-        return self._ioctl("KVM_S390_VCPU_FAULT", _int(addr))
+        return _m.by_value(self._ioctl, "KVM_S390_VCPU_FAULT", addr, "addr")
 
     def set_device_attr(self, group: int, attr: int, value: bytes | int | None = None, flags: int = 0) -> int:
         """KVM_SET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_VCPU_ATTRIBUTES; fd: vcpu; arches: arm64, s390x, x86_64; api.rst: section 4.80
+        capability: KVM_CAP_VCPU_ATTRIBUTES; fd: vcpu; arches: all; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe1, struct kvm_device_attr) = 0x4018aee1
         returns: the ioctl's result; an int `value` is passed as a u64
         """
-        return _attr_set(self._ioctl, "KVM_SET_DEVICE_ATTR", group, attr, value, flags)
-
-    def set_fpu(self, arg: CData | None = None, /, *, fpc: int | None = None, fprs: Sequence[int] | bytes | None = None) -> int:
-        """KVM_SET_FPU: Writes the floating point state to the vcpu.
-
-        capability: none (basic API); fd: vcpu; arches: loongarch64, x86_64; api.rst: section 4.23
-        encoding: _IOW(0xae, 0x8d, struct kvm_fpu) = 0x4088ae8d
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_fpu *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_SET_FPU", _struct("struct kvm_fpu", arg, {"fpc": fpc, "fprs": fprs}))
+        return _m.attr_set(self._ioctl, ffi, "KVM_SET_DEVICE_ATTR", group, attr, value, flags)
 
     def set_guest_debug(self, arg: CData | None = None, /, *, control: int | None = None, pad: int | None = None, arch: CData | None = None) -> int:
         """KVM_SET_GUEST_DEBUG: Set up the processor specific debug registers and configure vcpu for handling guest debug events.
@@ -1138,7 +587,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x9b, struct kvm_guest_debug) = 0x4018ae9b
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_guest_debug *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_SET_GUEST_DEBUG", _struct("struct kvm_guest_debug", arg, {"control": control, "pad": pad, "arch": arch}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_SET_GUEST_DEBUG", "struct kvm_guest_debug", arg, {"control": control, "pad": pad, "arch": arch})
 
     def set_mp_state(self, arg: CData | None = None, /, *, mp_state: int | None = None) -> int:
         """KVM_SET_MP_STATE: Sets the vcpu's current "multiprocessing state"; see KVM_GET_MP_STATE for arguments.
@@ -1147,7 +596,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x99, struct kvm_mp_state) = 0x4004ae99
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_mp_state *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_SET_MP_STATE", _struct("struct kvm_mp_state", arg, {"mp_state": mp_state}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_SET_MP_STATE", "struct kvm_mp_state", arg, {"mp_state": mp_state})
 
     def set_one_reg(self, reg_id: int, value: int) -> int:
         """KVM_SET_ONE_REG: Using this ioctl, a single vcpu register can be set to a specific value defined by user space with the passed in struct kvm_one_reg, where id refers to the register identifier as described below...
@@ -1156,7 +605,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xac, struct kvm_one_reg) = 0x4010aeac
         returns: the ioctl's result
         """
-        return _one_reg_set(self._ioctl, "KVM_SET_ONE_REG", reg_id, value)
+        return _m.one_reg_set(self._ioctl, ffi, "KVM_SET_ONE_REG", reg_id, value)
 
     def set_regs(self, arg: CData | None = None, /, *, gprs: Sequence[int] | bytes | None = None) -> int:
         """KVM_SET_REGS: Writes the general purpose registers into the vcpu.
@@ -1165,7 +614,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x82, struct kvm_regs) = 0x4080ae82
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_regs *` cdata, or keyword fields build one
         """
-        return self._ioctl("KVM_SET_REGS", _struct("struct kvm_regs", arg, {"gprs": gprs}))
+        return _m.struct_in(self._ioctl, ffi, "KVM_SET_REGS", "struct kvm_regs", arg, {"gprs": gprs})
 
     def set_signal_mask(self, signals: Iterable[int] | None = None) -> int:
         """KVM_SET_SIGNAL_MASK: Defines which signals are blocked during execution of KVM_RUN.
@@ -1174,74 +623,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0x8b, struct kvm_signal_mask) = 0x4004ae8b
         returns: the ioctl's result; `signals` None removes the mask
         """
-        return _signal_mask(self._ioctl, "KVM_SET_SIGNAL_MASK", signals)
-
-    def set_sregs(self, arg: CData | None = None, /, *, acrs: Sequence[int] | bytes | None = None, crs: Sequence[int] | bytes | None = None) -> int:
-        """KVM_SET_SREGS: Writes special registers into the vcpu.
-
-        capability: none (basic API); fd: vcpu; arches: ppc64le, x86_64; api.rst: section 4.14
-        encoding: _IOW(0xae, 0x84, struct kvm_sregs) = 0x40c0ae84
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_sregs *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_SET_SREGS", _struct("struct kvm_sregs", arg, {"acrs": acrs, "crs": crs}))
-
-    def set_tsc_khz(self, khz: int) -> int:
-        """KVM_SET_TSC_KHZ: Specifies the tsc frequency for the virtual machine.
-
-        capability: KVM_CAP_TSC_CONTROL; fd: vcpu; arches: x86_64; api.rst: section 4.55
-        encoding: _IO(0xae, 0xa2) = 0xaea2
-        returns: the ioctl's (non-negative) result
-        """
-        return self._ioctl("KVM_SET_TSC_KHZ", _int(khz))
-
-    def set_vapic_addr(self, arg: CData | None = None, /, *, vapic_addr: int | None = None) -> int:
-        """KVM_SET_VAPIC_ADDR: KVM_SET_VAPIC_ADDR (undocumented in api.rst).
-
-        capability: KVM_CAP_VAPIC; fd: vcpu; arches: x86_64; api.rst: not documented
-        encoding: _IOW(0xae, 0x93, struct kvm_vapic_addr) = 0x4008ae93
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_vapic_addr *` cdata, or keyword fields build one
-        """
-        return self._ioctl("KVM_SET_VAPIC_ADDR", _struct("struct kvm_vapic_addr", arg, {"vapic_addr": vapic_addr}))
-
-    def smi(self) -> int:
-        """KVM_SMI: Queues an SMI on the thread's vcpu.
-
-        capability: KVM_CAP_X86_SMM; fd: vcpu; arches: x86_64; api.rst: section 4.96
-        encoding: _IO(0xae, 0xb7) = 0xaeb7
-        returns: the ioctl's (non-negative) result
-        """
-        return self._ioctl("KVM_SMI", 0)
-
-    def tpr_access_reporting(self, arg: CData | None = None, /, *, enabled: int | None = None, flags: int | None = None, reserved: Sequence[int] | bytes | None = None) -> CData:
-        """KVM_TPR_ACCESS_REPORTING: KVM_TPR_ACCESS_REPORTING (undocumented in api.rst).
-
-        capability: KVM_CAP_VAPIC; fd: vcpu; arches: x86_64; api.rst: not documented
-        encoding: _IOWR(0xae, 0x92, struct kvm_tpr_access_ctl) = 0xc028ae92
-        returns: `arg` (or a new `struct kvm_tpr_access_ctl *` from the keyword fields) as the kernel updated it
-        """
-        p = _struct("struct kvm_tpr_access_ctl", arg, {"enabled": enabled, "flags": flags, "reserved": reserved})
-        self._ioctl("KVM_TPR_ACCESS_REPORTING", p)
-        return p
-
-    def translate(self, arg: CData | None = None, /, *, linear_address: int | None = None, physical_address: int | None = None, valid: int | None = None, writeable: int | None = None, usermode: int | None = None, pad: Sequence[int] | bytes | None = None) -> CData:
-        """KVM_TRANSLATE: Translates a virtual address according to the vcpu's current address translation mode.
-
-        capability: none (basic API); fd: vcpu; arches: x86_64; api.rst: section 4.15
-        encoding: _IOWR(0xae, 0x85, struct kvm_translation) = 0xc018ae85
-        returns: `arg` (or a new `struct kvm_translation *` from the keyword fields) as the kernel updated it
-        """
-        p = _struct("struct kvm_translation", arg, {"linear_address": linear_address, "physical_address": physical_address, "valid": valid, "writeable": writeable, "usermode": usermode, "pad": pad})
-        self._ioctl("KVM_TRANSLATE", p)
-        return p
-
-    def x86_setup_mce(self, value: int) -> int:
-        """KVM_X86_SETUP_MCE: Initializes MCE support for use.
-
-        capability: KVM_CAP_MCE; fd: vcpu; arches: x86_64; api.rst: section 4.105
-        encoding: _IOW(0xae, 0x9c, __u64) = 0x4008ae9c
-        returns: the ioctl's result; `value` is passed as a pointer to __u64
-        """
-        return self._ioctl("KVM_X86_SETUP_MCE", ffi.new("__u64 *", value))
+        return _m.signal_mask(self._ioctl, ffi, "KVM_SET_SIGNAL_MASK", signals, SIGSET_BYTES)
 
 
 class DeviceIoctls(_Ioctls):
@@ -1252,77 +634,53 @@ class DeviceIoctls(_Ioctls):
     def get_device_attr(self, group: int, attr: int, size: int = 8, flags: int = 0) -> bytes:
         """KVM_GET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: device; arches: arm64, s390x, x86_64; api.rst: section 4.80
+        capability: KVM_CAP_DEVICE_CTRL; fd: device; arches: all; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe2, struct kvm_device_attr) = 0x4018aee2
-        returns: the attribute's `size` bytes
+        returns: the attribute's first `size` bytes (the buffer is at least 8 bytes, as the kernel writes)
         """
-        return _attr_get(self._ioctl, "KVM_GET_DEVICE_ATTR", group, attr, size, flags)
+        return _m.attr_get(self._ioctl, ffi, "KVM_GET_DEVICE_ATTR", group, attr, size, flags)
 
-    def has_device_attr(self, group: int, attr: int, flags: int = 0) -> int:
+    def has_device_attr(self, group: int, attr: int, flags: int = 0) -> bool:
         """KVM_HAS_DEVICE_ATTR: Tests whether a device supports a particular attribute.
 
         capability: KVM_CAP_DEVICE_CTRL; fd: device; arches: all; api.rst: section 4.81
         encoding: _IOW(0xae, 0xe3, struct kvm_device_attr) = 0x4018aee3
-        returns: 0 when the attribute exists (else KvmError ENXIO)
+        returns: whether the attribute exists (False when the kernel answers ENXIO)
         """
-        return self._ioctl("KVM_HAS_DEVICE_ATTR", _attr(group, attr, flags, 0))
+        return _m.attr_has(self._ioctl, ffi, "KVM_HAS_DEVICE_ATTR", group, attr, flags)
 
     def set_device_attr(self, group: int, attr: int, value: bytes | int | None = None, flags: int = 0) -> int:
         """KVM_SET_DEVICE_ATTR: Gets/sets a specified piece of device configuration and/or state.
 
-        capability: KVM_CAP_DEVICE_CTRL; fd: device; arches: arm64, s390x, x86_64; api.rst: section 4.80
+        capability: KVM_CAP_DEVICE_CTRL; fd: device; arches: all; api.rst: section 4.80
         encoding: _IOW(0xae, 0xe1, struct kvm_device_attr) = 0x4018aee1
         returns: the ioctl's result; an int `value` is passed as a u64
         """
-        return _attr_set(self._ioctl, "KVM_SET_DEVICE_ATTR", group, attr, value, flags)
+        return _m.attr_set(self._ioctl, ffi, "KVM_SET_DEVICE_ATTR", group, attr, value, flags)
 
 
 # ioctl name -> the classes (fd kinds) that have a wrapper for it, and the method name.
 WRAPPERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "KVM_ARM_SET_DEVICE_ADDR": ("arm_set_device_addr", ('VmIoctls',)),
-    "KVM_ARM_VCPU_FINALIZE": ("arm_vcpu_finalize", ('VcpuIoctls',)),
     "KVM_CHECK_EXTENSION": ("check_extension", ('SystemIoctls', 'VmIoctls')),
-    "KVM_CLEAR_DIRTY_LOG": ("clear_dirty_log", ('VmIoctls',)),
     "KVM_CREATE_DEVICE": ("create_device", ('VmIoctls',)),
     "KVM_CREATE_GUEST_MEMFD": ("create_guest_memfd", ('VmIoctls',)),
     "KVM_CREATE_IRQCHIP": ("create_irqchip", ('VmIoctls',)),
-    "KVM_CREATE_PIT": ("create_pit", ('VmIoctls',)),
-    "KVM_CREATE_PIT2": ("create_pit2", ('VmIoctls',)),
     "KVM_CREATE_VCPU": ("create_vcpu", ('VmIoctls',)),
     "KVM_CREATE_VM": ("create_vm", ('SystemIoctls',)),
-    "KVM_DIRTY_TLB": ("dirty_tlb", ('VcpuIoctls',)),
     "KVM_ENABLE_CAP": ("enable_cap", ('VmIoctls', 'VcpuIoctls')),
     "KVM_GET_API_VERSION": ("get_api_version", ('SystemIoctls',)),
-    "KVM_GET_CLOCK": ("get_clock", ('VmIoctls',)),
     "KVM_GET_DEVICE_ATTR": ("get_device_attr", ('SystemIoctls', 'VmIoctls', 'VcpuIoctls', 'DeviceIoctls')),
     "KVM_GET_DIRTY_LOG": ("get_dirty_log", ('VmIoctls',)),
-    "KVM_GET_FPU": ("get_fpu", ('VcpuIoctls',)),
-    "KVM_GET_IRQCHIP": ("get_irqchip", ('VmIoctls',)),
     "KVM_GET_MP_STATE": ("get_mp_state", ('VcpuIoctls',)),
-    "KVM_GET_NR_MMU_PAGES": ("get_nr_mmu_pages", ('VmIoctls',)),
     "KVM_GET_ONE_REG": ("get_one_reg", ('VcpuIoctls',)),
     "KVM_GET_REGS": ("get_regs", ('VcpuIoctls',)),
-    "KVM_GET_REG_LIST": ("get_reg_list", ('VcpuIoctls',)),
-    "KVM_GET_SREGS": ("get_sregs", ('VcpuIoctls',)),
     "KVM_GET_STATS_FD": ("get_stats_fd", ('VmIoctls', 'VcpuIoctls')),
-    "KVM_GET_TSC_KHZ": ("get_tsc_khz", ('VmIoctls', 'VcpuIoctls')),
     "KVM_GET_VCPU_MMAP_SIZE": ("get_vcpu_mmap_size", ('SystemIoctls',)),
     "KVM_HAS_DEVICE_ATTR": ("has_device_attr", ('SystemIoctls', 'VmIoctls', 'VcpuIoctls', 'DeviceIoctls')),
-    "KVM_INTERRUPT": ("interrupt", ('VcpuIoctls',)),
     "KVM_IOEVENTFD": ("ioeventfd", ('VmIoctls',)),
     "KVM_IRQFD": ("irqfd", ('VmIoctls',)),
-    "KVM_IRQ_LINE": ("irq_line", ('VmIoctls',)),
-    "KVM_IRQ_LINE_STATUS": ("irq_line_status", ('VmIoctls',)),
-    "KVM_KVMCLOCK_CTRL": ("kvmclock_ctrl", ('VcpuIoctls',)),
-    "KVM_MEMORY_ENCRYPT_OP": ("memory_encrypt_op", ('VmIoctls',)),
-    "KVM_MEMORY_ENCRYPT_REG_REGION": ("memory_encrypt_reg_region", ('VmIoctls',)),
-    "KVM_MEMORY_ENCRYPT_UNREG_REGION": ("memory_encrypt_unreg_region", ('VmIoctls',)),
-    "KVM_NMI": ("nmi", ('VcpuIoctls',)),
-    "KVM_PPC_ALLOCATE_HTAB": ("ppc_allocate_htab", ('VmIoctls',)),
-    "KVM_PPC_SVM_OFF": ("ppc_svm_off", ('VmIoctls',)),
     "KVM_PRE_FAULT_MEMORY": ("pre_fault_memory", ('VcpuIoctls',)),
     "KVM_REGISTER_COALESCED_MMIO": ("register_coalesced_mmio", ('VmIoctls',)),
-    "KVM_REINJECT_CONTROL": ("reinject_control", ('VmIoctls',)),
     "KVM_RESET_DIRTY_RINGS": ("reset_dirty_rings", ('VmIoctls',)),
     "KVM_RUN": ("run", ('VcpuIoctls',)),
     "KVM_S390_CLEAR_RESET": ("s390_clear_reset", ('VcpuIoctls',)),
@@ -1346,32 +704,15 @@ WRAPPERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "KVM_S390_UCAS_UNMAP": ("s390_ucas_unmap", ('VcpuIoctls',)),
     "KVM_S390_VCPU_FAULT": ("s390_vcpu_fault", ('VcpuIoctls',)),
     "KVM_S390_ZPCI_OP": ("s390_zpci_op", ('VmIoctls',)),
-    "KVM_SET_BOOT_CPU_ID": ("set_boot_cpu_id", ('VmIoctls',)),
-    "KVM_SET_CLOCK": ("set_clock", ('VmIoctls',)),
     "KVM_SET_DEVICE_ATTR": ("set_device_attr", ('VmIoctls', 'VcpuIoctls', 'DeviceIoctls')),
-    "KVM_SET_FPU": ("set_fpu", ('VcpuIoctls',)),
     "KVM_SET_GSI_ROUTING": ("set_gsi_routing", ('VmIoctls',)),
     "KVM_SET_GUEST_DEBUG": ("set_guest_debug", ('VcpuIoctls',)),
-    "KVM_SET_IDENTITY_MAP_ADDR": ("set_identity_map_addr", ('VmIoctls',)),
-    "KVM_SET_IRQCHIP": ("set_irqchip", ('VmIoctls',)),
-    "KVM_SET_MEMORY_ATTRIBUTES": ("set_memory_attributes", ('VmIoctls',)),
     "KVM_SET_MP_STATE": ("set_mp_state", ('VcpuIoctls',)),
-    "KVM_SET_NR_MMU_PAGES": ("set_nr_mmu_pages", ('VmIoctls',)),
     "KVM_SET_ONE_REG": ("set_one_reg", ('VcpuIoctls',)),
     "KVM_SET_REGS": ("set_regs", ('VcpuIoctls',)),
     "KVM_SET_SIGNAL_MASK": ("set_signal_mask", ('VcpuIoctls',)),
-    "KVM_SET_SREGS": ("set_sregs", ('VcpuIoctls',)),
-    "KVM_SET_TSC_KHZ": ("set_tsc_khz", ('VmIoctls', 'VcpuIoctls')),
-    "KVM_SET_TSS_ADDR": ("set_tss_addr", ('VmIoctls',)),
     "KVM_SET_USER_MEMORY_REGION": ("set_user_memory_region", ('VmIoctls',)),
     "KVM_SET_USER_MEMORY_REGION2": ("set_user_memory_region2", ('VmIoctls',)),
-    "KVM_SET_VAPIC_ADDR": ("set_vapic_addr", ('VcpuIoctls',)),
     "KVM_SIGNAL_MSI": ("signal_msi", ('VmIoctls',)),
-    "KVM_SMI": ("smi", ('VcpuIoctls',)),
-    "KVM_TPR_ACCESS_REPORTING": ("tpr_access_reporting", ('VcpuIoctls',)),
-    "KVM_TRANSLATE": ("translate", ('VcpuIoctls',)),
     "KVM_UNREGISTER_COALESCED_MMIO": ("unregister_coalesced_mmio", ('VmIoctls',)),
-    "KVM_X86_GET_MCE_CAP_SUPPORTED": ("x86_get_mce_cap_supported", ('SystemIoctls',)),
-    "KVM_X86_SETUP_MCE": ("x86_setup_mce", ('VcpuIoctls',)),
-    "KVM_XEN_HVM_EVTCHN_SEND": ("xen_hvm_evtchn_send", ('VmIoctls',)),
 }

@@ -14,7 +14,7 @@ from kvm.spec import StructSpec as _S
 KERNEL = "6.12"
 LINUX_VERSION = "6.12.117"
 ARCH = "x86_64"
-APIDOC_FIXES = 16  # rows of codegen/apidoc_fixes.py applied to api.rst
+APIDOC_FIXES = 18  # rows of codegen/apidoc_fixes.py applied to api.rst
 
 CONSTANTS: dict[str, int] = {
     "AC_VECTOR": 17,
@@ -766,7 +766,7 @@ IOCTLS: dict[str, _I] = {
     "KVM_GET_CLOCK": _I("KVM_GET_CLOCK", 0x8030ae7c, "read", 48, 'struct kvm_clock_data', frozenset(['vm']), 'KVM_CAP_ADJUST_CLOCK', frozenset(['x86_64']), '4.29', 'Gets the current timestamp of kvmclock as seen by the current guest.'),
     "KVM_GET_CPUID2": _I("KVM_GET_CPUID2", 0xc008ae91, "readwrite", 8, 'struct kvm_cpuid2', frozenset(['vcpu']), 'KVM_CAP_EXT_CPUID', frozenset(['x86_64']), None, ''),
     "KVM_GET_DEBUGREGS": _I("KVM_GET_DEBUGREGS", 0x8080aea1, "read", 128, 'struct kvm_debugregs', frozenset(['vcpu']), 'KVM_CAP_DEBUGREGS', frozenset(['x86_64']), '4.33', 'Reads debug registers from the vcpu.'),
-    "KVM_GET_DEVICE_ATTR": _I("KVM_GET_DEVICE_ATTR", 0x4018aee2, "write", 24, 'struct kvm_device_attr', frozenset(['device', 'system', 'vcpu', 'vm']), 'KVM_CAP_DEVICE_CTRL', frozenset(['arm64', 's390x', 'x86_64']), '4.80', 'Gets/sets a specified piece of device configuration and/or state.', (('system', 'KVM_CAP_SYS_ATTRIBUTES'), ('vcpu', 'KVM_CAP_VCPU_ATTRIBUTES'), ('vm', 'KVM_CAP_VM_ATTRIBUTES'))),
+    "KVM_GET_DEVICE_ATTR": _I("KVM_GET_DEVICE_ATTR", 0x4018aee2, "write", 24, 'struct kvm_device_attr', frozenset(['device', 'system', 'vcpu', 'vm']), 'KVM_CAP_DEVICE_CTRL', None, '4.80', 'Gets/sets a specified piece of device configuration and/or state.', (('system', 'KVM_CAP_SYS_ATTRIBUTES'), ('vcpu', 'KVM_CAP_VCPU_ATTRIBUTES'), ('vm', 'KVM_CAP_VM_ATTRIBUTES'))),
     "KVM_GET_DIRTY_LOG": _I("KVM_GET_DIRTY_LOG", 0x4010ae42, "write", 16, 'struct kvm_dirty_log', frozenset(['vm']), None, None, '4.8', 'Given a memory slot, return a bitmap containing any pages dirtied since the last call to this ioctl.'),
     "KVM_GET_EMULATED_CPUID": _I("KVM_GET_EMULATED_CPUID", 0xc008ae09, "readwrite", 8, 'struct kvm_cpuid2', frozenset(['system']), 'KVM_CAP_EXT_EMUL_CPUID', frozenset(['x86_64']), '4.88', "The member 'flags' is used for passing flags from userspace."),
     "KVM_GET_FPU": _I("KVM_GET_FPU", 0x81a0ae8c, "read", 416, 'struct kvm_fpu', frozenset(['vcpu']), None, frozenset(['loongarch64', 'x86_64']), '4.22', 'Reads the floating point state from the vcpu.'),
@@ -798,7 +798,7 @@ IOCTLS: dict[str, _I] = {
     "KVM_HYPERV_EVENTFD": _I("KVM_HYPERV_EVENTFD", 0x4018aebd, "write", 24, 'struct kvm_hyperv_eventfd', frozenset(['vm']), 'KVM_CAP_HYPERV_EVENTFD', frozenset(['x86_64']), '4.113', 'This ioctl (un)registers an eventfd to receive notifications from the guest on the specified Hyper-V connection id through the SIGNAL_EVENT hypercall, without causing a user exit.'),
     "KVM_INTERRUPT": _I("KVM_INTERRUPT", 0x4004ae86, "write", 4, 'struct kvm_interrupt', frozenset(['vcpu']), None, frozenset(['loongarch64', 'mips64el', 'ppc64le', 'riscv64', 'x86_64']), '4.16', 'Queues a hardware interrupt vector to be injected.'),
     "KVM_IOEVENTFD": _I("KVM_IOEVENTFD", 0x4040ae79, "write", 64, 'struct kvm_ioeventfd', frozenset(['vm']), 'KVM_CAP_IOEVENTFD', None, '4.59', 'This ioctl attaches or detaches an ioeventfd to a legal pio/mmio address within the guest.'),
-    "KVM_IRQFD": _I("KVM_IRQFD", 0x4020ae76, "write", 32, 'struct kvm_irqfd', frozenset(['vm']), 'KVM_CAP_IRQFD', frozenset(['arm64', 's390x', 'x86_64']), '4.75', 'Allows setting an eventfd to directly trigger a guest interrupt. kvm_irqfd.fd specifies the file descriptor to use as the eventfd and kvm_irqfd.gsi specifies the irqchip pin toggled by this event.'),
+    "KVM_IRQFD": _I("KVM_IRQFD", 0x4020ae76, "write", 32, 'struct kvm_irqfd', frozenset(['vm']), 'KVM_CAP_IRQFD', None, '4.75', 'Allows setting an eventfd to directly trigger a guest interrupt. kvm_irqfd.fd specifies the file descriptor to use as the eventfd and kvm_irqfd.gsi specifies the irqchip pin toggled by this event.'),
     "KVM_IRQ_LINE": _I("KVM_IRQ_LINE", 0x4008ae61, "write", 8, 'struct kvm_irq_level', frozenset(['vm']), 'KVM_CAP_IRQCHIP', frozenset(['arm64', 'x86_64']), '4.25', 'Sets the level of a GSI input to the interrupt controller model in the kernel.'),
     "KVM_IRQ_LINE_STATUS": _I("KVM_IRQ_LINE_STATUS", 0xc008ae67, "readwrite", 8, 'struct kvm_irq_level', frozenset(['vm']), 'KVM_CAP_IRQ_INJECT_STATUS', frozenset(['arm64', 'ppc64le', 'riscv64', 'x86_64']), None, ''),
     "KVM_KVMCLOCK_CTRL": _I("KVM_KVMCLOCK_CTRL", 0xaead, "none", 0, None, frozenset(['vcpu']), 'KVM_CAP_KVMCLOCK_CTRL', frozenset(['x86_64']), '4.70', 'This ioctl sets a flag accessible to the guest indicating that the specified vCPU has been paused by the host userspace.'),
@@ -824,9 +824,9 @@ IOCTLS: dict[str, _I] = {
     "KVM_SET_CPUID": _I("KVM_SET_CPUID", 0x4008ae8a, "write", 8, 'struct kvm_cpuid', frozenset(['vcpu']), None, frozenset(['x86_64']), '4.20', 'Defines the vcpu responses to the cpuid instruction.'),
     "KVM_SET_CPUID2": _I("KVM_SET_CPUID2", 0x4008ae90, "write", 8, 'struct kvm_cpuid2', frozenset(['vcpu']), 'KVM_CAP_EXT_CPUID', frozenset(['x86_64']), None, ''),
     "KVM_SET_DEBUGREGS": _I("KVM_SET_DEBUGREGS", 0x4080aea2, "write", 128, 'struct kvm_debugregs', frozenset(['vcpu']), 'KVM_CAP_DEBUGREGS', frozenset(['x86_64']), '4.34', 'Writes debug registers into the vcpu.'),
-    "KVM_SET_DEVICE_ATTR": _I("KVM_SET_DEVICE_ATTR", 0x4018aee1, "write", 24, 'struct kvm_device_attr', frozenset(['device', 'vcpu', 'vm']), 'KVM_CAP_DEVICE_CTRL', frozenset(['arm64', 's390x', 'x86_64']), '4.80', 'Gets/sets a specified piece of device configuration and/or state.', (('vcpu', 'KVM_CAP_VCPU_ATTRIBUTES'), ('vm', 'KVM_CAP_VM_ATTRIBUTES'))),
+    "KVM_SET_DEVICE_ATTR": _I("KVM_SET_DEVICE_ATTR", 0x4018aee1, "write", 24, 'struct kvm_device_attr', frozenset(['device', 'vcpu', 'vm']), 'KVM_CAP_DEVICE_CTRL', None, '4.80', 'Gets/sets a specified piece of device configuration and/or state.', (('vcpu', 'KVM_CAP_VCPU_ATTRIBUTES'), ('vm', 'KVM_CAP_VM_ATTRIBUTES'))),
     "KVM_SET_FPU": _I("KVM_SET_FPU", 0x41a0ae8d, "write", 416, 'struct kvm_fpu', frozenset(['vcpu']), None, frozenset(['loongarch64', 'x86_64']), '4.23', 'Writes the floating point state to the vcpu.'),
-    "KVM_SET_GSI_ROUTING": _I("KVM_SET_GSI_ROUTING", 0x4008ae6a, "write", 8, 'struct kvm_irq_routing', frozenset(['vm']), 'KVM_CAP_IRQ_ROUTING', frozenset(['arm64', 's390x', 'x86_64']), '4.52', 'Sets the GSI routing table entries, overwriting any previously set entries.'),
+    "KVM_SET_GSI_ROUTING": _I("KVM_SET_GSI_ROUTING", 0x4008ae6a, "write", 8, 'struct kvm_irq_routing', frozenset(['vm']), 'KVM_CAP_IRQ_ROUTING', None, '4.52', 'Sets the GSI routing table entries, overwriting any previously set entries.'),
     "KVM_SET_GUEST_DEBUG": _I("KVM_SET_GUEST_DEBUG", 0x4048ae9b, "write", 72, 'struct kvm_guest_debug', frozenset(['vcpu']), 'KVM_CAP_SET_GUEST_DEBUG', frozenset(['arm64', 'ppc64le', 's390x', 'x86_64']), '4.87', 'Set up the processor specific debug registers and configure vcpu for handling guest debug events.'),
     "KVM_SET_IDENTITY_MAP_ADDR": _I("KVM_SET_IDENTITY_MAP_ADDR", 0x4008ae48, "write", 8, '__u64', frozenset(['vm']), 'KVM_CAP_SET_IDENTITY_MAP_ADDR', frozenset(['x86_64']), '4.40', 'This ioctl defines the physical address of a one-page region in the guest physical address space.'),
     "KVM_SET_IRQCHIP": _I("KVM_SET_IRQCHIP", 0x8208ae63, "read", 520, 'struct kvm_irqchip', frozenset(['vm']), 'KVM_CAP_IRQCHIP', frozenset(['x86_64']), '4.27', 'Sets the state of a kernel interrupt controller created with KVM_CREATE_IRQCHIP from a buffer provided by the caller.'),
@@ -852,7 +852,7 @@ IOCTLS: dict[str, _I] = {
     "KVM_SET_VCPU_EVENTS": _I("KVM_SET_VCPU_EVENTS", 0x4040aea0, "write", 64, 'struct kvm_vcpu_events', frozenset(['vcpu']), 'KVM_CAP_VCPU_EVENTS', frozenset(['arm64', 'x86_64']), '4.32', 'Set pending exceptions, interrupts, and NMIs as well as related states of the vcpu.'),
     "KVM_SET_XCRS": _I("KVM_SET_XCRS", 0x4188aea7, "write", 392, 'struct kvm_xcrs', frozenset(['vcpu']), 'KVM_CAP_XCRS', frozenset(['x86_64']), '4.45', "This ioctl would set vcpu's xcr to the value userspace specified."),
     "KVM_SET_XSAVE": _I("KVM_SET_XSAVE", 0x5000aea5, "write", 4096, 'struct kvm_xsave', frozenset(['vcpu']), 'KVM_CAP_XSAVE', frozenset(['x86_64']), '4.43', "This ioctl would copy userspace's xsave struct to the kernel."),
-    "KVM_SIGNAL_MSI": _I("KVM_SIGNAL_MSI", 0x4020aea5, "write", 32, 'struct kvm_msi', frozenset(['vm']), 'KVM_CAP_SIGNAL_MSI', frozenset(['arm64', 'x86_64']), '4.71', 'Directly inject a MSI message.'),
+    "KVM_SIGNAL_MSI": _I("KVM_SIGNAL_MSI", 0x4020aea5, "write", 32, 'struct kvm_msi', frozenset(['vm']), 'KVM_CAP_SIGNAL_MSI', None, '4.71', 'Directly inject a MSI message.'),
     "KVM_SMI": _I("KVM_SMI", 0xaeb7, "none", 0, None, frozenset(['vcpu']), 'KVM_CAP_X86_SMM', frozenset(['x86_64']), '4.96', "Queues an SMI on the thread's vcpu."),
     "KVM_TPR_ACCESS_REPORTING": _I("KVM_TPR_ACCESS_REPORTING", 0xc028ae92, "readwrite", 40, 'struct kvm_tpr_access_ctl', frozenset(['vcpu']), 'KVM_CAP_VAPIC', frozenset(['x86_64']), None, ''),
     "KVM_TRANSLATE": _I("KVM_TRANSLATE", 0xc018ae85, "readwrite", 24, 'struct kvm_translation', frozenset(['vcpu']), None, frozenset(['x86_64']), '4.15', "Translates a virtual address according to the vcpu's current address translation mode."),

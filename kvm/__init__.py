@@ -20,7 +20,12 @@ package offers a small hand-written API that never hard-codes a number or a layo
   another thread.
 - Failed ioctls raise `KvmError` (an OSError naming the ioctl and fd kind); an ioctl whose capability
   the host lacks raises `CapabilityError` without being issued.
-- `kvm.x86` puts a vCPU in real mode, flat protected mode or long mode in one call.
+- Objects get the methods of their binding's arch and no others (kvm/arches.py): x86 register sets,
+  MSRs and CPUID only on x86 (`kvm.x86`, whose vCPUs also enter real, protected or long mode in one
+  call), `init()` and registers by id on arm64 (`kvm.arm64`), registers by id on riscv64 (`kvm.riscv64`).
+  An ioctl the binding says does not exist on its arch raises `UnavailableError` before it is issued.
+- Every ioctl, from a generated wrapper (`vcpu.ioctls.get_regs()`) or from these classes (`vcpu.regs`),
+  crosses the boundary through `kvm.marshal`, the one place arguments are checked.
 
 Importing `kvm` (about 14 ms, see bench/README.md) loads everything a VM needs, so that the first VM of a
 process waits for no import, cffi parsing or table building: the classes, the default binding
@@ -32,9 +37,9 @@ on first use.
 
 from __future__ import annotations
 
-from . import generated, stats, x86  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone: no generated
+from . import arm64, generated, marshal, riscv64, stats, x86  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone: no generated
 from .device import Device
-from .errors import CapabilityError, ClosedError, ForkedError, GuestMemoryError, KvmError
+from .errors import CapabilityError, ClosedError, ForkedError, GuestMemoryError, KvmError, UnavailableError
 from .exits import (
     ApResetHoldExit,
     DebugExit,
@@ -67,9 +72,10 @@ from .exits import (
     XenExit,
 )
 from .memory import GuestMemory
-from .system import CpuidEntry, Kvm
-from .vcpu import DirtyGfn, Translation, Vcpu, install_kick_handler
-from .vm import CoalescedAccess, EventFd, GuestMemfd, IrqchipRoute, MsiRoute, MsrFilterRange, Vm
+from .system import Kvm
+from .vcpu import CoalescedAccess, DirtyGfn, Vcpu, install_kick_handler
+from .vm import EventFd, GuestMemfd, IrqchipRoute, MsiRoute, Vm
+from .x86 import CpuidEntry, MsrFilterRange, Translation
 
 __version__ = "0.1.0"
 
@@ -80,6 +86,7 @@ __all__ = [
     "InternalErrorExit", "IntrExit", "IoExit", "IoapicEoiExit", "IrqWindowOpenExit", "IrqchipRoute", "Kvm",
     "KvmError", "MemoryFaultExit", "MmioExit", "MsiRoute", "MsrFilterRange", "NmiExit", "NotifyExit", "RdmsrExit",
     "SetTprExit", "ShutdownExit", "SystemEventExit", "TdxExit", "TprAccessExit", "Translation", "UnknownExit",
-    "Vcpu", "Vm", "WrmsrExit", "X86BusLockExit", "XenExit", "install_kick_handler",
-    "device", "errors", "exits", "generated", "memory", "stats", "system", "vcpu", "vm", "x86",
+    "UnavailableError", "Vcpu", "Vm", "WrmsrExit", "X86BusLockExit", "XenExit", "install_kick_handler",
+    "arm64", "device", "errors", "exits", "generated", "marshal", "memory", "riscv64", "stats", "system", "vcpu",
+    "vm", "x86",
 ]

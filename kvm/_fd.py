@@ -10,12 +10,13 @@ from __future__ import annotations
 import importlib
 import os
 import weakref
+from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
-from . import _sys
+from . import _sys, marshal
 from ._accel import ioctl as _ioctl_value
-from .errors import CapabilityError, ClosedError, ForkedError, KvmError
+from .errors import UnavailableError, CapabilityError, ClosedError, ForkedError, KvmError
 
 _CLOSED = -1
 _FORKED = -2
@@ -124,18 +125,30 @@ class KvmFd:
             self._raise_unusable()
         return fd
 
+    # -- the binding --------------------------------------------------------------------------------
+
+    @property
+    def binding(self) -> ModuleType:
+        """The generated binding this object issues its ioctls with (`kvm.generated.load(...)`)."""
+        return self._binding
+
+    @property
+    def ffi(self) -> Any:
+        """The binding's cffi FFI: `obj.ffi.new("struct kvm_regs *")`."""
+        return self._binding.ffi
+
+    @property
+    def arch(self) -> str:
+        """The binding's arch ("x86_64", "arm64", ...)."""
+        return self._binding.ARCH  # type: ignore[no-any-return]
+
     # -- ioctls -----------------------------------------------------------------------------------
 
     def _spec(self, name: str) -> Any:
-        try:
-            return self._ioctls[name]
-        except KeyError:
-            binding = self._binding
-            reason = getattr(binding, "UNAVAILABLE_IOCTLS", {}).get(name)
-            where = f"Linux {getattr(binding, 'KERNEL', '?')} on {getattr(binding, 'ARCH', '?')}"
-            if reason:
-                raise LookupError(f"{name} is not available for {where}: {reason}") from None
-            raise LookupError(f"no ioctl named {name} in the binding for {where}") from None
+        spec = self._ioctls.get(name)
+        if spec is None:
+            raise UnavailableError(name, self.fd_kind, absent_reason(self._binding, name) or name)
+        return spec
 
     def _ioctl(self, name: str, arg: Any = 0) -> int:
         """Issue ioctl `name` on this fd, after checking (once) the capability that gates it.
@@ -178,6 +191,9 @@ class KvmFd:
         return self
 
     def _check_gate(self, ioctl: str, capability: str | None) -> None:
+        reason = absent_reason(self._binding, ioctl)
+        if reason is not None:
+            raise UnavailableError(ioctl, self.fd_kind, reason)
         # nothing to check: basic API (None), or a capability this binding has no number for
         value = self._binding.CONSTANTS.get(capability) if capability is not None else None
         if capability is not None and value is not None:
@@ -185,6 +201,14 @@ class KvmFd:
             if owner._query_cap(value) <= 0:
                 raise CapabilityError(ioctl, self.fd_kind, capability, owner.fd_kind)
         self._gate_ok.add(ioctl)
+
+    def check_extension(self, cap: Any) -> int:
+        """KVM_CHECK_EXTENSION, asked on every call of the fd that answers for this object (a VM's own fd
+        when the host supports KVM_CAP_CHECK_EXTENSION_VM, else /dev/kvm): 0 when the capability is
+        absent, else a positive, often meaningful value. `cap`: a `Cap` member, a number, or a name
+        ("KVM_CAP_IRQCHIP" or "IRQCHIP")."""
+        owner = self._cap_owner()
+        return marshal.by_value(owner._ioctl, "KVM_CHECK_EXTENSION", self._cap_value(cap), "cap")
 
     def _query_cap(self, value: int) -> int:
         cached = self._caps.get(value)
@@ -200,14 +224,67 @@ class KvmFd:
         if isinstance(cap, str):
             name = cap if cap.startswith("KVM_CAP_") else "KVM_CAP_" + cap
             try:
-                return self._binding.CONSTANTS[name]
+                return self._binding.CONSTANTS[name]  # type: ignore[no-any-return]
             except KeyError:
                 raise LookupError(f"no capability named {name} in this binding") from None
-        return int(cap)
+        return marshal.integer(cap, "cap", 0, (1 << 63) - 1)
 
     def __repr__(self) -> str:
         state = "closed" if self._fd == _CLOSED else ("forked" if self._fd == _FORKED else f"fd={self._fd}")
         return f"<{type(self).__name__} {state}>"
+
+
+def absent_reason(binding: ModuleType, ioctl: str) -> str | None:
+    """Why `ioctl` cannot be issued with `binding` (not in its kernel, or documented for other arches
+    only), or None when it can."""
+    spec = binding.IOCTLS.get(ioctl)
+    if spec is None:
+        where = f"Linux {getattr(binding, 'KERNEL', '?')} on {binding.ARCH}"
+        reason = getattr(binding, "UNAVAILABLE_IOCTLS", {}).get(ioctl)
+        return f"{ioctl} is not available for {where}: {reason}" if reason else f"no ioctl {ioctl} for {where}"
+    if spec.arches is not None and binding.ARCH not in spec.arches:
+        section = f"api.rst section {spec.section}" if spec.section else "api.rst"
+        return f"{ioctl} does not exist on {binding.ARCH}: {section} documents it for {', '.join(sorted(spec.arches))}"
+    return None
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def needs(*ioctls: str) -> Callable[[_F], _F]:
+    """Mark an ergonomic method (or a property's getter) as issuing `ioctls`: the classes made for a
+    binding in which one of them does not exist (another arch's ioctl, a newer kernel's) do not offer
+    it (see kvm/arches.py)."""
+
+    def mark(function: _F) -> _F:
+        function.__kvm_ioctls__ = ioctls  # type: ignore[attr-defined]
+        return function
+
+    return mark
+
+
+def record_property(get_ioctl: str, set_ioctl: str, ctype: str, doc: str) -> property:
+    """A register-set property over a get/set ioctl pair of `ctype` records.
+
+    Reading gives a new `ctype *` the kernel filled. Assigning takes a `ctype` cdata or its exact bytes
+    (copied), or a mapping of members (nested records as mappings) applied over the current state.
+    """
+
+    @needs(get_ioctl)
+    def get(self: KvmFd) -> Any:
+        return marshal.struct_out(self._ioctl, self._binding.ffi, get_ioctl, ctype)
+
+    def set(self: KvmFd, value: Any) -> None:
+        ffi = self._binding.ffi
+        if isinstance(value, Mapping):
+            record = get(self)
+        else:
+            record = ffi.new(ctype + " *")
+        marshal.fill(ffi, record, value, ctype)
+        marshal.struct_in(self._ioctl, ffi, set_ioctl, ctype, record)
+
+    get.__kvm_ioctls__ = (get_ioctl, set_ioctl)  # type: ignore[attr-defined]
+    return property(get, set, doc=doc)
 
 
 class _BoundIoctls:

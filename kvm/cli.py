@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, TextIO
 
+from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone does not see it
+
 PROBE_MAX = 300  # KVM_CHECK_EXTENSION numbers probed for capabilities the binding does not know
 
 
@@ -56,8 +58,6 @@ class Host:
 
 
 def _binding() -> ModuleType:
-    from . import generated
-
     return generated.load()
 
 
@@ -109,8 +109,6 @@ def cmd_caps(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def info(host: Host) -> dict[str, Any]:
-    from . import generated
-
     b = host.binding
     release = os.uname().release
     running = tuple(int(x) for x in release.split("-")[0].split(".")[:2] if x.isdigit())

@@ -6,84 +6,54 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ._fd import KvmFd
-from .errors import KvmError
+from . import marshal
+from ._fd import KvmFd, needs
 
 
-def _attr(obj: Any, group: int, attr: int, buffer: Any = None) -> Any:
-    ffi = obj._binding.ffi
-    request = ffi.new("struct kvm_device_attr *")
-    request.group = group
-    request.attr = attr
-    if buffer is not None:
-        request.addr = int(ffi.cast("uintptr_t", buffer))
-    return request
+class ReadableAttributes(KvmFd):
+    """`has_attr`, `get_attr` and `read_attr`: KVM_HAS_DEVICE_ATTR and KVM_GET_DEVICE_ATTR on this fd (each
+    gated by the capability api.rst gives for the fd kind: KVM_CAP_DEVICE_CTRL, _VM_, _VCPU_ or
+    _SYS_ATTRIBUTES). They are the generated `has_device_attr` and `get_device_attr`, with the value as an int."""
 
-
-def _has_attr(obj: Any, group: int, attr: int) -> bool:
-    """KVM_HAS_DEVICE_ATTR: True when supported, False on ENXIO."""
-    try:
-        obj._ioctl("KVM_HAS_DEVICE_ATTR", _attr(obj, group, attr))
-    except KvmError as exc:
-        if exc.errno == 6:  # ENXIO: attribute not supported
-            return False
-        raise
-    return True
-
-
-def _get_attr(obj: Any, group: int, attr: int, size: int = 8) -> Any:
-    """KVM_GET_DEVICE_ATTR into a `size`-byte buffer: an int for sizes 1/2/4/8, else bytes."""
-    ffi = obj._binding.ffi
-    buffer = ffi.new("unsigned char[]", size)
-    obj._ioctl("KVM_GET_DEVICE_ATTR", _attr(obj, group, attr, buffer))
-    data = bytes(ffi.buffer(buffer))
-    return int.from_bytes(data, sys.byteorder) if size in (1, 2, 4, 8) else data
-
-
-def _set_attr(obj: Any, group: int, attr: int, value: int | bytes | None, size: int = 8) -> None:
-    """KVM_SET_DEVICE_ATTR: `value` int (stored in `size` bytes), bytes, or None (addr 0)."""
-    ffi = obj._binding.ffi
-    buffer = None
-    if isinstance(value, int):
-        buffer = ffi.new("unsigned char[]", value.to_bytes(size, sys.byteorder))
-    elif value is not None:
-        buffer = ffi.new("unsigned char[]", bytes(value))
-    obj._ioctl("KVM_SET_DEVICE_ATTR", _attr(obj, group, attr, buffer))
-
-
-class ReadableAttributes:
-    """`has_attr` and `get_attr`: KVM_HAS_DEVICE_ATTR and KVM_GET_DEVICE_ATTR on this fd (each gated by
-    the capability api.rst gives for the fd kind: KVM_CAP_DEVICE_CTRL, _VM_, _VCPU_ or _SYS_ATTRIBUTES)."""
-
+    @needs("KVM_HAS_DEVICE_ATTR")
     def has_attr(self, group: int, attr: int) -> bool:
-        """Whether attribute `attr` of `group` is supported here (False on ENXIO)."""
-        return _has_attr(self, group, attr)
+        """Whether attribute `attr` of `group` exists here (False when the kernel answers ENXIO)."""
+        return marshal.attr_has(self._ioctl, self._binding.ffi, "KVM_HAS_DEVICE_ATTR", group, attr)
 
-    def get_attr(self, group: int, attr: int, size: int = 8) -> Any:
-        """The attribute's value: an int for sizes 1, 2, 4 and 8, else `size` bytes."""
-        return _get_attr(self, group, attr, size)
+    @needs("KVM_GET_DEVICE_ATTR")
+    def get_attr(self, group: int, attr: int, size: int = marshal.ATTR_BYTES) -> int:
+        """The attribute's value, an unsigned integer of `size` bytes (1, 2, 4 or 8, as it is declared)."""
+        if size not in (1, 2, 4, 8):
+            raise ValueError(f"size must be 1, 2, 4 or 8, not {size!r} (read_attr reads records)")
+        return int.from_bytes(self.read_attr(group, attr, size), sys.byteorder)
+
+    @needs("KVM_GET_DEVICE_ATTR")
+    def read_attr(self, group: int, attr: int, size: int) -> bytes:
+        """The attribute's first `size` bytes (for attributes that are records)."""
+        return marshal.attr_get(self._ioctl, self._binding.ffi, "KVM_GET_DEVICE_ATTR", group, attr, size)
 
 
 class Attributes(ReadableAttributes):
-    """ReadableAttributes plus `set_attr` (KVM_SET_DEVICE_ATTR)."""
+    """ReadableAttributes plus `set_attr` (KVM_SET_DEVICE_ATTR, the generated `set_device_attr`)."""
 
-    def set_attr(self, group: int, attr: int, value: int | bytes | None = None, size: int = 8) -> None:
-        """Set the attribute: `value` an int (stored in `size` bytes), bytes, or None (addr 0)."""
-        _set_attr(self, group, attr, value, size)
+    @needs("KVM_SET_DEVICE_ATTR")
+    def set_attr(self, group: int, attr: int, value: int | bytes | None = None, size: int = marshal.ATTR_BYTES) -> None:
+        """Set the attribute: `value` an int (an unsigned integer of `size` bytes), bytes, or None (address 0)."""
+        marshal.attr_set(self._ioctl, self._binding.ffi, "KVM_SET_DEVICE_ATTR", group, attr, value, 0, size)
 
 
-class Device(KvmFd, Attributes):
+class Device(Attributes):
     """A device fd from `Vm.create_device(type)`; `type` is a `DeviceType` number."""
 
     fd_kind = "device"
 
     def __init__(self, vm: Any, fd: int, type: int) -> None:
-        super().__init__(fd, vm._binding, vm)
+        super().__init__(fd, vm.binding, vm)
         self.vm = vm
         self.type = type
 
     def _cap_owner(self) -> KvmFd:
-        return self.vm._cap_owner()  # type: ignore[no-any-return]
+        return self.vm.capability_fd()  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return f"<Device type={self.type} {'closed' if self.closed else f'fd={self._fd}'}>"

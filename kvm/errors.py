@@ -49,6 +49,21 @@ class CapabilityError(KvmError):
         return (type(self), (self.ioctl, self.fd_kind, self.capability, self.checked_on))
 
 
+class UnavailableError(KvmError):
+    """An ioctl was not issued because it does not exist for the binding's arch or kernel version (the binding's
+    api.rst data says which arches have it)."""
+
+    def __init__(self, ioctl: str, fd_kind: str, reason: str) -> None:
+        super().__init__(ioctl, fd_kind, None)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.reason} (the ioctl was not issued)"
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.ioctl, self.fd_kind, self.reason))
+
+
 class ClosedError(ValueError):
     """An object (or the VM it belongs to) was used after close()."""
 
@@ -61,4 +76,4 @@ class GuestMemoryError(IndexError):
     """A guest-physical access falls outside the guest memory it was made on."""
 
 
-__all__ = ["KvmError", "CapabilityError", "ClosedError", "ForkedError", "GuestMemoryError"]
+__all__ = ["KvmError", "UnavailableError", "CapabilityError", "ClosedError", "ForkedError", "GuestMemoryError"]

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from ._accel import ExitBase, Field
+from .marshal import integer
 
 _BYTEORDER = sys.byteorder
 
@@ -68,7 +69,7 @@ class Exit(ExitBase):
     @property
     def _run(self) -> Any:
         """The vCPU's `struct kvm_run *` (cffi), for the fields read less often than the payload fields."""
-        return self.vcpu._checked_run()
+        return self.vcpu.kvm_run
 
     def snapshot(self) -> dict[str, Any]:
         """The decoded payload as a plain dict (safe to keep after the next run())."""
@@ -104,17 +105,27 @@ class UnknownExit(Exit):
     @property
     def payload(self) -> bytes:
         """The 256 bytes of kvm_run's exit union, raw."""
-        offset = self.vcpu._ffi.offsetof("struct kvm_run", "hw")
+        offset = self.vcpu.ffi.offsetof("struct kvm_run", "hw")
         return bytes(self._page[offset : offset + 256])
 
 
 def _int_bytes(value: int | bytes, length: int) -> bytes:
-    if isinstance(value, int):
-        return (value & ((1 << (8 * length)) - 1)).to_bytes(length, _BYTEORDER)
-    data = bytes(value)
-    if len(data) != length:
-        raise ValueError(f"reply of {len(data)} bytes for an access of {length}")
-    return data
+    """A reply of `length` bytes: an unsigned int that fits them, or exactly that many bytes."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        if len(data) != length:
+            raise ValueError(f"reply of {len(data)} bytes for an access of {length}")
+        return data
+    return integer(value, "reply", 0, (1 << (8 * length)) - 1).to_bytes(length, _BYTEORDER)
+
+
+def _u64(value: int, what: str) -> int:
+    return integer(value, what, 0, (1 << 64) - 1)
+
+
+def _constant(vcpu: Any, name: str) -> int:
+    """A constant of the vCPU's binding; KeyError names it when the binding (its kernel) lacks it."""
+    return vcpu.binding.CONSTANTS[name]  # type: ignore[no-any-return]
 
 
 class HwUnknownExit(Exit):
@@ -142,7 +153,7 @@ class IoExit(Exit):
 
     __slots__ = ()
     _fields = ("port", "size", "direction", "count", "data")
-    IN = 0
+    IN = 0  # KVM_EXIT_IO_IN and KVM_EXIT_IO_OUT, set from the binding by dispatch_table()
     OUT = 1
     port = from_run("io.port")
     size = from_run("io.size")
@@ -154,11 +165,11 @@ class IoExit(Exit):
 
     @property
     def is_in(self) -> bool:
-        return self.direction == 0
+        return self.direction == self.IN
 
     @property
     def is_out(self) -> bool:
-        return self.direction == 1
+        return self.direction == self.OUT
 
     def reply(self, value: int | bytes) -> None:
         """For `in`: the value(s) the guest reads (an int fills one element; bytes fill size*count)."""
@@ -214,37 +225,51 @@ class HypercallExit(Exit):
 
     @property
     def long_mode(self) -> bool:
-        return bool(self.flags & 1)
+        """x86: the guest made the hypercall in 64-bit mode (KVM_EXIT_HYPERCALL_LONG_MODE)."""
+        return bool(self.flags & _constant(self.vcpu, "KVM_EXIT_HYPERCALL_LONG_MODE"))
 
     def reply(self, ret: int) -> None:
-        self._run.hypercall.ret = ret & 0xFFFFFFFFFFFFFFFF
+        """The hypercall's return value (an unsigned 64-bit int)."""
+        self._run.hypercall.ret = _u64(ret, "ret")
 
 
 class DebugExit(Exit):
-    """KVM_EXIT_DEBUG: single step or breakpoint. x86: `exception` (1 #DB, 3 #BP), `pc`, `dr6`, `dr7`."""
+    """KVM_EXIT_DEBUG: single step or breakpoint. `arch` holds the arch's `struct kvm_debug_exit_arch` as a
+    dict (x86: exception, pc, dr6, dr7; arm64: hsr, hsr_high, far); on x86 `exception` (1 #DB, 3 #BP),
+    `pc`, `dr6` and `dr7` read it too."""
 
     __slots__ = ()
-    _fields = ("exception", "pc", "dr6", "dr7")
+    _fields = ("arch",)
 
     @property
-    def arch(self) -> Any:
-        return self._run.debug.arch
+    def arch(self) -> dict[str, int]:
+        """The members of the arch's `struct kvm_debug_exit_arch`, copied from kvm_run."""
+        ffi = self.vcpu.ffi
+        record = self._run.debug.arch
+        return {name: int(getattr(record, name)) for name, _ in ffi.typeof("struct kvm_debug_exit_arch").fields or ()}
+
+    def _member(self, name: str) -> int:
+        values = self.arch
+        if name not in values:
+            raise AttributeError(f"DebugExit.{name}: this arch's struct kvm_debug_exit_arch has "
+                                 f"{', '.join(values) or 'no members'}")
+        return values[name]
 
     @property
     def exception(self) -> int:
-        return int(self._run.debug.arch.exception)
+        return self._member("exception")
 
     @property
     def pc(self) -> int:
-        return int(self._run.debug.arch.pc)
+        return self._member("pc")
 
     @property
     def dr6(self) -> int:
-        return int(self._run.debug.arch.dr6)
+        return self._member("dr6")
 
     @property
     def dr7(self) -> int:
-        return int(self._run.debug.arch.dr7)
+        return self._member("dr7")
 
 
 class HltExit(Exit):
@@ -301,17 +326,17 @@ class InternalErrorExit(Exit):
 
     @property
     def suberror(self) -> int:
-        value = int(self._run.internal.suberror)
-        try:
-            return self.vcpu._binding.InternalErrorSuberror(value)  # type: ignore[no-any-return]
-        except Exception:
-            return value
+        """The KVM_INTERNAL_ERROR_* number."""
+        return int(self._run.internal.suberror)
 
     @property
     def suberror_name(self) -> str:
-        return {1: "EMULATION", 2: "SIMUL_EX", 3: "DELIVERY_EV", 4: "UNEXPECTED_EXIT_REASON"}.get(
-            int(self._run.internal.suberror), str(int(self._run.internal.suberror))
-        )
+        """The suberror's name without KVM_INTERNAL_ERROR_ ("EMULATION"), or its number."""
+        value = self.suberror
+        for name, number in self.vcpu.binding.CONSTANTS.items():
+            if number == value and name.startswith("KVM_INTERNAL_ERROR_") and "_FLAG_" not in name:
+                return name[len("KVM_INTERNAL_ERROR_"):]  # type: ignore[no-any-return]
+        return str(value)
 
     @property
     def ndata(self) -> int:
@@ -326,10 +351,11 @@ class InternalErrorExit(Exit):
     @property
     def insn_bytes(self) -> bytes | None:
         failure = self._run.emulation_failure
-        if int(failure.suberror) != 1 or int(failure.ndata) < 3 or not (int(failure.flags) & 1):
+        if (int(failure.suberror) != _constant(self.vcpu, "KVM_INTERNAL_ERROR_EMULATION") or int(failure.ndata) < 3
+                or not int(failure.flags) & _constant(self.vcpu, "KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES")):
             return None
-        size = min(int(failure.insn_size), 15)
-        return bytes(self.vcpu._ffi.buffer(failure.insn_bytes))[:size]
+        data = bytes(self.vcpu.ffi.buffer(failure.insn_bytes))
+        return data[: min(int(failure.insn_size), len(data))]
 
     def describe(self) -> str:
         text = f"internal error {self.suberror_name}"
@@ -349,7 +375,7 @@ class SystemEventExit(Exit):
     def type(self) -> int:
         value = int(self._run.system_event.type)
         try:
-            return self.vcpu._binding.SystemEvent(value)  # type: ignore[no-any-return]
+            return self.vcpu.binding.SystemEvent(value)  # type: ignore[no-any-return]
         except Exception:
             return value
 
@@ -386,7 +412,7 @@ class RdmsrExit(_MsrExit):
 
     def reply(self, value: int) -> None:
         msr = self._run.msr
-        msr.data = value & 0xFFFFFFFFFFFFFFFF
+        msr.data = _u64(value, "value")
         msr.error = 0
         self._decode()  # `data` shows the reply
 
@@ -432,7 +458,8 @@ class MemoryFaultExit(Exit):
 
     @property
     def private(self) -> bool:
-        return bool(self.flags & (1 << 3))
+        """The access was to private memory (KVM_MEMORY_EXIT_FLAG_PRIVATE)."""
+        return bool(self.flags & _constant(self.vcpu, "KVM_MEMORY_EXIT_FLAG_PRIVATE"))
 
 
 class _PayloadExit(Exit):
@@ -605,6 +632,8 @@ def dispatch_table(binding: Any) -> tuple[Any, ...]:
             if isinstance(klass, type) and issubclass(klass, Exit) and klass._payloads:
                 _bind_fields(klass, binding)
         classes[value] = cls
+    IoExit.IN = binding.CONSTANTS["KVM_EXIT_IO_IN"]
+    IoExit.OUT = binding.CONSTANTS["KVM_EXIT_IO_OUT"]
     table = _TABLES[id(binding)] = tuple(classes)
     return table
 

@@ -36,6 +36,7 @@ class GuestMemory:
         owns_fd: bool = False,
         guest_memfd: Any = None,
         guest_memfd_offset: int = 0,
+        owns_guest_memfd: bool = False,
     ) -> None:
         self.vm = vm
         self.slot = slot
@@ -48,6 +49,7 @@ class GuestMemory:
         self._owns_fd = owns_fd
         self.guest_memfd = guest_memfd
         self.guest_memfd_offset = guest_memfd_offset
+        self._owns_guest_memfd = owns_guest_memfd
         with _sys.ffi.from_buffer(mapping) as pinned:  # a buffer export, for as long as it takes to read the address
             self.host_addr = int(_sys.ffi.cast(_UINTPTR, pinned))
 
@@ -67,17 +69,33 @@ class GuestMemory:
         """The file (memfd or user file) backing the slot, or -1 for anonymous memory."""
         return self._fd
 
+    @property
+    def pages(self) -> int:
+        """The slot's size in pages (what its dirty bitmap covers)."""
+        return (self.size + PAGE_SIZE - 1) // PAGE_SIZE
+
+    def pages_in_bitmap(self, bitmap: bytes) -> list[int]:
+        """The guest-physical addresses of the pages set in a dirty bitmap of this slot."""
+        bits = int.from_bytes(bitmap, "little") & ((1 << self.pages) - 1)
+        out = []
+        while bits:
+            low = bits & -bits
+            out.append(self.guest_addr + (low.bit_length() - 1) * PAGE_SIZE)
+            bits ^= low
+        return out
+
     def close(self) -> None:
         """Remove the slot from its VM (if still registered) and unmap. Idempotent."""
         if self._view is None:
             return
         vm = self.vm
-        if vm is not None and not vm.closed and vm._memory.get(self.slot) is self:
+        if vm is not None and not vm.closed and self in vm.memory:
             vm.remove_memory(self)
             return
-        self._unmap()
+        self.unmap()
 
-    def _unmap(self) -> None:
+    def unmap(self) -> None:
+        """Unmap the memory (after its VM no longer uses it: `Vm.remove_memory` and `Vm.close` call this)."""
         view, mm = self._view, self._mm
         self._view = None
         self._mm = None
@@ -95,7 +113,7 @@ class GuestMemory:
         if self._owns_fd and self._fd >= 0:
             os.close(self._fd)
         self._fd = -1
-        if self.guest_memfd is not None and getattr(self.guest_memfd, "_owned_by_memory", False):
+        if self.guest_memfd is not None and self._owns_guest_memfd:
             self.guest_memfd.close()
 
     def __enter__(self) -> GuestMemory:

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import weakref
 from types import ModuleType
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable
 
 from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone does not see it
+from . import marshal
 from ._accel import ValueIoctl
 from ._fd import KvmFd
+from .arches import for_binding
 from .device import ReadableAttributes
-from .errors import ClosedError, KvmError
+from .errors import ClosedError
 from .exits import dispatch_table
+from .vm import Vm
 
 # The binding `Kvm()` uses unless given another: the host arch at the newest bundled kernel.
-DEFAULT_BINDING: ModuleType = generated._default
+DEFAULT_BINDING: ModuleType = generated.load()
 
 # The records the path to a VM's first exit goes through (vm.py, vcpu.py, x86.py).
 _FIRST_EXIT_RECORDS = ("struct kvm_userspace_memory_region", "struct kvm_run", "struct kvm_regs", "struct kvm_sregs")
@@ -37,37 +39,6 @@ def _prepare(binding: ModuleType) -> None:
     dispatch_table(binding)
 
 
-class CpuidEntry(NamedTuple):
-    """One `struct kvm_cpuid_entry2`."""
-
-    function: int
-    index: int = 0  # type: ignore[assignment]  # the kernel's field name, shadowing tuple.index
-    flags: int = 0
-    eax: int = 0
-    ebx: int = 0
-    ecx: int = 0
-    edx: int = 0
-
-
-def _grow(start: int, get: Any) -> Any:
-    """Call get(n) with a growing buffer size until it stops failing with E2BIG."""
-    n = start
-    while True:
-        try:
-            return get(n)
-        except KvmError as exc:
-            if exc.errno != errno.E2BIG or n >= 1 << 16:
-                raise
-            n *= 2
-
-
-def cpuid_entries(cpuid2: Any) -> list[CpuidEntry]:
-    return [
-        CpuidEntry(int(e.function), int(e.index), int(e.flags), int(e.eax), int(e.ebx), int(e.ecx), int(e.edx))
-        for e in (cpuid2.entries[i] for i in range(int(cpuid2.nent)))
-    ]
-
-
 def _weak_method(obj: Any, function: Any) -> Any:
     """`function` bound to `obj` without keeping `obj` alive (a dead `obj` raises ClosedError)."""
     ref = weakref.ref(obj)
@@ -85,7 +56,7 @@ def _weak_method(obj: Any, function: Any) -> Any:
 _VM_FDS_ANSWER_CAPS: dict[str, bool] = {}  # see Kvm._vm_fds_answer_caps
 
 
-class Kvm(KvmFd, ReadableAttributes):
+class Kvm(ReadableAttributes):
     """The KVM subsystem: `Kvm()` opens /dev/kvm (close-on-exec).
 
     `binding` picks another bundled binding (`kvm.generated.load("6.12")`); the default is the host
@@ -93,6 +64,10 @@ class Kvm(KvmFd, ReadableAttributes):
     """
 
     fd_kind = "system"
+
+    def __new__(cls, path: str = "/dev/kvm", *, binding: ModuleType | None = None) -> Kvm:
+        # an instance of the class made for the binding's arch (see kvm/arches.py)
+        return object.__new__(for_binding(cls, DEFAULT_BINDING if binding is None else binding))
 
     def __init__(self, path: str = "/dev/kvm", *, binding: ModuleType | None = None) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -106,19 +81,11 @@ class Kvm(KvmFd, ReadableAttributes):
             fast.close()
 
     @property
-    def binding(self) -> ModuleType:
-        return self._binding
-
-    @property
-    def ffi(self) -> Any:
-        return self._binding.ffi
-
-    @property
     def api_version(self) -> int:
         return self._ioctl("KVM_GET_API_VERSION")
 
     @functools.cached_property
-    def check_extension(self) -> Callable[[Any], int]:
+    def check_extension(self) -> Callable[[Any], int]:  # type: ignore[override]
         """KVM_CHECK_EXTENSION on /dev/kvm: `k.check_extension(cap)` is 0 when the capability is absent,
         else a positive (often meaningful) value. `cap`: a `Cap` member, a number, or a name
         ("KVM_CAP_IRQCHIP" or "IRQCHIP"). Asks the kernel on every call.
@@ -131,7 +98,7 @@ class Kvm(KvmFd, ReadableAttributes):
         return ValueIoctl(self._fd, self._ioctls["KVM_CHECK_EXTENSION"].number,
                           _weak_method(self, Kvm._check_extension))
 
-    def _vm_fds_answer_caps(self) -> bool:
+    def vm_fds_answer_caps(self) -> bool:
         """Whether VM fds answer KVM_CHECK_EXTENSION (KVM_CAP_CHECK_EXTENSION_VM): a property of the running
         kernel, so asked once per process and device path rather than once per Kvm."""
         answer = _VM_FDS_ANSWER_CAPS.get(self.path)
@@ -141,7 +108,7 @@ class Kvm(KvmFd, ReadableAttributes):
         return answer
 
     def _check_extension(self, cap: Any) -> int:
-        return self._ioctl("KVM_CHECK_EXTENSION", self._cap_value(cap))
+        return KvmFd.check_extension(self, cap)
 
     @property
     def vcpu_mmap_size(self) -> int:
@@ -149,50 +116,14 @@ class Kvm(KvmFd, ReadableAttributes):
             self._mmap_size = self._ioctl("KVM_GET_VCPU_MMAP_SIZE")
         return self._mmap_size
 
-    def _cpuid2(self, ioctl: str, nent: int) -> Any:
-        buf = self._binding.ffi.new("struct kvm_cpuid2 *", {"nent": nent, "entries": nent})
-        self._ioctl(ioctl, buf)
-        return buf
-
-    def supported_cpuid(self) -> list[CpuidEntry]:
-        """KVM_GET_SUPPORTED_CPUID: what KVM and the host CPU can expose to a guest."""
-        return cpuid_entries(_grow(64, lambda n: self._cpuid2("KVM_GET_SUPPORTED_CPUID", n)))
-
-    def emulated_cpuid(self) -> list[CpuidEntry]:
-        """KVM_GET_EMULATED_CPUID: what KVM can emulate beyond the host CPU."""
-        return cpuid_entries(_grow(64, lambda n: self._cpuid2("KVM_GET_EMULATED_CPUID", n)))
-
-    def _msr_list(self, ioctl: str) -> list[int]:
-        ffi = self._binding.ffi
-
-        def get(n: int) -> Any:
-            buf = ffi.new("struct kvm_msr_list *", {"nmsrs": n, "indices": n})
-            self._ioctl(ioctl, buf)
-            return buf
-
-        buf = _grow(256, get)
-        return [int(buf.indices[i]) for i in range(int(buf.nmsrs))]
-
-    def msr_index_list(self) -> list[int]:
-        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM_GET_MSRS/KVM_SET_MSRS accept on a vCPU."""
-        return self._msr_list("KVM_GET_MSR_INDEX_LIST")
-
-    def msr_feature_index_list(self) -> list[int]:
-        """KVM_GET_MSR_FEATURE_INDEX_LIST: the feature MSRs readable on /dev/kvm."""
-        return self._msr_list("KVM_GET_MSR_FEATURE_INDEX_LIST")
-
-    def get_msr_features(self, indices: Iterable[int]) -> dict[int, int]:
-        """KVM_GET_MSRS on /dev/kvm: values of feature MSRs."""
-        return _read_msrs(self, list(indices))
-
     def create_vm(self, type: int = 0) -> Vm:
         """KVM_CREATE_VM: a new `Vm` (type 0 is the default VM type)."""
-        type = int(type)
-        return Vm(self, self._ioctl("KVM_CREATE_VM", type), type)
+        fd = marshal.by_value(self._ioctl, "KVM_CREATE_VM", type, "type")
+        try:
+            return for_binding(Vm, self._binding)(self, fd, type)
+        except BaseException:
+            os.close(fd)
+            raise
 
 
 _prepare(DEFAULT_BINDING)
-
-# Last, as kvm.vm imports kvm.vcpu, which imports CpuidEntry and the helpers above from this module.
-from .vcpu import _read_msrs  # noqa: E402
-from .vm import Vm  # noqa: E402

@@ -1,23 +1,28 @@
-"""`Vm`: a virtual machine fd, with its memory slots, vCPUs, devices, interrupts, dirty logging and stats."""
+"""`Vm`: a virtual machine fd, with its memory slots, vCPUs, devices, interrupts, dirty logging and stats.
+
+What every arch's VM has; the arch's own methods come from the mixin kvm/arches.py puts in front.
+"""
 
 from __future__ import annotations
 
 import mmap as _mmap
 import os
 import sys
-from typing import Any, Iterable, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
-from . import _sys
-from ._fd import KvmFd
+from . import _sys, marshal
+from ._fd import KvmFd, needs
+from .arches import for_binding
 from .device import Attributes, Device
-from .errors import CapabilityError, ClosedError, KvmError
+from .errors import CapabilityError, ClosedError
 from .memory import PAGE_SIZE, GuestMemory
 from .stats import StatsFd
-from .vcpu import Vcpu
+from .vcpu import CoalescedAccess, Vcpu
 
 
 class IrqchipRoute(NamedTuple):
-    """A GSI routed to pin `pin` of in-kernel irqchip `irqchip` (0 PIC master, 1 PIC slave, 2 IOAPIC)."""
+    """A GSI routed to pin `pin` of in-kernel irqchip `irqchip` (x86: 0 PIC master, 1 PIC slave, 2 IOAPIC)."""
 
     gsi: int
     irqchip: int
@@ -32,24 +37,6 @@ class MsiRoute(NamedTuple):
     data: int
     flags: int = 0
     devid: int = 0
-
-
-class CoalescedAccess(NamedTuple):
-    """One entry of the coalesced MMIO/PIO ring."""
-
-    phys_addr: int
-    len: int
-    pio: bool
-    data: bytes
-
-
-class MsrFilterRange(NamedTuple):
-    """A range of an MSR filter: `flags` KVM_MSR_FILTER_READ|WRITE, `bitmap` bit i set = MSR base+i allowed."""
-
-    flags: int
-    base: int
-    nmsrs: int
-    bitmap: bytes
 
 
 class EventFd:
@@ -105,73 +92,67 @@ class GuestMemfd(KvmFd):
     fd_kind = "guest_memfd"
 
     def __init__(self, vm: Vm, fd: int, size: int, flags: int) -> None:
-        super().__init__(fd, vm._binding, vm)
+        super().__init__(fd, vm.binding, vm)
         self.vm = vm
         self.size = size
         self.flags = flags
-        self._owned_by_memory = False
 
     def _cap_owner(self) -> KvmFd:
-        return self.vm._cap_owner()
+        return self.vm.capability_fd()
 
     def mmap(self, length: int | None = None, offset: int = 0) -> _mmap.mmap:
         """Map it into the host (only with GUEST_MEMFD_FLAG_MMAP)."""
         return _mmap.mmap(self.fileno(), length or self.size, _mmap.MAP_SHARED, offset=offset)
 
 
-class Vm(KvmFd, Attributes):
+class Vm(Attributes):
     """A VM (from `Kvm.create_vm()`). Closing it closes its vCPUs, devices and memory."""
 
     fd_kind = "vm"
 
     def __init__(self, system: Any, fd: int, vm_type: int = 0) -> None:
-        super().__init__(fd, system._binding, system)
+        super().__init__(fd, system.binding, system)
         self.system = system
         self.type = vm_type
-        self._ffi = system._binding.ffi
+        self._ffi = system.binding.ffi
         self._memory: dict[int, GuestMemory] = {}
-        self._vcpus: dict[int, Any] = {}
-        self._stats: Any = None
+        self._vcpus: dict[int, Vcpu] = {}
+        self._stats: StatsFd | None = None
         self._dirty_ring_bytes = 0
-        self._cap_target: KvmFd | None = None  # found on first use, by _cap_owner()
+        self._cap_target: KvmFd | None = None  # found on first use, by capability_fd()
+        self._pending_unmap: list[GuestMemory] = []
 
-    def _cap_owner(self) -> KvmFd:
-        """The VM fd when the host answers KVM_CHECK_EXTENSION on VM fds, else /dev/kvm."""
+    def capability_fd(self) -> KvmFd:
+        """The fd that answers KVM_CHECK_EXTENSION for this VM: the VM's own when the host supports that
+        (KVM_CAP_CHECK_EXTENSION_VM), else /dev/kvm's."""
         target = self._cap_target
         if target is None:
             system = self.system
-            target = self._cap_target = self if system._vm_fds_answer_caps() else system
+            target = self._cap_target = self if system.vm_fds_answer_caps() else system
         return target
 
-    def check_extension(self, cap: Any) -> int:
-        """KVM_CHECK_EXTENSION (issued on every call) on the VM fd when the host supports it, else on /dev/kvm."""
-        return self._cap_owner()._ioctl("KVM_CHECK_EXTENSION", self._cap_value(cap))
+    _cap_owner = capability_fd
 
     def enable_cap(self, cap: Any, *args: int, flags: int = 0) -> int:
         """KVM_ENABLE_CAP on the VM: `args` fill `args[0..3]`."""
-        request = self._ffi.new("struct kvm_enable_cap *")
-        request.cap = self._cap_value(cap)
-        request.flags = flags
-        for i, value in enumerate(args):
-            request.args[i] = value
-        return self._ioctl("KVM_ENABLE_CAP", request)
+        return marshal.struct_in(self._ioctl, self._ffi, "KVM_ENABLE_CAP", "struct kvm_enable_cap", None,
+                                 {"cap": self._cap_value(cap), "flags": flags, "args": list(args)})
 
     def _release(self) -> None:
         if self._stats is not None:
             self._stats.close()
             self._stats = None
         # vCPUs and devices are children (closed by KvmFd.close before this); the memory goes after the fd.
-        memory = list(self._memory.values())
+        self._pending_unmap = list(self._memory.values())
         self._memory.clear()
-        self._pending_unmap = memory
 
     def close(self) -> None:
         if self.closed:
             return
         super().close()
-        for mem in getattr(self, "_pending_unmap", ()):
-            mem._unmap()
-        self._pending_unmap = []
+        pending, self._pending_unmap = self._pending_unmap, []
+        for mem in pending:
+            mem.unmap()
 
     # -- memory -----------------------------------------------------------------------------------
 
@@ -194,21 +175,15 @@ class Vm(KvmFd, Attributes):
 
     def _set_region(self, slot: int, flags: int, guest_addr: int, size: int, host_addr: int,
                     guest_memfd: int = -1, guest_memfd_offset: int = 0) -> None:
-        ffi = self._ffi
+        fields = {"slot": slot, "flags": flags, "guest_phys_addr": guest_addr, "memory_size": size,
+                  "userspace_addr": host_addr}
         if guest_memfd >= 0:
-            region = ffi.new("struct kvm_userspace_memory_region2 *")
-            region.guest_memfd = guest_memfd
-            region.guest_memfd_offset = guest_memfd_offset
-            name = "KVM_SET_USER_MEMORY_REGION2"
+            fields.update(guest_memfd=guest_memfd, guest_memfd_offset=guest_memfd_offset)
+            marshal.struct_in(self._ioctl, self._ffi, "KVM_SET_USER_MEMORY_REGION2",
+                              "struct kvm_userspace_memory_region2", None, fields)
         else:
-            region = ffi.new("struct kvm_userspace_memory_region *")
-            name = "KVM_SET_USER_MEMORY_REGION"
-        region.slot = slot
-        region.flags = flags
-        region.guest_phys_addr = guest_addr
-        region.memory_size = size
-        region.userspace_addr = host_addr
-        self._ioctl(name, region)
+            marshal.struct_in(self._ioctl, self._ffi, "KVM_SET_USER_MEMORY_REGION",
+                              "struct kvm_userspace_memory_region", None, fields)
 
     def add_memory(
         self,
@@ -230,22 +205,28 @@ class Vm(KvmFd, Attributes):
         (KVM_SET_USER_MEMORY_REGION2, flag KVM_MEM_GUEST_MEMFD). `flags`: `MemoryRegionFlag` bits.
         """
         self._check_open()
+        guest_addr = marshal.integer(guest_addr, "guest_addr", 0, (1 << 64) - 1)
+        size = marshal.integer(size, "size", 1, (1 << 64) - 1)
+        if guest_addr % PAGE_SIZE or size % PAGE_SIZE:
+            raise ValueError(f"guest_addr ({guest_addr:#x}) and size ({size:#x}) must be multiples of the "
+                             f"page size ({PAGE_SIZE:#x})")
+        flags = marshal.integer(flags, "flags", 0, 0xFFFFFFFF)
         if slot is None:
             slot = self._free_slot()
-        elif slot in self._memory:
+        elif marshal.integer(slot, "slot", 0, 0xFFFFFFFF) in self._memory:
             raise ValueError(f"slot {slot} is already in use by {self._memory[slot]!r}")
-        if size <= 0:
-            raise ValueError("memory size must be positive")
+        file_offset = marshal.integer(file_offset, "file_offset", 0, (1 << 63) - 1)
         fd, owns_fd = -1, False
         if memfd:
             fd, owns_fd = _sys.memfd_create(f"kvm-slot-{slot}"), True
-            os.ftruncate(fd, size)
         elif file is not None:
-            if isinstance(file, int):
-                fd = file
-            else:
+            if isinstance(file, str):
                 fd, owns_fd = os.open(file, os.O_RDWR | os.O_CLOEXEC), True
+            else:
+                fd = marshal.integer(file, "file", 0, (1 << 31) - 1)
         try:
+            if memfd:
+                os.ftruncate(fd, size)
             if fd >= 0:
                 mapping = _mmap.mmap(fd, size, _mmap.MAP_SHARED, offset=file_offset)
             else:
@@ -255,39 +236,50 @@ class Vm(KvmFd, Attributes):
                 os.close(fd)
             raise
         gmem: GuestMemfd | None = None
+        owns_gmem = False
         if guest_memfd:
             flags |= self._binding.CONSTANTS["KVM_MEM_GUEST_MEMFD"]
             if isinstance(guest_memfd, GuestMemfd):
+                if guest_memfd.vm is not self:
+                    raise ValueError("guest_memfd belongs to another VM")
                 gmem = guest_memfd
             else:
-                gmem = self.create_guest_memfd(size)
-                gmem._owned_by_memory = True
+                gmem, owns_gmem = self.create_guest_memfd(size), True
         mem = GuestMemory(self, slot, guest_addr, size, flags, mapping, fd=fd, owns_fd=owns_fd,
-                          guest_memfd=gmem, guest_memfd_offset=guest_memfd_offset)
+                          guest_memfd=gmem, guest_memfd_offset=guest_memfd_offset, owns_guest_memfd=owns_gmem)
         try:
             self._set_region(slot, flags, guest_addr, size, mem.host_addr,
                              gmem.fileno() if gmem is not None else -1, guest_memfd_offset)
         except BaseException:
-            mem._unmap()
+            mem.unmap()
             raise
         self._memory[slot] = mem
         return mem
 
     def remove_memory(self, memory: GuestMemory | int) -> None:
         """Delete a slot (by `GuestMemory` or slot number) and unmap it."""
-        slot = memory if isinstance(memory, int) else memory.slot
-        mem = self._memory.get(slot)
-        if mem is None:
-            raise LookupError(f"slot {slot} is not registered")
+        self._check_open()
+        if isinstance(memory, GuestMemory):
+            mem = self._memory.get(memory.slot)
+            if mem is not memory:
+                raise ValueError(f"{memory!r} is not a memory slot of this VM")
+        else:
+            slot = marshal.integer(memory, "memory", 0, 0xFFFFFFFF)
+            found = self._memory.get(slot)
+            if found is None:
+                raise LookupError(f"slot {slot} is not registered")
+            mem = found
         gmem = mem.guest_memfd
-        self._set_region(slot, mem.flags & ~self._binding.CONSTANTS["KVM_MEM_GUEST_MEMFD"] if gmem is None else mem.flags,
+        self._set_region(mem.slot, mem.flags & ~self._binding.CONSTANTS["KVM_MEM_GUEST_MEMFD"] if gmem is None else mem.flags,
                          mem.guest_addr, 0, mem.host_addr,
                          gmem.fileno() if gmem is not None and not gmem.closed else -1, mem.guest_memfd_offset)
-        del self._memory[slot]
-        mem._unmap()
+        del self._memory[mem.slot]
+        mem.unmap()
 
     def set_memory_flags(self, memory: GuestMemory, flags: int) -> None:
         """Change a slot's flags in place (e.g. turn KVM_MEM_LOG_DIRTY_PAGES on or off)."""
+        if self._memory.get(getattr(memory, "slot", -1)) is not memory:
+            raise ValueError(f"{memory!r} is not a memory slot of this VM")
         gmem = memory.guest_memfd
         self._set_region(memory.slot, flags, memory.guest_addr, memory.size, memory.host_addr,
                          gmem.fileno() if gmem is not None else -1, memory.guest_memfd_offset)
@@ -299,184 +291,113 @@ class Vm(KvmFd, Attributes):
     def write(self, guest_addr: int, data: bytes) -> None:
         self.memory_at(guest_addr).write(guest_addr, data)
 
+    @needs("KVM_CREATE_GUEST_MEMFD")
     def create_guest_memfd(self, size: int, flags: int = 0) -> GuestMemfd:
         """KVM_CREATE_GUEST_MEMFD."""
-        request = self._ffi.new("struct kvm_create_guest_memfd *")
-        request.size = size
-        request.flags = flags
-        fd = self._ioctl("KVM_CREATE_GUEST_MEMFD", request)
-        os.set_inheritable(fd, False)
+        fd = marshal.new_fd(marshal.struct_in(self._ioctl, self._ffi, "KVM_CREATE_GUEST_MEMFD",
+                                              "struct kvm_create_guest_memfd", None, {"size": size, "flags": flags}))
         return GuestMemfd(self, fd, size, flags)
 
     # -- vCPUs and devices ------------------------------------------------------------------------
 
     def create_vcpu(self, id: int = 0) -> Vcpu:
-        """KVM_CREATE_VCPU: a new `Vcpu` with APIC id `id`."""
-        id = int(id)
-        vcpu = self._vcpus[id] = Vcpu(self, self._ioctl("KVM_CREATE_VCPU", id), id)
+        """KVM_CREATE_VCPU: a new `Vcpu` with id `id` (on x86, its APIC id)."""
+        id = marshal.integer(id, "id", 0, 0xFFFFFFFF)
+        if id in self._vcpus and not self._vcpus[id].closed:
+            raise ValueError(f"vCPU {id} already exists")
+        mmap_size = self.system.vcpu_mmap_size
+        fd = marshal.by_value(self._ioctl, "KVM_CREATE_VCPU", id, "id")
+        try:
+            vcpu = for_binding(Vcpu, self._binding)(self, fd, id, mmap_size)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._vcpus[id] = vcpu
         return vcpu
 
     @property
-    def vcpus(self) -> list[Any]:
+    def vcpus(self) -> list[Vcpu]:
         return [v for _, v in sorted(self._vcpus.items()) if not v.closed]
 
     def create_device(self, type: int, *, test: bool = False) -> Device | None:
         """KVM_CREATE_DEVICE: a `Device` (with `test=True`, only check it could be created; returns None)."""
-        request = self._ffi.new("struct kvm_create_device *")
-        request.type = int(type)
-        request.flags = self._binding.CONSTANTS["KVM_CREATE_DEVICE_TEST"] if test else 0
-        self._ioctl("KVM_CREATE_DEVICE", request)
+        flags = self._binding.CONSTANTS["KVM_CREATE_DEVICE_TEST"] if test else 0
+        request = marshal.struct_inout(self._ioctl, self._ffi, "KVM_CREATE_DEVICE", "struct kvm_create_device",
+                                       None, {"type": type, "flags": flags})
         if test:
             return None
-        fd = int(request.fd)
-        os.set_inheritable(fd, False)
-        return Device(self, fd, int(type))
-
-    # -- x86 platform set-up ----------------------------------------------------------------------
-
-    def set_tss_addr(self, address: int) -> None:
-        """KVM_SET_TSS_ADDR: three pages of guest-physical space KVM may use (x86, Intel)."""
-        self._ioctl("KVM_SET_TSS_ADDR", address)
-
-    def set_identity_map_addr(self, address: int) -> None:
-        """KVM_SET_IDENTITY_MAP_ADDR: one page for the real-mode identity map (x86, Intel)."""
-        value = self._ffi.new("__u64 *", address)
-        self._ioctl("KVM_SET_IDENTITY_MAP_ADDR", value)
-
-    def set_boot_cpu_id(self, id: int) -> None:
-        self._ioctl("KVM_SET_BOOT_CPU_ID", id)
-
-    # -- clock ------------------------------------------------------------------------------------
-
-    def get_clock(self) -> Any:
-        """KVM_GET_CLOCK: the `struct kvm_clock_data` (clock in ns, flags, realtime, host_tsc)."""
-        data = self._ffi.new("struct kvm_clock_data *")
-        self._ioctl("KVM_GET_CLOCK", data)
-        return data
-
-    def set_clock(self, clock_ns: int, flags: int = 0, realtime: int = 0) -> None:
-        data = self._ffi.new("struct kvm_clock_data *")
-        data.clock = clock_ns
-        data.flags = flags
-        data.realtime = realtime
-        self._ioctl("KVM_SET_CLOCK", data)
-
-    @property
-    def clock(self) -> int:
-        """kvmclock in nanoseconds (get and set)."""
-        return int(self.get_clock().clock)
-
-    @clock.setter
-    def clock(self, value: int) -> None:
-        self.set_clock(value)
+        return Device(self, marshal.new_fd(int(request.fd)), int(type))
 
     # -- interrupts -------------------------------------------------------------------------------
 
+    @needs("KVM_CREATE_IRQCHIP")
     def create_irqchip(self) -> None:
-        """KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and local APICs (create vCPUs afterwards)."""
+        """KVM_CREATE_IRQCHIP: the arch's in-kernel interrupt controller (x86: PIC, IOAPIC and local APICs;
+        arm64: a GICv2). Create vCPUs afterwards."""
         self._ioctl("KVM_CREATE_IRQCHIP")
 
-    def create_pit2(self, flags: int = 0) -> None:
-        """KVM_CREATE_PIT2: the in-kernel i8254 (after create_irqchip)."""
-        config = self._ffi.new("struct kvm_pit_config *")
-        config.flags = flags
-        self._ioctl("KVM_CREATE_PIT2", config)
-
-    def get_irqchip(self, chip_id: int) -> Any:
-        """KVM_GET_IRQCHIP: `struct kvm_irqchip` of chip 0 (PIC master), 1 (PIC slave) or 2 (IOAPIC)."""
-        chip = self._ffi.new("struct kvm_irqchip *")
-        chip.chip_id = chip_id
-        self._ioctl("KVM_GET_IRQCHIP", chip)
-        return chip
-
-    def set_irqchip(self, chip: Any) -> None:
-        self._ioctl("KVM_SET_IRQCHIP", chip)
-
-    @property
-    def pit2(self) -> Any:
-        """The PIT's `struct kvm_pit_state2` (get and set)."""
-        state = self._ffi.new("struct kvm_pit_state2 *")
-        self._ioctl("KVM_GET_PIT2", state)
-        return state
-
-    @pit2.setter
-    def pit2(self, state: Any) -> None:
-        self._ioctl("KVM_SET_PIT2", state)
-
+    @needs("KVM_IRQ_LINE")
     def irq_line(self, irq: int, level: int) -> None:
-        """KVM_IRQ_LINE: drive GSI `irq` to `level` (0/1)."""
-        request = self._ffi.new("struct kvm_irq_level *")
-        request.irq = irq
-        request.level = level
-        self._ioctl("KVM_IRQ_LINE", request)
+        """KVM_IRQ_LINE: drive interrupt line `irq` to `level` (0/1)."""
+        marshal.struct_in(self._ioctl, self._ffi, "KVM_IRQ_LINE", "struct kvm_irq_level", None,
+                          {"irq": irq, "level": level})
 
+    @needs("KVM_SIGNAL_MSI")
     def signal_msi(self, address: int, data: int, flags: int = 0, devid: int = 0) -> int:
         """KVM_SIGNAL_MSI: >0 delivered, 0 blocked by the guest."""
-        msi = self._ffi.new("struct kvm_msi *")
-        msi.address_lo = address & 0xFFFFFFFF
-        msi.address_hi = address >> 32
-        msi.data = data
-        msi.flags = flags
-        msi.devid = devid
-        return self._ioctl("KVM_SIGNAL_MSI", msi)
+        address = marshal.integer(address, "address", 0, (1 << 64) - 1)
+        return marshal.struct_in(self._ioctl, self._ffi, "KVM_SIGNAL_MSI", "struct kvm_msi", None, {
+            "address_lo": address & 0xFFFFFFFF, "address_hi": address >> 32, "data": data, "flags": flags,
+            "devid": devid})
 
+    @needs("KVM_SET_GSI_ROUTING")
     def set_gsi_routing(self, routes: Sequence[IrqchipRoute | MsiRoute]) -> None:
         """KVM_SET_GSI_ROUTING: replace the whole GSI routing table."""
-        ffi = self._ffi
         consts = self._binding.CONSTANTS
-        table = ffi.new("struct kvm_irq_routing *", {"nr": len(routes), "entries": max(len(routes), 1)})
-        table.nr = len(routes)
+        entries: list[dict[str, Any]] = []
         for i, route in enumerate(routes):
-            entry = table.entries[i]
-            entry.gsi = route.gsi
             if isinstance(route, IrqchipRoute):
-                entry.type = consts["KVM_IRQ_ROUTING_IRQCHIP"]
-                entry.u.irqchip.irqchip = route.irqchip
-                entry.u.irqchip.pin = route.pin
+                entries.append({"gsi": route.gsi, "type": consts["KVM_IRQ_ROUTING_IRQCHIP"],
+                                "u": {"irqchip": {"irqchip": route.irqchip, "pin": route.pin}}})
+            elif isinstance(route, MsiRoute):
+                address = marshal.integer(route.address, f"routes[{i}].address", 0, (1 << 64) - 1)
+                entries.append({"gsi": route.gsi, "type": consts["KVM_IRQ_ROUTING_MSI"], "flags": route.flags,
+                                "u": {"msi": {"address_lo": address & 0xFFFFFFFF, "address_hi": address >> 32,
+                                              "data": route.data, "devid": route.devid}}})
             else:
-                entry.type = consts["KVM_IRQ_ROUTING_MSI"]
-                entry.flags = route.flags
-                entry.u.msi.address_lo = route.address & 0xFFFFFFFF
-                entry.u.msi.address_hi = route.address >> 32
-                entry.u.msi.data = route.data
-                entry.u.msi.devid = route.devid
-        self._ioctl("KVM_SET_GSI_ROUTING", table)
+                raise TypeError(f"routes[{i}] must be an IrqchipRoute or an MsiRoute, not {type(route).__name__}")
+        marshal.flex_set(self._ioctl, self._ffi, "KVM_SET_GSI_ROUTING", "struct kvm_irq_routing", "nr", "entries",
+                         entries)
 
+    def _irqfd(self, eventfd: EventFd, gsi: int, flags: int, resample: EventFd | None = None) -> None:
+        fields = {"fd": eventfd.fileno(), "gsi": gsi, "flags": flags}
+        if resample is not None:
+            fields["resamplefd"] = resample.fileno()
+        marshal.struct_in(self._ioctl, self._ffi, "KVM_IRQFD", "struct kvm_irqfd", None, fields)
+
+    @needs("KVM_IRQFD")
     def irqfd(self, gsi: int, eventfd: EventFd | None = None, *, resample: EventFd | None = None) -> EventFd:
         """KVM_IRQFD: signalling the returned eventfd raises GSI `gsi` in the guest."""
         eventfd = eventfd or EventFd()
-        request = self._ffi.new("struct kvm_irqfd *")
-        request.fd = eventfd.fileno()
-        request.gsi = gsi
-        if resample is not None:
-            request.flags = self._binding.CONSTANTS["KVM_IRQFD_FLAG_RESAMPLE"]
-            request.resamplefd = resample.fileno()
-        self._ioctl("KVM_IRQFD", request)
+        flags = self._binding.CONSTANTS["KVM_IRQFD_FLAG_RESAMPLE"] if resample is not None else 0
+        self._irqfd(eventfd, gsi, flags, resample)
         return eventfd
 
+    @needs("KVM_IRQFD")
     def irqfd_remove(self, eventfd: EventFd, gsi: int) -> None:
-        request = self._ffi.new("struct kvm_irqfd *")
-        request.fd = eventfd.fileno()
-        request.gsi = gsi
-        request.flags = self._binding.CONSTANTS["KVM_IRQFD_FLAG_DEASSIGN"]
-        self._ioctl("KVM_IRQFD", request)
+        self._irqfd(eventfd, gsi, self._binding.CONSTANTS["KVM_IRQFD_FLAG_DEASSIGN"])
 
     def _ioeventfd(self, address: int, length: int, datamatch: int | None, pio: bool, fd: int, deassign: bool) -> None:
         consts = self._binding.CONSTANTS
-        request = self._ffi.new("struct kvm_ioeventfd *")
-        request.addr = address
-        request.len = length
-        request.fd = fd
         flags = 0
         if datamatch is not None:
             flags |= consts["KVM_IOEVENTFD_FLAG_DATAMATCH"]
-            request.datamatch = datamatch
         if pio:
             flags |= consts["KVM_IOEVENTFD_FLAG_PIO"]
         if deassign:
             flags |= consts["KVM_IOEVENTFD_FLAG_DEASSIGN"]
-        request.flags = flags
-        self._ioctl("KVM_IOEVENTFD", request)
+        marshal.struct_in(self._ioctl, self._ffi, "KVM_IOEVENTFD", "struct kvm_ioeventfd", None, {
+            "addr": address, "len": length, "fd": fd, "flags": flags, "datamatch": datamatch})
 
     def ioeventfd(self, address: int, length: int = 4, *, datamatch: int | None = None, pio: bool = False,
                   eventfd: EventFd | None = None) -> EventFd:
@@ -492,21 +413,21 @@ class Vm(KvmFd, Attributes):
 
     # -- dirty logging ----------------------------------------------------------------------------
 
+    def _own_slot(self, memory: GuestMemory) -> GuestMemory:
+        if not isinstance(memory, GuestMemory):
+            raise TypeError(f"memory must be a GuestMemory, not {type(memory).__name__}")
+        if self._memory.get(memory.slot) is not memory:
+            raise ValueError(f"{memory!r} is not a memory slot of this VM (removed, or another VM's)")
+        return memory
+
     def get_dirty_log(self, memory: GuestMemory) -> bytes:
         """KVM_GET_DIRTY_LOG: the slot's bitmap (bit i = page i written since the last call/clear)."""
-        npages = (memory.size + PAGE_SIZE - 1) // PAGE_SIZE
-        nbytes = ((npages + 63) // 64) * 8
-        ffi = self._ffi
-        bitmap = ffi.new("unsigned char[]", nbytes)
-        request = ffi.new("struct kvm_dirty_log *")
-        request.slot = memory.slot
-        request.dirty_bitmap = bitmap
-        self._ioctl("KVM_GET_DIRTY_LOG", request)
-        return bytes(ffi.buffer(bitmap))
+        mem = self._own_slot(memory)
+        return marshal.dirty_log(self._ioctl, self._ffi, "KVM_GET_DIRTY_LOG", mem.slot, mem.pages)
 
     def dirty_pages(self, memory: GuestMemory) -> list[int]:
         """The guest-physical addresses of the pages KVM_GET_DIRTY_LOG reports dirty."""
-        return _bitmap_pages(self.get_dirty_log(memory), memory)
+        return memory.pages_in_bitmap(self.get_dirty_log(memory))
 
     def enable_manual_dirty_log_protect(self, initially_set: bool = False) -> None:
         """KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: KVM_GET_DIRTY_LOG stops re-protecting; use clear_dirty_log."""
@@ -519,23 +440,17 @@ class Vm(KvmFd, Attributes):
     def clear_dirty_log(self, memory: GuestMemory, first_page: int = 0, num_pages: int | None = None,
                         bitmap: bytes | None = None) -> None:
         """KVM_CLEAR_DIRTY_LOG: clear (and re-protect) the pages set in `bitmap` (default: all) of the range."""
-        npages = (memory.size + PAGE_SIZE - 1) // PAGE_SIZE
+        mem = self._own_slot(memory)
+        first_page = marshal.integer(first_page, "first_page", 0, mem.pages)
         if num_pages is None:
-            num_pages = npages - first_page
-        nbytes = ((num_pages + 63) // 64) * 8
-        ffi = self._ffi
-        buf = ffi.new("unsigned char[]", nbytes)
-        if bitmap is None:
-            for i in range(num_pages):
-                buf[i // 8] |= 1 << (i % 8)
-        else:
-            ffi.memmove(buf, bitmap[:nbytes], min(nbytes, len(bitmap)))
-        request = ffi.new("struct kvm_clear_dirty_log *")
-        request.slot = memory.slot
-        request.first_page = first_page
-        request.num_pages = num_pages
-        request.dirty_bitmap = buf
-        self._ioctl("KVM_CLEAR_DIRTY_LOG", request)
+            num_pages = mem.pages - first_page
+        num_pages = marshal.integer(num_pages, "num_pages", 0, mem.pages - first_page)
+        marshal.clear_dirty_log(self._ioctl, self._ffi, "KVM_CLEAR_DIRTY_LOG", mem.slot, first_page, num_pages, bitmap)
+
+    @property
+    def dirty_ring_bytes(self) -> int:
+        """The size of each vCPU's dirty ring (0 until enable_dirty_ring)."""
+        return self._dirty_ring_bytes
 
     def enable_dirty_ring(self, size_bytes: int, *, acq_rel: bool = False) -> None:
         """Enable the per-vCPU dirty ring of `size_bytes` (before creating vCPUs)."""
@@ -550,13 +465,10 @@ class Vm(KvmFd, Attributes):
     # -- coalesced MMIO / PIO ---------------------------------------------------------------------
 
     def _coalesced(self, ioctl: str, address: int, size: int, pio: bool) -> None:
-        zone = self._ffi.new("struct kvm_coalesced_mmio_zone *")
-        zone.addr = address
-        zone.size = size
-        zone.pio = 1 if pio else 0
         if pio and self.check_extension("KVM_CAP_COALESCED_PIO") <= 0:
-            raise CapabilityError(ioctl, self.fd_kind, "KVM_CAP_COALESCED_PIO", self._cap_owner().fd_kind)
-        self._ioctl(ioctl, zone)
+            raise CapabilityError(ioctl, self.fd_kind, "KVM_CAP_COALESCED_PIO", self.capability_fd().fd_kind)
+        marshal.struct_in(self._ioctl, self._ffi, ioctl, "struct kvm_coalesced_mmio_zone", None,
+                          {"addr": address, "size": size, "pio": 1 if pio else 0})
 
     def register_coalesced_mmio(self, address: int, size: int) -> None:
         """Guest writes into [address, address+size) are queued in the coalesced ring, not exited."""
@@ -573,56 +485,20 @@ class Vm(KvmFd, Attributes):
 
     def coalesced_entries(self) -> list[CoalescedAccess]:
         """Drain the coalesced MMIO/PIO ring (shared by the VM, mapped through a vCPU's mmap)."""
-        vcpu = next((v for v in self.vcpus), None)
+        vcpu = next(iter(self.vcpus), None)
         if vcpu is None:
             raise RuntimeError("the coalesced ring is reached through a vCPU's mmap: create a vCPU first")
-        return vcpu._drain_coalesced()
-
-    # -- MSRs -------------------------------------------------------------------------------------
-
-    def set_user_space_msr(self, reasons: int) -> None:
-        """KVM_CAP_X86_USER_SPACE_MSR: exit to user space on MSR accesses failing for `reasons`
-        (KVM_MSR_EXIT_REASON_INVAL | UNKNOWN | FILTER)."""
-        self.enable_cap("KVM_CAP_X86_USER_SPACE_MSR", reasons)
-
-    def set_msr_filter(self, ranges: Iterable[MsrFilterRange], *, default_allow: bool = True) -> None:
-        """KVM_X86_SET_MSR_FILTER: up to 16 ranges; an MSR outside all ranges follows `default_allow`."""
-        ffi = self._ffi
-        consts = self._binding.CONSTANTS
-        request = ffi.new("struct kvm_msr_filter *")
-        request.flags = consts["KVM_MSR_FILTER_DEFAULT_ALLOW"] if default_allow else consts["KVM_MSR_FILTER_DEFAULT_DENY"]
-        keep = []
-        for i, r in enumerate(ranges):
-            bitmap = ffi.new("unsigned char[]", bytes(r.bitmap))
-            keep.append(bitmap)
-            entry = request.ranges[i]
-            entry.flags = r.flags
-            entry.base = r.base
-            entry.nmsrs = r.nmsrs
-            entry.bitmap = ffi.cast("__u8 *", bitmap)
-        self._ioctl("KVM_X86_SET_MSR_FILTER", request)
+        return vcpu.coalesced_entries()
 
     # -- stats ------------------------------------------------------------------------------------
 
+    @needs("KVM_GET_STATS_FD")
     def stats(self) -> dict[str, int | tuple[int, ...]]:
         """The VM's binary stats (KVM_GET_STATS_FD): name -> value."""
         if self._stats is None:
-            fd = self._ioctl("KVM_GET_STATS_FD")
-            os.set_inheritable(fd, False)
+            fd = marshal.new_fd(self._ioctl("KVM_GET_STATS_FD"))
             self._stats = StatsFd(fd, self._ffi, self._binding.CONSTANTS)
         return self._stats.read()
 
 
-def _bitmap_pages(bitmap: bytes, memory: GuestMemory) -> list[int]:
-    pages = []
-    npages = (memory.size + PAGE_SIZE - 1) // PAGE_SIZE
-    for byte_index, byte in enumerate(bitmap):
-        if byte:
-            for bit in range(8):
-                page = byte_index * 8 + bit
-                if byte & (1 << bit) and page < npages:
-                    pages.append(memory.guest_addr + page * PAGE_SIZE)
-    return pages
-
-
-__all__ = ["Vm", "GuestMemfd", "EventFd", "IrqchipRoute", "MsiRoute", "CoalescedAccess", "MsrFilterRange", "KvmError"]
+__all__ = ["Vm", "GuestMemfd", "EventFd", "IrqchipRoute", "MsiRoute"]

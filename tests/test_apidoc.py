@@ -304,7 +304,8 @@ def test_fixes_table_is_small_and_every_row_is_needed() -> None:
             if (ioctl is None
                     or (fix.fds is not None and apidoc.parse_fds(fix.fds) != ioctl.fds)
                     or (fix.capability is not None
-                        and apidoc.normalize_capability(fix.capability) != ioctl.capability)):
+                        and apidoc.normalize_capability(fix.capability) != ioctl.capability)
+                    or (fix.arches is not None and apidoc.parse_arches(fix.arches) != ioctl.arches)):
                 needed.add(fix)
     assert set(apidoc_fixes.FIXES) == needed
     for fix in apidoc_fixes.FIXES:

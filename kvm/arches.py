@@ -1,0 +1,70 @@
+"""The classes the objects of a binding are made of: the arch's own methods, and no others.
+
+`Kvm`, `Vm` and `Vcpu` hold what every arch shares. For a binding, `for_binding(Vcpu, binding)` makes
+(once) the subclass its objects are instances of: the arch's mixin first (`kvm.x86.X86Vcpu`,
+`kvm.arm64.Arm64Vcpu`, ...), then the shared class. Every method marked with `kvm._fd.needs(ioctl)`
+whose ioctl the binding says does not exist (another arch's, or a newer kernel's) is replaced by an
+attribute that raises AttributeError saying why: `hasattr(vcpu, "lapic")` is False on arm64.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, TypeVar
+
+from . import arm64, riscv64, x86
+from ._accel import VcpuBase
+from ._fd import KvmFd, absent_reason
+
+# arch -> fd kind -> the mixin of that arch's objects of that kind
+MIXINS: dict[str, dict[str, type]] = {
+    "x86_64": x86.MIXINS,
+    "arm64": arm64.MIXINS,
+    "riscv64": riscv64.MIXINS,
+}
+
+_T = TypeVar("_T", bound=KvmFd)
+_CLASSES: dict[tuple[type, str], type] = {}
+
+
+class Absent:
+    """In place of a method the binding does not have: reading it raises AttributeError saying why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+
+    def __get__(self, obj: Any, cls: Any = None) -> Any:
+        owner = cls.__name__ if cls is not None else type(obj).__name__
+        raise AttributeError(f"{owner}.{self.name} is not available: {self.reason}")
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        self.__get__(obj)
+
+
+def _ioctls_of(value: Any) -> tuple[str, ...]:
+    function = value.fget if isinstance(value, property) else value
+    return getattr(function, "__kvm_ioctls__", ())
+
+
+def for_binding(cls: type[_T], binding: ModuleType) -> type[_T]:
+    """The subclass of `cls` whose instances are `binding`'s objects (see the module docstring)."""
+    key = (cls, binding.__name__)
+    made = _CLASSES.get(key)
+    if made is None:
+        mixin = MIXINS.get(binding.ARCH, {}).get(cls.fd_kind)
+        bases = (mixin, cls) if mixin is not None else (cls,)
+        made = type(cls.__name__, bases, {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        for name in {name for klass in made.__mro__ for name in vars(klass)}:
+            value = next(vars(klass)[name] for klass in made.__mro__ if name in vars(klass))
+            reasons = (absent_reason(binding, ioctl) for ioctl in _ioctls_of(value))
+            reason = next((r for r in reasons if r is not None), None)
+            if reason is not None:
+                setattr(made, name, Absent(name, reason))
+        if issubclass(made, VcpuBase):
+            VcpuBase.bind_run(made)  # `run` as a method of exactly this class (see kvm/_speedups.c)
+        _CLASSES[key] = made
+    return made  # type: ignore[return-value]
+
+
+__all__ = ["MIXINS", "Absent", "for_binding"]
