@@ -43,6 +43,21 @@ _raw_ioctl = _sys.raw_ioctl()
 _sys_ffi = _sys.ffi
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def needs(*ioctls: str) -> Callable[[_F], _F]:
+    """Mark an ergonomic method (or a property's getter) as issuing `ioctls`: the classes made for a
+    binding in which one of them does not exist (another arch's ioctl, a newer kernel's) do not offer
+    it (see kvm/arches.py)."""
+
+    def mark(function: _F) -> _F:
+        function.__kvm_ioctls__ = ioctls  # type: ignore[attr-defined]
+        return function
+
+    return mark
+
+
 class KvmFd:
     """Owns one KVM fd. Subclasses set `fd_kind` ("system", "vm", "vcpu", "device")."""
 
@@ -147,7 +162,7 @@ class KvmFd:
     def _spec(self, name: str) -> Any:
         spec = self._ioctls.get(name)
         if spec is None:
-            raise UnavailableError(name, self.fd_kind, absent_reason(self._binding, name) or name)
+            raise UnavailableError(name, self.fd_kind, absent_reason(self._binding, name, self.fd_kind) or name)
         return spec
 
     def _ioctl(self, name: str, arg: Any = 0) -> int:
@@ -191,7 +206,7 @@ class KvmFd:
         return self
 
     def _check_gate(self, ioctl: str, capability: str | None) -> None:
-        reason = absent_reason(self._binding, ioctl)
+        reason = absent_reason(self._binding, ioctl, self.fd_kind)
         if reason is not None:
             raise UnavailableError(ioctl, self.fd_kind, reason)
         # nothing to check: basic API (None), or a capability this binding has no number for
@@ -209,6 +224,12 @@ class KvmFd:
         ("KVM_CAP_IRQCHIP" or "IRQCHIP")."""
         owner = self._cap_owner()
         return marshal.by_value(owner._ioctl, "KVM_CHECK_EXTENSION", self._cap_value(cap), "cap")
+
+    @needs("KVM_ENABLE_CAP")
+    def enable_cap(self, cap: Any, *args: int, flags: int = 0) -> int:
+        """KVM_ENABLE_CAP on this fd (a VM or a vCPU): `args` fill `args[0..3]`."""
+        return marshal.struct_in(self._ioctl, self._binding.ffi, "KVM_ENABLE_CAP", "struct kvm_enable_cap", None,
+                                 {"cap": self._cap_value(cap), "flags": flags, "args": list(args)})
 
     def _query_cap(self, value: int) -> int:
         cached = self._caps.get(value)
@@ -234,9 +255,9 @@ class KvmFd:
         return f"<{type(self).__name__} {state}>"
 
 
-def absent_reason(binding: ModuleType, ioctl: str) -> str | None:
-    """Why `ioctl` cannot be issued with `binding` (not in its kernel, or documented for other arches
-    only), or None when it can."""
+def absent_reason(binding: ModuleType, ioctl: str, fd_kind: str) -> str | None:
+    """Why `ioctl` cannot be issued on a `fd_kind` fd with `binding` (not in its kernel, documented for
+    other arches only, or for other kinds of fd), or None when it can."""
     spec = binding.IOCTLS.get(ioctl)
     if spec is None:
         where = f"Linux {getattr(binding, 'KERNEL', '?')} on {binding.ARCH}"
@@ -245,22 +266,9 @@ def absent_reason(binding: ModuleType, ioctl: str) -> str | None:
     if spec.arches is not None and binding.ARCH not in spec.arches:
         section = f"api.rst section {spec.section}" if spec.section else "api.rst"
         return f"{ioctl} does not exist on {binding.ARCH}: {section} documents it for {', '.join(sorted(spec.arches))}"
+    if spec.fd and fd_kind not in spec.fd:
+        return f"{ioctl} is issued on {' and '.join(sorted(spec.fd))} fds, not on {fd_kind} fds"
     return None
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def needs(*ioctls: str) -> Callable[[_F], _F]:
-    """Mark an ergonomic method (or a property's getter) as issuing `ioctls`: the classes made for a
-    binding in which one of them does not exist (another arch's ioctl, a newer kernel's) do not offer
-    it (see kvm/arches.py)."""
-
-    def mark(function: _F) -> _F:
-        function.__kvm_ioctls__ = ioctls  # type: ignore[attr-defined]
-        return function
-
-    return mark
 
 
 def record_property(get_ioctl: str, set_ioctl: str, ctype: str, doc: str) -> property:

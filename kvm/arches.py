@@ -57,7 +57,7 @@ def for_binding(cls: type[_T], binding: ModuleType) -> type[_T]:
         made = type(cls.__name__, bases, {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
         for name in {name for klass in made.__mro__ for name in vars(klass)}:
             value = next(vars(klass)[name] for klass in made.__mro__ if name in vars(klass))
-            reasons = (absent_reason(binding, ioctl) for ioctl in _ioctls_of(value))
+            reasons = (absent_reason(binding, ioctl, cls.fd_kind) for ioctl in _ioctls_of(value))
             reason = next((r for r in reasons if r is not None), None)
             if reason is not None:
                 setattr(made, name, Absent(name, reason))

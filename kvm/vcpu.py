@@ -236,10 +236,6 @@ class Vcpu(Attributes, VcpuBase):
         """KVM_SET_SIGNAL_MASK: the signals blocked while the guest runs (None: no mask)."""
         self.ioctls.set_signal_mask(signals)  # the generated wrapper knows the arch's sizeof(sigset_t)
 
-    def enable_cap(self, cap: Any, *args: int, flags: int = 0) -> int:
-        """KVM_ENABLE_CAP on the vCPU: `args` fill `args[0..3]`."""
-        return marshal.struct_in(self._ioctl, self._ffi, "KVM_ENABLE_CAP", "struct kvm_enable_cap", None,
-                                 {"cap": self._cap_value(cap), "flags": flags, "args": list(args)})
 
     # -- stats ------------------------------------------------------------------------------------
 

@@ -133,10 +133,6 @@ class Vm(Attributes):
 
     _cap_owner = capability_fd
 
-    def enable_cap(self, cap: Any, *args: int, flags: int = 0) -> int:
-        """KVM_ENABLE_CAP on the VM: `args` fill `args[0..3]`."""
-        return marshal.struct_in(self._ioctl, self._ffi, "KVM_ENABLE_CAP", "struct kvm_enable_cap", None,
-                                 {"cap": self._cap_value(cap), "flags": flags, "args": list(args)})
 
     def _release(self) -> None:
         if self._stats is not None:

@@ -13,7 +13,6 @@ reload segments. Long mode additionally builds identity-mapped page tables (2 Mi
 from __future__ import annotations
 
 import struct
-import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -209,9 +208,6 @@ class X86Vm(KvmFd):
             entry.nmsrs = nmsrs
             entry.bitmap = bitmap
         marshal.struct_in(self._ioctl, ffi, "KVM_X86_SET_MSR_FILTER", "struct kvm_msr_filter", request)
-
-    if "mypy" in sys.modules:  # the Vm method X86Vm uses
-        def enable_cap(self, cap: Any, *args: int, flags: int = 0) -> int: ...
 
 
 class X86Vcpu(KvmFd):
