@@ -1,6 +1,9 @@
-"""Session-wide tallies of the layout cross-checks, printed as one line each at the end of the run.
+"""The suite's fixtures, and session-wide tallies of the layout cross-checks.
 
-test_gcc_oracle.py and test_cffi_layout.py record what each binding compared through the
+`system` (an open `kvm.Kvm()`, skipping the test when /dev/kvm is unusable) and `vm` (a VM on it) are
+taken by every test that runs on the real /dev/kvm; guest builders are plain functions in guests.py.
+
+Tallies: test_gcc_oracle.py and test_cffi_layout.py record what each binding compared through the
 `gcc_oracle_summary` and `cffi_layout_summary` fixtures; the terminal summary adds them up, e.g.
 `gcc oracle: 31415 values compared on 16 bindings, 0 mismatches`.
 """
@@ -8,8 +11,46 @@ test_gcc_oracle.py and test_cffi_layout.py record what each binding compared thr
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+
+import kvm
+from guests import KVM_PATH
+
+
+def _open_reason() -> str | None:
+    if not os.path.exists(KVM_PATH):
+        return f"{KVM_PATH} does not exist (no KVM on this machine)"
+    if not os.access(KVM_PATH, os.R_OK | os.W_OK):
+        return f"{KVM_PATH} is not readable and writable by this user"
+    return None
+
+
+@pytest.fixture
+def system() -> Iterator[Any]:
+    """An open `kvm.Kvm()`; the test is skipped when /dev/kvm is unusable."""
+    reason = _open_reason()
+    if reason:
+        pytest.skip(reason)
+    try:
+        k = kvm.Kvm(KVM_PATH)
+    except OSError as exc:
+        pytest.skip(f"cannot open {KVM_PATH}: {exc}")
+    with k:
+        yield k
+
+
+@pytest.fixture
+def vm(system: Any) -> Iterator[Any]:
+    """A VM of `system`, closed after the test."""
+    with system.create_vm() as machine:
+        yield machine
+
+
+# -- tallies of the layout cross-checks ------------------------------------------------------------
 
 
 @dataclasses.dataclass

@@ -1,6 +1,8 @@
 """The generated ioctl wrappers used as they are: a `KvmFd` plus the generated mixin of each fd kind,
 for the newest binding of this host's arch (the ergonomic classes of kvm/ wrap these ioctls their own
-way). Shared by test_ioctls.py and test_wrappers_fuzz.py; import it after checking /dev/kvm is usable.
+way). Shared by test_ioctls.py and test_wrappers_fuzz.py, which need the classes at collection time (to
+parametrize over them), so they are plain names imported from here, not fixtures; import it after checking
+/dev/kvm is usable.
 """
 
 from __future__ import annotations

@@ -1,59 +1,23 @@
-"""Shared fixtures and helpers for the tests that run real guests on /dev/kvm.
+"""Guest code builders and helpers for the tests that run real guests on /dev/kvm.
 
-Use from a test module with ``from guests import *`` (pytest puts tests/ on sys.path). Every KVM test
-takes the `system` fixture (directly or through `vm`), which skips with a clear reason when /dev/kvm is
-absent or cannot be opened.
+Plain functions and constants, imported by name (pytest puts tests/ on sys.path); the `system` and `vm`
+fixtures are in conftest.py.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
 
 import kvm
 
-__all__ = [
-    "system",
-    "vm",
-    "require_cap",
-    "real_mode_guest",
-    "protected_mode_guest",
-    "long_mode_guest",
-    "run_until",
-    "KVM_PATH",
-]
-
 KVM_PATH = "/dev/kvm"
 
-
-def _open_reason() -> str | None:
-    if not os.path.exists(KVM_PATH):
-        return f"{KVM_PATH} does not exist (no KVM on this machine)"
-    if not os.access(KVM_PATH, os.R_OK | os.W_OK):
-        return f"{KVM_PATH} is not readable and writable by this user"
-    return None
-
-
-@pytest.fixture
-def system() -> Any:
-    """An open `kvm.Kvm()`; the test is skipped when /dev/kvm is unusable."""
-    reason = _open_reason()
-    if reason:
-        pytest.skip(reason)
-    try:
-        k = kvm.Kvm(KVM_PATH)
-    except OSError as exc:
-        pytest.skip(f"cannot open {KVM_PATH}: {exc}")
-    with k:
-        yield k
-
-
-@pytest.fixture
-def vm(system: Any) -> Any:
-    with system.create_vm() as machine:
-        yield machine
+WRITE_PAGE_3 = bytes([
+    0xC6, 0x06, 0x00, 0x30, 0x55,  # mov byte [0x3000], 0x55
+    0xF4,                          # hlt
+])
 
 
 def require_cap(obj: Any, cap: str, minimum: int = 1) -> int:

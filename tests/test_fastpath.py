@@ -22,7 +22,7 @@ import kvm._pure
 import kvm.generated
 from kvm.exits import EXIT_CLASSES, _field_arguments, dispatch_table, reason_names
 
-from guests import real_mode_guest, system, vm  # noqa: F401  (fixtures)
+from guests import real_mode_guest
 
 try:
     speedups: types.ModuleType | None = importlib.import_module("kvm._speedups")
@@ -285,65 +285,6 @@ def test_one_exit_object_per_reason_and_it_outlives_close(vm):
         vcpu.run()
 
 
-def vcpu_mappings() -> list[str]:
-    with open("/proc/self/maps") as maps:
-        return [line for line in maps if "kvm-vcpu" in line]
-
-
-def _mapped(address: int) -> bool:
-    with open("/proc/self/maps") as maps:
-        return any(int(line.split("-")[0], 16) == address for line in maps)
-
-
-def test_closing_unmaps_kvm_run_when_nothing_holds_it(system):
-    with system.create_vm() as vm:
-        _, vcpu = real_mode_guest(vm, bytes([0xF4]))
-        assert isinstance(vcpu.run(), kvm.HltExit)
-        address = vcpu._mapping.address
-        assert _mapped(address)
-    assert not _mapped(address)  # at close, not at the next garbage collection
-
-
-def test_closing_releases_the_vcpu_file_although_exits_and_views_live_on(system):
-    """The kvm_run mapping would hold the vCPU's file (and so the VM) open: close() detaches it."""
-    assert vcpu_mappings() == []
-    vm = system.create_vm()
-    _, vcpu = real_mode_guest(vm, bytes([0xB0, 0x41, 0xE6, 0x10, 0xF4]))  # out 0x10 'A'; hlt
-    exit = vcpu.run()
-    data, run = exit.data, vcpu.kvm_run
-    assert len(vcpu_mappings()) == 1
-    vm.close()
-    assert vcpu_mappings() == []  # the VM is gone from the kernel now, not when the exit goes
-    # what was handed out reads the last contents
-    assert bytes(data) == b"A" and exit.port == 0x10 and run.exit_reason == system.binding.CONSTANTS["KVM_EXIT_IO"]
-
-
-def test_a_runner_taken_before_fork_refuses_in_the_child(vm):
-    _, vcpu = real_mode_guest(vm, bytes([0xF4]))
-    run = vcpu.run
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            os.close(read_end)
-            try:
-                run()
-                outcome = b"ran"
-            except kvm.ForkedError:
-                outcome = b"refused"
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                outcome = repr(exc).encode()
-            os.write(write_end, outcome)
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        outcome = pipe.read()
-    os.waitpid(pid, 0)
-    assert outcome == b"refused"
-    assert isinstance(run(), kvm.HltExit)  # the parent's vCPU is unaffected
-
-
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_value_ioctl_answers_ints_and_leaves_the_rest_to_its_fallback(impl, system):
     number = system.binding.IOCTLS["KVM_CHECK_EXTENSION"].number
@@ -364,53 +305,3 @@ def test_value_ioctl_answers_ints_and_leaves_the_rest_to_its_fallback(impl, syst
     assert calls == [("USER_MEMORY",), (2**64,), (), (cap,), (cap,)]
     with pytest.raises(TypeError):
         impl.ValueIoctl(0, number, None)
-
-
-def test_check_extension_by_number_name_or_member_and_after_close():
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        pytest.skip("/dev/kvm is absent or not usable by this user")
-    k = kvm.Kvm()
-    cap = k.binding.CONSTANTS["KVM_CAP_USER_MEMORY"]
-    assert k.check_extension(cap) == k.check_extension("USER_MEMORY") == 1
-    assert k.check_extension(k.binding.Cap.USER_MEMORY) == 1
-    assert k.check_extension(2**31 - 1) == 0  # a capability no kernel has
-    with pytest.raises(LookupError, match="KVM_CAP_NO_SUCH_THING"):
-        k.check_extension("NO_SUCH_THING")
-    with pytest.raises(OverflowError):
-        k.check_extension(2**64)
-    taken = k.check_extension
-    k.close()
-    for call in (taken, k.check_extension):
-        with pytest.raises(kvm.ClosedError):
-            call(cap)
-
-
-def test_read_into_fills_a_buffer_with_bounds_checks(vm):
-    mem = vm.add_memory(0x10000, 0x4000)
-    mem.write(0x10100, b"guest bytes")
-    buffer = bytearray(11)
-    assert mem.read_into(0x10100, buffer) == 11 and buffer == b"guest bytes"
-    words = memoryview(bytearray(8)).cast("I")
-    assert mem.read_into(0x10100, words) == 8 and bytes(words) == b"guest by"
-    with pytest.raises(kvm.GuestMemoryError, match="outside slot"):
-        mem.read_into(0x13FF8, bytearray(16))
-    with pytest.raises(TypeError, match="read-only"):
-        mem.read_into(0x10100, b"immutable")
-    with pytest.raises(TypeError, match="contiguous"):
-        mem.read_into(0x10100, memoryview(bytearray(16))[::2])
-
-
-def test_dropping_the_last_reference_to_a_kvm_closes_its_fd():
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        pytest.skip("/dev/kvm is absent or not usable by this user")
-    import gc
-
-    gc.disable()  # by reference counting, not by a later garbage collection
-    try:
-        k = kvm.Kvm()
-        fd = k.fileno()
-        del k
-        with pytest.raises(OSError):
-            os.fstat(fd)
-    finally:
-        gc.enable()

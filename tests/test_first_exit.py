@@ -1,17 +1,14 @@
-"""The path from nothing to a VM's first exit, what `import kvm` loads for it, check_extension, read_into."""
+"""The path from nothing to a VM's first exit, and what `import kvm` loads for it."""
 
 from __future__ import annotations
 
-import array
-import ctypes
-import os
 import subprocess
 import sys
 
 import pytest
 
 import kvm
-from guests import KVM_PATH, system, vm  # noqa: F401  (fixtures)
+from guests import KVM_PATH
 
 # mov dx, 0x3f8; mov al, 'A'; 1: out dx, al; jmp 1b   (the guest of bench/baseline.c)
 SERIAL_OUT = bytes([0xBA, 0xF8, 0x03, 0xB0, 0x41, 0xEE, 0xEB, 0xFD])
@@ -62,61 +59,3 @@ def test_binding_tables_are_built_on_first_use():
     assert STRUCTS is default.STRUCTS and CAPS is default.CAPS
     region = "struct kvm_userspace_memory_region"
     assert STRUCTS[region].size == default.ffi.sizeof(region) == 32
-
-
-def test_check_extension_asks_the_kernel_every_time(system, vm):
-    cap = system.binding.Cap.USER_MEMORY
-    for obj in (system, vm):
-        assert obj.check_extension(cap) == obj.check_extension(int(cap)) == 1
-        assert obj.check_extension("USER_MEMORY") == obj.check_extension("KVM_CAP_USER_MEMORY") == 1
-    # Put /dev/null under both fds: an answer kept from the calls above would hide it, a new ioctl fails.
-    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        for obj in (vm, system):
-            os.dup2(devnull, obj.fileno(), inheritable=False)
-    finally:
-        os.close(devnull)
-    for obj in (vm, system):
-        for form in (cap, int(cap), "USER_MEMORY"):
-            with pytest.raises(kvm.KvmError, match="KVM_CHECK_EXTENSION .*ENOTTY"):
-                obj.check_extension(form)
-
-
-def test_read_into_copies_into_any_writable_buffer(vm):
-    mem = vm.add_memory(0x10000, 0x4000)
-    mem.write(0x10100, bytes(range(16)))
-    buffer = bytearray(16)
-    assert mem.read_into(0x10100, buffer) == 16 and buffer == bytes(range(16))
-    words = array.array("I", [0, 0])
-    assert mem.read_into(0x10104, words) == 8 and words.tobytes() == bytes(range(4, 12))
-    word = ctypes.c_uint32()  # a buffer whose format is not a byte format
-    assert mem.read_into(0x10100, word) == 4 and word.value == int.from_bytes(bytes(range(4)), sys.byteorder)
-    window = memoryview(buffer)[4:8]
-    assert mem.read_into(0x10100, window) == 4 and buffer[:8] == bytes([0, 1, 2, 3, 0, 1, 2, 3])
-    assert mem.read_into(0x13FFC, bytearray(4)) == 4  # up to the last byte of the slot
-    assert mem.read_into(0x14000, bytearray()) == 0
-    overlapping = mem.view(0x10102, 8)  # guest memory into guest memory
-    assert mem.read_into(0x10100, overlapping) == 8 and mem.read(0x10100, 10) == bytes([0, 1, 0, 1, 2, 3, 4, 5, 6, 7])
-
-
-def test_read_into_refuses_what_it_cannot_fill(vm):
-    mem = vm.add_memory(0x10000, 0x4000)
-    mem.write(0x13FF0, b"x" * 16)
-    too_long = bytearray(17)
-    with pytest.raises(kvm.GuestMemoryError, match=r"\[0x13ff0, 0x14001\) is outside slot"):
-        mem.read_into(0x13FF0, too_long)
-    assert too_long == bytes(17)  # nothing copied
-    with pytest.raises(kvm.GuestMemoryError, match="outside slot"):
-        mem.read_into(0xFFFF, bytearray(2))
-    with pytest.raises(TypeError, match="bytes is read-only"):
-        mem.read_into(0x10000, b"read-only")
-    with pytest.raises(TypeError, match="C-contiguous"):
-        mem.read_into(0x10000, memoryview(bytearray(8))[::2])
-    with pytest.raises(TypeError, match="writable buffer, not int"):
-        mem.read_into(0x10000, 8)
-    buffer = bytearray(4)
-    mem.read_into(0x13FF0, buffer)
-    buffer.extend(b"more")  # the buffer is released: it can be resized again
-    mem.close()
-    with pytest.raises(kvm.ClosedError):
-        mem.read_into(0x10000, buffer)

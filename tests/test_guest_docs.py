@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from guests import *  # noqa: F403  (fixture: system)
-
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -4,6 +4,7 @@ Each ioctl has one row in ROWS (a small setup and a call through its generated w
 documents it for other arches only, is covered by the generic other-arch test. Capability reported:
 the call must succeed or fail with an errno the documentation gives for that situation (never ENOTTY).
 Capability absent: the wrapper must raise CapabilityError without issuing the ioctl.
+The same generated wrappers are reachable from the ergonomic objects as `obj.ioctls`.
 
 Exceptions (exercised, but allowed an errno other rows would not accept), with the reason:
 - KVM_MEMORY_ENCRYPT_OP / _REG_REGION / _UNREG_REGION: ENOTTY when the VM has no memory encryption
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 
+import kvm
 from kvm import _fd
 from kvm.errors import CapabilityError, KvmError
 
@@ -491,3 +493,30 @@ def test_every_ioctl_has_a_row() -> None:
     assert not missing, f"no test row for {missing}"
     stray = sorted(set(ROWS) - set(B.IOCTLS))
     assert not stray, f"rows for ioctls not in the binding: {stray}"
+
+
+def test_every_generated_wrapper_is_reachable_from_the_objects(system, vm):
+    """`obj.ioctls` is the binding's generated mixin of the object's fd kind, bound to its fd and gates."""
+    assert B is system.binding
+    vcpu = vm.create_vcpu(0)
+    for obj, mixin in ((system, W.SystemIoctls), (vm, W.VmIoctls), (vcpu, W.VcpuIoctls)):
+        bound = obj.ioctls
+        assert isinstance(bound, mixin) and bound.owner is obj
+        missing = [name for name in vars(mixin) if not name.startswith("_") and not callable(getattr(bound, name))]
+        assert not missing
+    assert system.ioctls.get_api_version() == 12
+    assert vm.ioctls.check_extension(C["KVM_CAP_USER_MEMORY"]) == vm.check_extension("USER_MEMORY")
+    vcpu.regs = {"rip": 0x1234}
+    assert vcpu.ioctls.get_regs().rip == 0x1234  # the same vCPU
+    fd = vm.ioctls.create_vcpu(1)  # the raw form: an fd the caller owns
+    try:
+        assert fd >= 0 and fd not in (vm.fileno(), vcpu.fileno())
+    finally:
+        os.close(fd)
+    bound = vcpu.ioctls
+    vcpu.close()
+    with pytest.raises(kvm.ClosedError):
+        bound.get_regs()
+    if vm.check_extension("GUEST_MEMFD") > 0:  # no generated wrappers for guest_memfd fds
+        with pytest.raises(AttributeError, match="guest_memfd"):
+            vm.create_guest_memfd(0x1000).ioctls

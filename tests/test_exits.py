@@ -1,4 +1,5 @@
-"""Real guests on /dev/kvm: each exit kind, decoded and replied to.
+"""Typed exits from real guests on /dev/kvm: each exit kind, decoded and replied to; guest debug, sync_regs,
+user-space MSR exits, guests in each CPU mode; MMIO and PIO deferred to the coalesced ring instead of exiting.
 
 Guest code is hand-assembled; the assembly is beside each instruction. Ring-0 code runs through KVM's
 instruction emulator on some hosts (nested virtualization), so the loops stay short.
@@ -11,7 +12,6 @@ import errno
 import pytest
 
 import kvm
-from guests import *  # noqa: F403  (fixtures: system, vm)
 from guests import long_mode_guest, protected_mode_guest, real_mode_guest, require_cap, run_until
 
 
@@ -325,3 +325,40 @@ def test_unknown_exit_reason_is_not_a_crash(vm):
     exit = vcpu._unknown_exit(250)  # a reason no kernel defines
     assert isinstance(exit, kvm.UnknownExit) and exit.reason == 250 and exit.name == "?"
     assert len(exit.payload) == 256
+
+
+def test_coalesced_mmio_ring(vm):
+    require_cap(vm, "COALESCED_MMIO")
+    vm.register_coalesced_mmio(0x20000, 0x1000)
+    code = bytes([
+        0xB8, 0x00, 0x20,              # mov ax, 0x2000
+        0x8E, 0xD8,                    # mov ds, ax
+        0xC6, 0x06, 0x10, 0x00, 0xA1,  # mov byte [0x10], 0xa1
+        0xC6, 0x06, 0x11, 0x00, 0xA2,  # mov byte [0x11], 0xa2
+        0xF4,                          # hlt
+    ])
+    _, vcpu = real_mode_guest(vm, code)
+    assert isinstance(vcpu.run(), kvm.HltExit)  # the writes did not exit
+    entries = vm.coalesced_entries()
+    assert [(e.phys_addr, e.len, e.pio, e.data) for e in entries] == [
+        (0x20010, 1, False, b"\xA1"),
+        (0x20011, 1, False, b"\xA2"),
+    ]
+    assert vm.coalesced_entries() == []
+    vm.unregister_coalesced_mmio(0x20000, 0x1000)
+
+
+def test_coalesced_pio_ring(vm):
+    require_cap(vm, "COALESCED_PIO")
+    vm.register_coalesced_pio(0x80, 1)
+    code = bytes([
+        0xB0, 0xB1,  # mov al, 0xb1
+        0xE6, 0x80,  # out 0x80, al
+        0xB0, 0xB2,  # mov al, 0xb2
+        0xE6, 0x80,  # out 0x80, al
+        0xF4,        # hlt
+    ])
+    _, vcpu = real_mode_guest(vm, code)
+    assert isinstance(vcpu.run(), kvm.HltExit)
+    entries = vm.coalesced_entries()
+    assert [(e.phys_addr, e.pio, e.data) for e in entries] == [(0x80, True, b"\xB1"), (0x80, True, b"\xB2")]

@@ -1,4 +1,5 @@
-"""Lifetimes, threads and processes: close semantics, immediate_exit, kick, concurrent vCPUs, fork, fd leaks."""
+"""Lifetimes, threads and processes: close semantics (kvm_run unmapped, files released), immediate_exit, kick,
+concurrent vCPUs, fork, fd leaks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import time
 import pytest
 
 import kvm
-from guests import *  # noqa: F403  (fixtures: system, vm)
 from guests import real_mode_guest, require_cap
 
 SPIN = bytes([0xEB, 0xFE])  # jmp $   (spins until kicked)
@@ -203,3 +203,78 @@ def test_no_fd_leak_over_10000_vm_cycles(system):
             vm.create_vcpu(0)
         vm.close()
     assert _open_fds() == before
+
+
+def vcpu_mappings() -> list[str]:
+    with open("/proc/self/maps") as maps:
+        return [line for line in maps if "kvm-vcpu" in line]
+
+
+def _mapped(address: int) -> bool:
+    with open("/proc/self/maps") as maps:
+        return any(int(line.split("-")[0], 16) == address for line in maps)
+
+
+def test_closing_unmaps_kvm_run_when_nothing_holds_it(system):
+    with system.create_vm() as vm:
+        _, vcpu = real_mode_guest(vm, bytes([0xF4]))
+        assert isinstance(vcpu.run(), kvm.HltExit)
+        address = vcpu._mapping.address
+        assert _mapped(address)
+    assert not _mapped(address)  # at close, not at the next garbage collection
+
+
+def test_closing_releases_the_vcpu_file_although_exits_and_views_live_on(system):
+    """The kvm_run mapping would hold the vCPU's file (and so the VM) open: close() detaches it."""
+    assert vcpu_mappings() == []
+    vm = system.create_vm()
+    _, vcpu = real_mode_guest(vm, bytes([0xB0, 0x41, 0xE6, 0x10, 0xF4]))  # out 0x10 'A'; hlt
+    exit = vcpu.run()
+    data, run = exit.data, vcpu.kvm_run
+    assert len(vcpu_mappings()) == 1
+    vm.close()
+    assert vcpu_mappings() == []  # the VM is gone from the kernel now, not when the exit goes
+    # what was handed out reads the last contents
+    assert bytes(data) == b"A" and exit.port == 0x10 and run.exit_reason == system.binding.CONSTANTS["KVM_EXIT_IO"]
+
+
+def test_dropping_the_last_reference_to_a_kvm_closes_its_fd():
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("/dev/kvm is absent or not usable by this user")
+    import gc
+
+    gc.disable()  # by reference counting, not by a later garbage collection
+    try:
+        k = kvm.Kvm()
+        fd = k.fileno()
+        del k
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    finally:
+        gc.enable()
+
+
+def test_a_runner_taken_before_fork_refuses_in_the_child(vm):
+    _, vcpu = real_mode_guest(vm, bytes([0xF4]))
+    run = vcpu.run
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(read_end)
+            try:
+                run()
+                outcome = b"ran"
+            except kvm.ForkedError:
+                outcome = b"refused"
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                outcome = repr(exc).encode()
+            os.write(write_end, outcome)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        outcome = pipe.read()
+    os.waitpid(pid, 0)
+    assert outcome == b"refused"
+    assert isinstance(run(), kvm.HltExit)  # the parent's vCPU is unaffected
