@@ -47,9 +47,9 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def needs(*ioctls: str) -> Callable[[_F], _F]:
-    """Mark an ergonomic method (or a property's getter) as issuing `ioctls`: the classes made for a
-    binding in which one of them does not exist (another arch's ioctl, a newer kernel's) do not offer
-    it (see kvm/arches.py)."""
+    """Mark an ergonomic method (or a property's getter) as issuing `ioctls` on the object's own fd: the
+    classes made for a binding in which one of them does not exist there (another arch's ioctl, a newer
+    kernel's, another fd kind's) do not offer it (see kvm/arches.py)."""
 
     def mark(function: _F) -> _F:
         function.__kvm_ioctls__ = ioctls  # type: ignore[attr-defined]

@@ -203,9 +203,6 @@ class Vm(Attributes):
         self._check_open()
         guest_addr = marshal.integer(guest_addr, "guest_addr", 0, (1 << 64) - 1)
         size = marshal.integer(size, "size", 1, (1 << 64) - 1)
-        if guest_addr % PAGE_SIZE or size % PAGE_SIZE:
-            raise ValueError(f"guest_addr ({guest_addr:#x}) and size ({size:#x}) must be multiples of the "
-                             f"page size ({PAGE_SIZE:#x})")
         flags = marshal.integer(flags, "flags", 0, 0xFFFFFFFF)
         if slot is None:
             slot = self._free_slot()
@@ -299,8 +296,6 @@ class Vm(Attributes):
     def create_vcpu(self, id: int = 0) -> Vcpu:
         """KVM_CREATE_VCPU: a new `Vcpu` with id `id` (on x86, its APIC id)."""
         id = marshal.integer(id, "id", 0, 0xFFFFFFFF)
-        if id in self._vcpus and not self._vcpus[id].closed:
-            raise ValueError(f"vCPU {id} already exists")
         mmap_size = self.system.vcpu_mmap_size
         fd = marshal.by_value(self._ioctl, "KVM_CREATE_VCPU", id, "id")
         try:

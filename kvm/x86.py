@@ -273,7 +273,7 @@ class X86Vcpu(KvmFd):
         return marshal.msrs_set(self._ioctl, self.ffi, "KVM_SET_MSRS", values)
 
     @property
-    @needs("KVM_GET_MSRS", "KVM_GET_MSR_INDEX_LIST")
+    @needs("KVM_GET_MSRS")
     def msrs(self) -> dict[int, int]:
         """Every MSR of KVM_GET_MSR_INDEX_LIST this vCPU lets read (assign a dict: set_msrs, all or ValueError)."""
         out: dict[int, int] = {}

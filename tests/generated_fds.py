@@ -2,7 +2,8 @@
 for the newest binding of this host's arch (the ergonomic classes of kvm/ wrap these ioctls their own
 way). Shared by test_ioctls.py and test_wrappers_fuzz.py, which need the classes at collection time (to
 parametrize over them), so they are plain names imported from here, not fixtures; import it after checking
-/dev/kvm is usable.
+/dev/kvm is usable. The generated mixin comes first, so that its methods win over the few that KvmFd
+offers under the same name (`enable_cap`, `check_extension`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ C = B.CONSTANTS
 ffi = W.ffi
 
 
-class Sys(_fd.KvmFd, W.SystemIoctls):
+class Sys(W.SystemIoctls, _fd.KvmFd):
     fd_kind = "system"
 
 
-class Vm(_fd.KvmFd, W.VmIoctls):
+class Vm(W.VmIoctls, _fd.KvmFd):
     fd_kind = "vm"
 
     def _cap_owner(self) -> Any:
@@ -30,14 +31,14 @@ class Vm(_fd.KvmFd, W.VmIoctls):
         return self if parent._query_cap(C["KVM_CAP_CHECK_EXTENSION_VM"]) > 0 else parent
 
 
-class Vcpu(_fd.KvmFd, W.VcpuIoctls):
+class Vcpu(W.VcpuIoctls, _fd.KvmFd):
     fd_kind = "vcpu"
 
     def _cap_owner(self) -> Any:
         return self._parent._cap_owner()
 
 
-class Device(_fd.KvmFd, W.DeviceIoctls):
+class Device(W.DeviceIoctls, _fd.KvmFd):
     fd_kind = "device"
 
     def _cap_owner(self) -> Any:
