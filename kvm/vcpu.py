@@ -24,7 +24,9 @@ from .stats import StatsFd
 
 _EINTR = _errno.EINTR
 # KVM_RUN fails with these and sets exit_reason to KVM_EXIT_MEMORY_FAULT when it reports a memory fault
-_MEMORY_FAULT_ERRNOS = (_errno.EFAULT, getattr(_errno, "EHWPOISON", 133))  # EHWPOISON: 133 on Linux
+# (Python's errno module lacks EHWPOISON: Linux numbers it 133, and 168 on mips)
+EHWPOISON: int = getattr(_errno, "EHWPOISON", 168 if os.uname().machine.startswith("mips") else 133)
+_MEMORY_FAULT_ERRNOS = (_errno.EFAULT, EHWPOISON)
 
 # -- kick: a no-op handler on a real-time signal, so that a signal interrupts KVM_RUN with EINTR ------
 
