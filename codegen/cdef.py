@@ -2,8 +2,8 @@
 
 cffi lays records out itself, with the host's natural rules, and knows neither `packed`, `aligned`,
 `__int128`, nor GNU's empty struct. So the text is written to reproduce the model's layout under
-natural rules: 128-bit integers become a pair of 64-bit words, `__DECLARE_FLEX_ARRAY` becomes a plain
-trailing `[]`, and explicit padding is inserted wherever the real ABI places a member later than
+natural rules: 128-bit integers become a pair of 64-bit words, `__DECLARE_FLEX_ARRAY` and a trailing
+`[0]` become a plain trailing `[]`, and explicit padding is inserted wherever the real ABI places a member later than
 natural alignment would (e.g. arm64's 16-byte-aligned FP state). Where the real layout is tighter than
 natural alignment allows, the record cannot be expressed and generation fails loudly.
 """
@@ -57,9 +57,12 @@ class _Renderer:
     def body(self, record: Record, indent: str) -> list[str]:
         lines: list[str] = []
         cursor = 0  # bytes used so far, as cffi will count them
-        for m in record.members:
+        for index, m in enumerate(record.members):
             if self.is_empty_record(m):
                 continue  # GNU C's empty struct takes no space; cffi would give it one byte
+            if record.kind == "struct" and index == len(record.members) - 1 and m.dims[:1] == (0,):
+                # an old-style trailing `T x[0]` is a flexible array: cffi then sizes it from `ffi.new`
+                m = dataclasses.replace(m, dims=(None, *m.dims[1:]))
             if record.kind == "struct" and m.bit_width is None:
                 natural = -(-cursor // self.member_align(m)) * self.member_align(m)
                 if m.offset < natural:

@@ -23,13 +23,9 @@ _FORKED = -2
 
 # Every open KvmFd, so that a fork() can mark the child's copies unusable.
 _LIVE: weakref.WeakSet[KvmFd] = weakref.WeakSet()
-# This process's id, kept here because os.getpid() is a system call and every KvmFd records it.
-_pid = os.getpid()
 
 
 def _after_fork_in_child() -> None:
-    global _pid
-    _pid = os.getpid()
     for obj in list(_LIVE):
         if obj._fd >= 0:
             obj._inherited_fd = obj._fd
@@ -66,11 +62,12 @@ class KvmFd:
     def __init__(self, fd: int, binding: ModuleType, parent: KvmFd | None = None) -> None:
         self._fd = fd
         self._inherited_fd = -1
-        self._pid = _pid
+        self._pid = _sys.pid()
         self._binding = binding
         self._ioctls = binding.IOCTLS
         self._parent = parent
-        self._children: dict[int, Any] = {}
+        # children are held weakly: a child the user drops closes its fd at once
+        self._children: weakref.WeakValueDictionary[int, KvmFd] = weakref.WeakValueDictionary()
         self._caps: dict[int, int] = {}  # KVM_CHECK_EXTENSION answers of this fd
         self._gate_ok: set[str] = set()  # ioctl names whose capability was found present
         if parent is not None:
@@ -120,13 +117,13 @@ class KvmFd:
 
     def __del__(self) -> None:
         try:
-            if self._fd != _CLOSED and self._pid == _pid:
+            if self._fd != _CLOSED and self._pid == _sys.pid():
                 self.close()
         except Exception:
             pass
 
     def _raise_unusable(self) -> None:
-        if self._fd == _FORKED or self._pid != _pid:
+        if self._fd == _FORKED or self._pid != _sys.pid():
             raise ForkedError(
                 f"this {type(self).__name__} ({self.fd_kind} fd) was created in process {self._pid} and is used "
                 f"from forked child {os.getpid()}: KVM fds inherited through fork() cannot be used; "

@@ -51,6 +51,22 @@ MFD_CLOEXEC = 0x0001
 _SYS_TGKILL = {"x86_64": 234, "s390x": 241, "ppc64le": 250, "mips64": 5225}.get(os.uname().machine, 131)
 
 
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def pid() -> int:
+    """This process's id, cached (os.getpid() is a system call) and renewed in a forked child."""
+    return _pid
+
+
 def _raise_errno(what: str) -> None:
     err = ffi.errno
     raise OSError(err, f"{what}: {os.strerror(err)}")
@@ -132,6 +148,9 @@ def eventfd(initval: int = 0, flags: int = EFD_CLOEXEC) -> int:
     return int(fd)
 
 
+MFD_ALLOW_SEALING = 0x0002
+
+
 def memfd_create(name: str, flags: int = MFD_CLOEXEC) -> int:
     """memfd_create(2), close-on-exec by default; returns the fd."""
     fd = _memfd_create(name.encode(), flags)
@@ -142,7 +161,7 @@ def memfd_create(name: str, flags: int = MFD_CLOEXEC) -> int:
 
 def tgkill(tid: int, sig: int) -> bool:
     """Send `sig` to thread `tid` of this process; False when the thread no longer exists."""
-    if _syscall3(_SYS_TGKILL, os.getpid(), tid, sig) < 0:
+    if _syscall3(_SYS_TGKILL, _pid, tid, sig) < 0:
         if ffi.errno == 3:  # ESRCH
             return False
         _raise_errno("tgkill")

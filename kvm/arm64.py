@@ -12,7 +12,6 @@ constants and its `struct kvm_regs` layout, as the kernel's KVM_REG_ARM_CORE_REG
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
@@ -29,42 +28,6 @@ NAMED_FEATURES = {
 }
 SYS_REG_FIELDS = ("op0", "op1", "crn", "crm", "op2")
 
-_PATH_PART = re.compile(r"(\w+)(?:\[(\d+)\])?")
-
-
-def member_layout(ffi: Any, ctype: str, path: str) -> tuple[int, int]:
-    """(offset, size) of the one integer member `path` of record `ctype` ("regs.pc", "fp_regs.vregs[3]"),
-    from the binding's cffi layout; ValueError for a member or element the record lacks, a record or an array."""
-    if not isinstance(path, str):
-        raise TypeError(f"name must be a str, not {type(path).__name__}")
-    kind = ffi.typeof(ctype)
-    steps: list[str | int] = []
-    for part in path.split("."):
-        match = _PATH_PART.fullmatch(part)
-        fields = dict(kind.fields or ()) if kind.kind in ("struct", "union") else {}
-        if match is None or match.group(1) not in fields:
-            raise ValueError(f"{ctype} has no member {path!r}")
-        kind = fields[match.group(1)].type
-        steps.append(match.group(1))
-        if match.group(2) is not None:
-            index = int(match.group(2))
-            if kind.kind != "array" or index >= kind.length:
-                raise ValueError(f"{ctype} has no member {path!r}: {match.group(1)} has no element {index}")
-            kind = kind.item
-            steps.append(index)
-    if kind.kind != "primitive" and kind is not ffi.typeof("__uint128_t"):
-        raise ValueError(f"{ctype}.{path} is a {kind.cname}, not one register: name one of its members or elements")
-    return ffi.offsetof(ctype, *steps), ffi.sizeof(kind)
-
-
-def size_bits(binding: ModuleType, size: int) -> int:
-    """The KVM_REG_SIZE_* bits of a register id for a register of `size` bytes."""
-    try:
-        return binding.CONSTANTS[f"KVM_REG_SIZE_U{8 * size}"]  # type: ignore[no-any-return]
-    except KeyError:
-        raise ValueError(f"no register id encodes a size of {size} bytes") from None
-
-
 def core_reg_id(binding: ModuleType, name: str) -> int:
     """The id of core register `name`, a member of `struct kvm_regs` ("regs.pc", "regs.regs[3]", "sp_el1",
     "spsr[0]", "fp_regs.vregs[31]", "fp_regs.fpsr"; "pc", "sp", "pstate", "regs[3]": the members of
@@ -74,9 +37,9 @@ def core_reg_id(binding: ModuleType, name: str) -> int:
     head = name.split("[")[0] if isinstance(name, str) and "." not in name else ""
     if head in dict(ffi.typeof("struct user_pt_regs").fields):
         name = "regs." + name
-    offset, size = member_layout(ffi, "struct kvm_regs", name)
+    offset, size = marshal.member_layout(ffi, "struct kvm_regs", name)
     c = binding.CONSTANTS
-    return c["KVM_REG_ARM64"] | size_bits(binding, size) | c["KVM_REG_ARM_CORE"] | offset // ffi.sizeof("__u32")
+    return c["KVM_REG_ARM64"] | marshal.reg_size_bits(binding.CONSTANTS, size) | c["KVM_REG_ARM_CORE"] | offset // ffi.sizeof("__u32")
 
 
 def x(binding: ModuleType, n: int) -> int:

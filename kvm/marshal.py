@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
@@ -441,6 +442,43 @@ def one_reg_set(ioctl: Ioctl, ffi: Any, name: str, reg_id: Any, value: Any) -> i
     return ioctl(name, ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buffer))}))
 
 
+_PATH_PART = re.compile(r"(\w+)(?:\[(\d+)\])?")
+
+
+def member_layout(ffi: Any, ctype: str, path: str) -> tuple[int, int]:
+    """(offset, size) of the one integer member `path` of record `ctype` ("regs.pc", "fp_regs.vregs[3]"),
+    from the binding's cffi layout; ValueError for a member or element the record lacks, a record or an array."""
+    if not isinstance(path, str):
+        raise TypeError(f"name must be a str, not {type(path).__name__}")
+    kind = ffi.typeof(ctype)
+    steps: list[str | int] = []
+    for part in path.split("."):
+        match = _PATH_PART.fullmatch(part)
+        fields = dict(kind.fields or ()) if kind.kind in ("struct", "union") else {}
+        if match is None or match.group(1) not in fields:
+            raise ValueError(f"{ctype} has no member {path!r}")
+        kind = fields[match.group(1)].type
+        steps.append(match.group(1))
+        if match.group(2) is not None:
+            index = int(match.group(2))
+            if kind.kind != "array" or index >= kind.length:
+                raise ValueError(f"{ctype} has no member {path!r}: {match.group(1)} has no element {index}")
+            kind = kind.item
+            steps.append(index)
+    if kind.kind != "primitive" and kind is not ffi.typeof("__uint128_t"):
+        raise ValueError(f"{ctype}.{path} is a {kind.cname}, not one register: name one of its members or elements")
+    return ffi.offsetof(ctype, *steps), ffi.sizeof(kind)
+
+
+def reg_size_bits(constants: Mapping[str, int], size: int) -> int:
+    """The KVM_REG_SIZE_* bits of a register id for a register of `size` bytes."""
+    try:
+        return constants[f"KVM_REG_SIZE_U{8 * size}"]
+    except KeyError:
+        raise ValueError(f"no register id encodes a size of {size} bytes") from None
+
+
+
 ATTR_BYTES = 8  # what KVM writes for every attribute of at most 64 bits (and it writes no fewer)
 
 
@@ -492,7 +530,7 @@ def attr_set(ioctl: Ioctl, ffi: Any, name: str, group: Any, attr: Any, value: An
 
 __all__ = [
     "ATTR_BYTES", "MAX_BYTES", "MAX_ENTRIES", "ULONG_MAX", "CData", "Ioctl", "array_assign", "assign",
-    "attr_get", "attr_has", "attr_set", "bitmap_bytes", "build", "by_value", "clear_dirty_log", "count",
+    "attr_get", "attr_has", "attr_set", "member_layout", "reg_size_bits", "bitmap_bytes", "build", "by_value", "clear_dirty_log", "count",
     "dirty_log", "fill", "flex_set", "grow", "index_list", "integer", "msrs_get", "msrs_set", "new_fd",
     "one_reg_get", "one_reg_set", "record_pointer", "reg_size", "scalar_in", "scalar_inout", "scalar_out",
     "signal_mask", "sized_get", "struct_in", "struct_inout", "struct_out", "xsave2",

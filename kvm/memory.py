@@ -11,10 +11,12 @@ from __future__ import annotations
 import mmap as _mmap
 import os
 import sys
+import weakref
 from typing import Any
 
 from . import _sys
-from .errors import ClosedError, GuestMemoryError
+from .errors import ClosedError, ForkedError, GuestMemoryError
+from .marshal import integer
 
 PAGE_SIZE = _mmap.PAGESIZE
 _UINTPTR = _sys.ffi.typeof("uintptr_t")
@@ -38,7 +40,8 @@ class GuestMemory:
         guest_memfd_offset: int = 0,
         owns_guest_memfd: bool = False,
     ) -> None:
-        self.vm = vm
+        self._vm = weakref.ref(vm)  # the VM holds its slots; a slot does not keep its VM alive
+        self._pid = _sys.pid()
         self.slot = slot
         self.guest_addr = guest_addr
         self.size = size
@@ -54,6 +57,11 @@ class GuestMemory:
             self.host_addr = int(_sys.ffi.cast(_UINTPTR, pinned))
 
     # -- lifetime ---------------------------------------------------------------------------------
+
+    @property
+    def vm(self) -> Any:
+        """The VM the slot belongs to (None once that VM object is gone)."""
+        return self._vm()
 
     @property
     def closed(self) -> bool:
@@ -135,8 +143,14 @@ class GuestMemory:
     # -- access -----------------------------------------------------------------------------------
 
     def _offset(self, address: int, length: int) -> int:
+        if self._pid != _sys.pid():
+            raise ForkedError(f"guest memory slot {self.slot} was mapped in process {self._pid}; a forked child "
+                              "must not touch its parent's guest (a memfd slot is shared with it)")
         if self._view is None:
             raise ClosedError(f"guest memory slot {self.slot} is closed")
+        if address.__class__ is not int or length.__class__ is not int:
+            address = integer(address, "address", 0, (1 << 64) - 1)
+            length = integer(length, "length", 0, (1 << 64) - 1)
         offset = address - self.guest_addr
         if length < 0 or offset < 0 or offset + length > self.size:
             raise GuestMemoryError(
@@ -151,9 +165,12 @@ class GuestMemory:
         return bytes(self._view[offset : offset + length])  # type: ignore[index]
 
     def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
-        """Copy `data` to guest-physical `address`."""
+        """Copy `data` (any C-contiguous buffer) to guest-physical `address`."""
         if not isinstance(data, (bytes, bytearray)):
-            data = memoryview(data).cast("B")
+            try:
+                data = memoryview(data).cast("B")
+            except TypeError:
+                raise TypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
         offset = self._offset(address, len(data))
         self._view[offset : offset + len(data)] = data  # type: ignore[index]
 
@@ -184,16 +201,24 @@ class GuestMemory:
         return self._view[offset : offset + length]  # type: ignore[index]
 
     def read_int(self, address: int, size: int = 8, *, signed: bool = False) -> int:
-        """An integer of `size` bytes in the host byte order (the guest's, for KVM)."""
+        """An integer of `size` bytes (1 to 8) in the host byte order (the guest's, for KVM)."""
+        size = integer(size, "size", 1, 8)
         return int.from_bytes(self.read(address, size), sys.byteorder, signed=signed)
 
-    def write_int(self, address: int, value: int, size: int = 8) -> None:
-        self.write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, sys.byteorder))
+    def write_int(self, address: int, value: int, size: int = 8, *, signed: bool = False) -> None:
+        """Store `value`, which must fit `size` bytes (1 to 8; unsigned unless `signed`), at `address`."""
+        size = integer(size, "size", 1, 8)
+        bits = 8 * size
+        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        value = integer(value, "value", low, high)
+        self.write(address, value.to_bytes(size, sys.byteorder, signed=signed))
 
     def fill(self, address: int, length: int, byte: int = 0) -> None:
+        """Set `length` bytes at `address` to `byte`."""
+        byte = integer(byte, "byte", 0, 255)
         offset = self._offset(address, length)
         self._view[offset : offset + length] = bytes([byte]) * length  # type: ignore[index]
 
     def page_index(self, address: int) -> int:
         """The page number of `address` within the slot (as dirty logs count pages)."""
-        return self._offset(address, 0) // PAGE_SIZE
+        return self._offset(integer(address, "address", 0, (1 << 64) - 1), 0) // PAGE_SIZE

@@ -28,19 +28,10 @@ CSR_RECORDS = (
 def _reg_id(binding: ModuleType, reg_type: str, ctype: str, name: str, unit: str = "unsigned long",
             subtype: str | None = None) -> int:
     """The id of integer member `name` of `ctype` ("mode", "regs.pc"): its index is its offset in `unit`s."""
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, not {type(name).__name__}")
     ffi, c = binding.ffi, binding.CONSTANTS
-    kind = ffi.typeof(ctype)
-    for step in name.split("."):
-        fields = dict(kind.fields or ()) if kind.kind == "struct" else {}
-        if step not in fields:
-            raise ValueError(f"{ctype} has no member {name!r}")
-        kind = fields[step].type
-    if kind.kind != "primitive":
-        raise ValueError(f"{ctype}.{name} is a {kind.cname}, not one register: name one of its members")
-    index = ffi.offsetof(ctype, *name.split(".")) // ffi.sizeof(unit) | (c[subtype] if subtype is not None else 0)
-    return c["KVM_REG_RISCV"] | c[f"KVM_REG_SIZE_U{8 * ffi.sizeof(kind)}"] | c[reg_type] | index  # type: ignore[no-any-return]
+    offset, size = marshal.member_layout(ffi, ctype, name)
+    index = offset // ffi.sizeof(unit) | (c[subtype] if subtype is not None else 0)
+    return c["KVM_REG_RISCV"] | marshal.reg_size_bits(c, size) | c[reg_type] | index  # type: ignore[no-any-return]
 
 
 def core_reg_id(binding: ModuleType, name: str) -> int:

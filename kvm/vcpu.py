@@ -10,6 +10,7 @@ import errno as _errno
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -23,6 +24,7 @@ from .memory import PAGE_SIZE
 from .stats import StatsFd
 
 _EINTR = _errno.EINTR
+_STOP_TIMEOUT = 5.0  # seconds close() waits for a kicked run() to return
 # KVM_RUN fails with these and sets exit_reason to KVM_EXIT_MEMORY_FAULT when it reports a memory fault
 # (Python's errno module lacks EHWPOISON: Linux numbers it 133, and 168 on mips)
 EHWPOISON: int = getattr(_errno, "EHWPOISON", 168 if os.uname().machine.startswith("mips") else 133)
@@ -46,8 +48,16 @@ def install_kick_handler(signum: int | None = None) -> bool:
     """
     global _kick_handler_installed, KICK_SIGNAL
     if signum is not None and signum != KICK_SIGNAL:
-        KICK_SIGNAL = signum
-        _kick_handler_installed = False
+        if signum.__class__ is not int and not isinstance(signum, signal.Signals):
+            raise TypeError(f"signum must be an int, not {type(signum).__name__}")
+        if signum not in signal.valid_signals() or signum in (signal.SIGKILL, signal.SIGSTOP):
+            raise ValueError(f"signum {signum} is not a signal that can have a handler")
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("install_kick_handler(signum) must run in the main thread")
+        signal.signal(signum, _noop_handler)
+        KICK_SIGNAL = int(signum)
+        _kick_handler_installed = True
+        return True
     if _kick_handler_installed:
         return True
     current = signal.getsignal(KICK_SIGNAL)
@@ -59,6 +69,10 @@ def install_kick_handler(signum: int | None = None) -> bool:
     signal.signal(KICK_SIGNAL, _noop_handler)
     _kick_handler_installed = True
     return True
+
+
+if threading.current_thread() is threading.main_thread():
+    install_kick_handler()  # so that kick() works from any thread, whichever thread made the vCPU
 
 
 class CoalescedAccess(NamedTuple):
@@ -88,47 +102,61 @@ class Vcpu(Attributes, VcpuBase):
     fd_kind = "vcpu"
 
     def __init__(self, vm: Any, fd: int, id: int, mmap_size: int) -> None:
-        super().__init__(fd, vm.binding, vm)
-        self.vm = vm
-        self.id = id
         binding = vm.binding
         ffi = self._ffi = binding.ffi
+        # Everything that can fail comes before KvmFd.__init__ registers the vCPU with its VM: a failed
+        # construction leaves nothing behind (the caller closes `fd`).
         mapping = _sys.FileMapping(fd, mmap_size)
         self._mapping: _sys.FileMapping | None = mapping
         self._run = ffi.from_buffer("struct kvm_run *", mapping.view)
-        self._kicked = False
         # `run()` (of VcpuBase) calls it: no Python frame between `vcpu.run()` and KVM_RUN
-        self._runner = Runner(fd, self._ioctls["KVM_RUN"].number, mapping.view, self,
+        self._runner = Runner(fd, binding.IOCTLS["KVM_RUN"].number, mapping.view, self,
                               dispatch_table(binding), self._run_failed, self._unknown_exit,
                               self._raise_unusable, ffi.offsetof("struct kvm_run", "exit_reason"))
+        self._kicked = False
         self._stats: StatsFd | None = None
         self._dirty_ring: _sys.FileMapping | None = None
         self._dirty_index = 0
-        if threading.current_thread() is threading.main_thread():
-            install_kick_handler()
+        self.vm = vm
+        self.id = id
+        super().__init__(fd, binding, vm)
 
     def _cap_owner(self) -> KvmFd:
         return self.vm.capability_fd()  # type: ignore[no-any-return]
 
     def _release(self) -> None:
-        runner, self._runner = self._runner, None
+        runner = self._runner
         if runner is not None:
+            self._stop_runner(runner)
+            self._runner = None
             runner.close()
             del runner
         if self._stats is not None:
             self._stats.close()
             self._stats = None
-        run, self._run = self._run, None
-        if run is not None:
-            self._ffi.release(run)
-        # Exits and their data views may outlive the vCPU: detaching leaves them a private copy of the
-        # pages, so that closing the fd frees the vCPU (and, with its VM's fd, the VM) right now.
+        self._run = None
+        # Exits, views and the `kvm_run` pointer may outlive the vCPU: detaching leaves them a private copy
+        # of the pages (unmapped when the last of them goes), so that closing the fd frees the vCPU (and,
+        # with its VM's fd, the VM) right now, and nothing a user holds points into unmapped memory.
         for mapping in (self._mapping, self._dirty_ring):
             if mapping is not None:
                 mapping.detach()
         self._mapping = self._dirty_ring = None
 
     # -- running ----------------------------------------------------------------------------------
+
+    def _stop_runner(self, runner: Any) -> None:
+        """Before the fd closes: make a `run()` in progress in another thread return (it then raises
+        ClosedError), and wait until it has left KVM_RUN."""
+        if not runner.tid or runner.tid == threading.get_native_id():
+            return
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        while runner.tid:
+            self.kick()  # again each round: a signal can land just before the thread enters KVM_RUN
+            time.sleep(0.001)  # (releases the GIL, which the running thread needs to return)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vCPU {self.id}: the thread in run() did not leave KVM_RUN within "
+                                   f"{_STOP_TIMEOUT} s of being kicked; not closing under it")
 
     def _run_failed(self, err: int) -> Any:
         """The Runner's answer to a failed KVM_RUN: an IntrExit for EINTR, a MemoryFaultExit when KVM
@@ -147,14 +175,25 @@ class Vcpu(Attributes, VcpuBase):
         return UnknownExit(self, reason, reason_names(self._binding).get(reason, "?"))
 
     def kick(self) -> None:
-        """Make a running (or the next) `run()` return an `IntrExit` promptly. Thread-safe."""
+        """Make a running (or the next) `run()` return an `IntrExit` promptly, from any thread.
+
+        Sets kvm_run.immediate_exit and signals the thread inside KVM_RUN with KICK_SIGNAL, whose no-op
+        handler kvm installs (from the main thread: at import, or at the first kick made there). A kick
+        of a closed vCPU does nothing; in a forked child it raises ForkedError.
+        """
         run, runner = self._run, self._runner
         if run is None or runner is None:
+            if self._fd < 0 and self._pid != _sys.pid():
+                self._raise_unusable()
             return
+        self._check_open()  # a forked child shares kvm_run with the parent: never write it
         self._kicked = True
         run.immediate_exit = 1
         tid = runner.tid
-        if tid and _kick_handler_installed:
+        if tid:
+            if not install_kick_handler():
+                raise RuntimeError(f"kick() needs a handler for signal {KICK_SIGNAL}, which only the main "
+                                   "thread can install: call kvm.install_kick_handler() there once")
             _sys.tgkill(tid, KICK_SIGNAL)
 
     @property
@@ -184,8 +223,14 @@ class Vcpu(Attributes, VcpuBase):
 
     @property
     def synced(self) -> Any:
-        """kvm_run.s.regs: the synced `struct kvm_sync_regs` (live view: .regs, .sregs, .events)."""
-        return self.kvm_run.s.regs
+        """kvm_run.s.regs: the synced `struct kvm_sync_regs` (live view: .regs, .sregs, .events). It keeps
+        the page mapped while it lives (after close, a copy of its last contents)."""
+        self._check_open()
+        assert self._mapping is not None  # (open)
+        ffi = self._ffi
+        start = ffi.offsetof("struct kvm_run", "s", "regs")
+        end = start + ffi.sizeof("struct kvm_sync_regs")
+        return ffi.from_buffer("struct kvm_sync_regs *", self._mapping.view[start:end])
 
     def mark_synced_dirty(self, flags: int) -> None:
         """kvm_dirty_regs: KVM loads these sets from kvm_run.s on the next run()."""

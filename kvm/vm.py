@@ -5,8 +5,10 @@ What every arch's VM has; the arch's own methods come from the mixin kvm/arches.
 
 from __future__ import annotations
 
+import fcntl
 import mmap as _mmap
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -19,6 +21,16 @@ from .errors import CapabilityError, ClosedError
 from .memory import PAGE_SIZE, GuestMemory
 from .stats import StatsFd
 from .vcpu import CoalescedAccess, Vcpu
+
+
+def _check_backing_file(fd: int, end: int, name: object) -> None:
+    """Guest RAM backed by a file must be a regular file (or a memfd) covering [file_offset, end):
+    anything else, or a file too short, would fault (SIGBUS) on the guest's or our first access."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"file {name!r} is not a regular file or a memfd (mode {stat.filemode(info.st_mode)})")
+    if info.st_size < end:
+        raise ValueError(f"file {name!r} holds {info.st_size} bytes; the slot needs {end} (file_offset + size)")
 
 
 class IrqchipRoute(NamedTuple):
@@ -119,17 +131,17 @@ class Vm(Attributes):
         self._vcpus: dict[int, Vcpu] = {}
         self._stats: StatsFd | None = None
         self._dirty_ring_bytes = 0
-        self._cap_target: KvmFd | None = None  # found on first use, by capability_fd()
+        self._caps_on_vm_fd: bool | None = None  # found on first use, by capability_fd()
+        self._lowest_free_slot = 0  # no slot below it is free
         self._pending_unmap: list[GuestMemory] = []
 
     def capability_fd(self) -> KvmFd:
         """The fd that answers KVM_CHECK_EXTENSION for this VM: the VM's own when the host supports that
         (KVM_CAP_CHECK_EXTENSION_VM), else /dev/kvm's."""
-        target = self._cap_target
-        if target is None:
-            system = self.system
-            target = self._cap_target = self if system.vm_fds_answer_caps() else system
-        return target
+        on_vm_fd = self._caps_on_vm_fd
+        if on_vm_fd is None:
+            on_vm_fd = self._caps_on_vm_fd = self.system.vm_fds_answer_caps()
+        return self if on_vm_fd else self.system  # (not stored: a VM holding itself would need the GC)
 
     _cap_owner = capability_fd
 
@@ -164,9 +176,10 @@ class Vm(Attributes):
         raise LookupError(f"no memory slot covers guest address {guest_addr:#x}")
 
     def _free_slot(self) -> int:
-        slot = 0
+        slot = self._lowest_free_slot
         while slot in self._memory:
             slot += 1
+        self._lowest_free_slot = slot
         return slot
 
     def _set_region(self, slot: int, flags: int, guest_addr: int, size: int, host_addr: int,
@@ -211,15 +224,19 @@ class Vm(Attributes):
         file_offset = marshal.integer(file_offset, "file_offset", 0, (1 << 63) - 1)
         fd, owns_fd = -1, False
         if memfd:
-            fd, owns_fd = _sys.memfd_create(f"kvm-slot-{slot}"), True
+            fd, owns_fd = _sys.memfd_create(f"kvm-slot-{slot}", _sys.MFD_CLOEXEC | _sys.MFD_ALLOW_SEALING), True
         elif file is not None:
-            if isinstance(file, str):
+            if isinstance(file, (str, os.PathLike)):
                 fd, owns_fd = os.open(file, os.O_RDWR | os.O_CLOEXEC), True
             else:
                 fd = marshal.integer(file, "file", 0, (1 << 31) - 1)
         try:
             if memfd:
                 os.ftruncate(fd, size)
+                # the guest's RAM cannot shrink under it (an access past the end would be SIGBUS)
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+            elif fd >= 0:
+                _check_backing_file(fd, file_offset + size, file)
             if fd >= 0:
                 mapping = _mmap.mmap(fd, size, _mmap.MAP_SHARED, offset=file_offset)
             else:
@@ -267,6 +284,7 @@ class Vm(Attributes):
                          mem.guest_addr, 0, mem.host_addr,
                          gmem.fileno() if gmem is not None and not gmem.closed else -1, mem.guest_memfd_offset)
         del self._memory[mem.slot]
+        self._lowest_free_slot = min(self._lowest_free_slot, mem.slot)
         mem.unmap()
 
     def set_memory_flags(self, memory: GuestMemory, flags: int) -> None:

@@ -348,18 +348,7 @@ def test_ids_and_records_agree_with_gcc(kernel: str, arch: str) -> None:
     assert not result.mismatches, f"{len(result.mismatches)} of {result.compared} differ from gcc's:\n{shown}"
 
 
-# (kernel, arch) -> the bug that keeps the methods from decoding gcc's records: a strict xfail, so that
-# fixing the bug fails the test until the entry goes
-KNOWN_DECODE_BUGS = {
-    ("5.10", "arm64"): "Linux 5.10 declares `__u64 reg[0]` in struct kvm_reg_list, which the binding's cffi "
-                       "keeps as a zero-length array: marshal.index_list cannot size it, so Vcpu.reg_list() "
-                       "raises TypeError on 5.10 bindings",
-}
-
-
-@pytest.mark.parametrize(("kernel", "arch"), [
-    pytest.param(k, a, id=f"{k}-{a}", marks=[pytest.mark.xfail(strict=True, reason=KNOWN_DECODE_BUGS[k, a])]
-                 if (k, a) in KNOWN_DECODE_BUGS else []) for k, a in BINDINGS])
+@pytest.mark.parametrize(("kernel", "arch"), BINDINGS, ids=[f"{k}-{a}" for k, a in BINDINGS])
 def test_methods_decode_gcc_records(kernel: str, arch: str) -> None:
     (arm64_decode if arch == "arm64" else riscv64_decode)(g.load(kernel, arch), oracle(kernel, arch).answers)
 
