@@ -86,6 +86,8 @@ SPECIAL: dict[str, tuple[str, dict[str, object]]] = {
     "KVM_SET_MSRS": ("msrs_set", {}),
     "KVM_SET_SIGNAL_MASK": ("signal_mask", {}),
     "KVM_GET_DIRTY_LOG": ("dirty_log", {}),
+    "KVM_SET_USER_MEMORY_REGION": ("memory_region", {}),
+    "KVM_SET_USER_MEMORY_REGION2": ("memory_region", {}),
     "KVM_CLEAR_DIRTY_LOG": ("clear_dirty_log", {}),
     "KVM_GET_ONE_REG": ("one_reg_get", {}),
     "KVM_SET_ONE_REG": ("one_reg_set", {}),
@@ -103,7 +105,8 @@ SPECIAL_SIGNATURES: dict[str, tuple[list[str], str]] = {
     "msrs_get": (["indices: Iterable[int]"], "dict[int, int]"),
     "msrs_set": (["msrs: Mapping[int, int] | CData"], "int"),
     "signal_mask": (["signals: Iterable[int] | None = None"], "int"),
-    "dirty_log": (["slot: int", "npages: int"], "bytes"),
+    "dirty_log": (["slot: int"], "bytes"),
+    "memory_region": (["arg: CData | None = None"], "int"),
     "clear_dirty_log": (["slot: int", "first_page: int", "num_pages: int", "bitmap: bytes | None = None"], "int"),
     "one_reg_get": (["reg_id: int"], "int"),
     "one_reg_set": (["reg_id: int", "value: int"], "int"),
@@ -121,7 +124,10 @@ SPECIAL_RETURNS = {
                 "result means the MSR after the last one read was refused",
     "msrs_set": "the number of MSRs written: the kernel stops at the first it refuses, the ones before stay written",
     "signal_mask": "the ioctl's result; `signals` None removes the mask",
-    "dirty_log": "the slot's dirty bitmap (bit i of the little-endian words = page i)",
+    "dirty_log": "the slot's dirty bitmap (bit i of the little-endian words = page i), sized from the slot "
+                 "as registered through this object",
+    "memory_region": "the ioctl's result; `arg` is the record's cdata, or keyword fields build one; the VM "
+                     "object records the slot's size (its dirty bitmap's)",
     "clear_dirty_log": "the ioctl's result; `bitmap` None clears every page of the range",
     "one_reg_get": "the register's value, an unsigned int of the size the id encodes (KVM_REG_SIZE)",
     "one_reg_set": "the ioctl's result",
@@ -257,6 +263,9 @@ def describe(ioctl: Ioctl, fd: str, model: Model) -> Method:
         shape, extra = SPECIAL[ioctl.name]
         params, returns = SPECIAL_SIGNATURES[shape]
         fields: tuple[Param, ...] = ()
+        if shape == "memory_region":
+            fields = tuple(_record_params(model, model.records[arg_type], {"arg", *RESERVED}))
+            params = [*params, "/"] + (["*"] + [f"{p.name}: {p.annotation} = None" for p in fields] if fields else [])
         if shape == "flex_set":
             taken = {"entries", *RESERVED}
             fields = tuple(_record_params(model, model.records[arg_type], taken, frozenset({extra["count"]})))

@@ -2,7 +2,7 @@
 """Typed ioctl wrappers for Linux 6.12.117 on arm64: one method per (ioctl, fd kind).
 
 `SystemIoctls`, `VmIoctls`, `VcpuIoctls` and `DeviceIoctls` are mixins: the class that mixes one in
-provides `_ioctl(name, arg) -> int`, which checks the ioctl's capability (KVM_CHECK_EXTENSION, cached
+(kvm's KvmFd) provides `_slot_pages` and `_ioctl(name, arg) -> int`, which checks the ioctl's capability (KVM_CHECK_EXTENSION, cached
 per fd), issues it and raises KvmError on failure. Each method is one call into `kvm.marshal`, which
 checks the arguments and builds what the kernel reads. Records are cffi cdata of this binding's `ffi`.
 Only the ioctls api.rst documents for arm64 (or for every arch) have a method.
@@ -28,6 +28,8 @@ class _Ioctls:
     __slots__ = ()
 
     if TYPE_CHECKING:
+        _slot_pages: dict[int, int]  # slot -> pages, of the memory registered through this VM fd
+
         def _ioctl(self, name: str, arg: int | CData = 0) -> int: ...
 
 
@@ -214,14 +216,14 @@ class VmIoctls(_Ioctls):
         """
         return _m.attr_get(self._ioctl, ffi, "KVM_GET_DEVICE_ATTR", group, attr, size, flags)
 
-    def get_dirty_log(self, slot: int, npages: int) -> bytes:
+    def get_dirty_log(self, slot: int) -> bytes:
         """KVM_GET_DIRTY_LOG: Given a memory slot, return a bitmap containing any pages dirtied since the last call to this ioctl.
 
         capability: none (basic API); fd: vm; arches: all; api.rst: section 4.8
         encoding: _IOW(0xae, 0x42, struct kvm_dirty_log) = 0x4010ae42
-        returns: the slot's dirty bitmap (bit i of the little-endian words = page i)
+        returns: the slot's dirty bitmap (bit i of the little-endian words = page i), sized from the slot as registered through this object
         """
-        return _m.dirty_log(self._ioctl, ffi, "KVM_GET_DIRTY_LOG", slot, npages)
+        return _m.dirty_log(self._ioctl, ffi, "KVM_GET_DIRTY_LOG", slot, self._slot_pages)
 
     def get_stats_fd(self) -> int:
         """KVM_GET_STATS_FD: The returned file descriptor can be used to read VM/vCPU statistics data in binary format.
@@ -318,18 +320,18 @@ class VmIoctls(_Ioctls):
 
         capability: KVM_CAP_USER_MEMORY; fd: vm; arches: all; api.rst: section 4.35
         encoding: _IOW(0xae, 0x46, struct kvm_userspace_memory_region) = 0x4020ae46
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_userspace_memory_region *` cdata, or keyword fields build one
+        returns: the ioctl's result; `arg` is the record's cdata, or keyword fields build one; the VM object records the slot's size (its dirty bitmap's)
         """
-        return _m.struct_in(self._ioctl, ffi, "KVM_SET_USER_MEMORY_REGION", "struct kvm_userspace_memory_region", arg, {"slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr, "memory_size": memory_size, "userspace_addr": userspace_addr})
+        return _m.memory_region(self._ioctl, ffi, "KVM_SET_USER_MEMORY_REGION", "struct kvm_userspace_memory_region", arg, {"slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr, "memory_size": memory_size, "userspace_addr": userspace_addr}, self._slot_pages)
 
     def set_user_memory_region2(self, arg: CData | None = None, /, *, slot: int | None = None, flags: int | None = None, guest_phys_addr: int | None = None, memory_size: int | None = None, userspace_addr: int | None = None, guest_memfd_offset: int | None = None, guest_memfd: int | None = None, pad1: int | None = None, pad2: Sequence[int] | bytes | None = None) -> int:
         """KVM_SET_USER_MEMORY_REGION2: KVM_SET_USER_MEMORY_REGION2 is an extension to KVM_SET_USER_MEMORY_REGION that allows mapping guest_memfd memory into a guest.
 
         capability: KVM_CAP_USER_MEMORY2; fd: vm; arches: all; api.rst: section 4.140
         encoding: _IOW(0xae, 0x49, struct kvm_userspace_memory_region2) = 0x40a0ae49
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_userspace_memory_region2 *` cdata, or keyword fields build one
+        returns: the ioctl's result; `arg` is the record's cdata, or keyword fields build one; the VM object records the slot's size (its dirty bitmap's)
         """
-        return _m.struct_in(self._ioctl, ffi, "KVM_SET_USER_MEMORY_REGION2", "struct kvm_userspace_memory_region2", arg, {"slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr, "memory_size": memory_size, "userspace_addr": userspace_addr, "guest_memfd_offset": guest_memfd_offset, "guest_memfd": guest_memfd, "pad1": pad1, "pad2": pad2})
+        return _m.memory_region(self._ioctl, ffi, "KVM_SET_USER_MEMORY_REGION2", "struct kvm_userspace_memory_region2", arg, {"slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr, "memory_size": memory_size, "userspace_addr": userspace_addr, "guest_memfd_offset": guest_memfd_offset, "guest_memfd": guest_memfd, "pad1": pad1, "pad2": pad2}, self._slot_pages)
 
     def signal_msi(self, arg: CData | None = None, /, *, address_lo: int | None = None, address_hi: int | None = None, data: int | None = None, flags: int | None = None, devid: int | None = None, pad: Sequence[int] | bytes | None = None) -> int:
         """KVM_SIGNAL_MSI: Directly inject a MSI message.

@@ -69,6 +69,7 @@ class KvmFd:
         # children are held weakly: a child the user drops closes its fd at once
         self._children: weakref.WeakValueDictionary[int, KvmFd] = weakref.WeakValueDictionary()
         self._caps: dict[int, int] = {}  # KVM_CHECK_EXTENSION answers of this fd
+        self._slot_pages: dict[int, int] = {}  # VM fds: slot -> pages registered (see marshal.memory_region)
         self._gate_ok: set[str] = set()  # ioctl names whose capability was found present
         if parent is not None:
             parent._children[id(self)] = self
@@ -302,6 +303,10 @@ class _BoundIoctls:
 
     def _ioctl(self, name: str, arg: Any = 0) -> int:
         return self.owner._ioctl(name, arg)
+
+    @property
+    def _slot_pages(self) -> dict[int, int]:
+        return self.owner._slot_pages
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of {self.owner!r}>"

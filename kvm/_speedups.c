@@ -365,8 +365,14 @@ typedef struct {
 
 static PyObject *vcpu_base_run(VcpuBaseObject *self, PyObject *unused) {
     PyObject *runner = self->runner;
-    if (runner != NULL && Py_IS_TYPE(runner, &RunnerType))
-        return runner_vectorcall(runner, NULL, 0, NULL);
+    if (runner != NULL && Py_IS_TYPE(runner, &RunnerType)) {
+        /* A reference of our own: another thread may close the vCPU (and drop its Runner) while this
+         * one is inside KVM_RUN without the GIL. */
+        Py_INCREF(runner);
+        PyObject *exit = runner_vectorcall(runner, NULL, 0, NULL);
+        Py_DECREF(runner);
+        return exit;
+    }
     /* closed: the subclass raises ClosedError or ForkedError */
     return PyObject_CallMethod((PyObject *)self, "_raise_unusable", NULL);
 }

@@ -21,6 +21,7 @@ id (`one_reg_*`), device attributes (`attr_*`) and returned file descriptors (`n
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import re
 import sys
@@ -32,6 +33,7 @@ from .errors import KvmError
 CData: TypeAlias = Any  # a cffi cdata (e.g. a `struct kvm_regs *`)
 Ioctl = Callable[[str, Any], int]
 
+_PAGE_SIZE = mmap.PAGESIZE  # the unit of KVM's dirty bitmaps: one bit per page of the running kernel
 MAX_ENTRIES = 1 << 16  # largest flexible array an argument may hold, or an E2BIG loop grows to
 MAX_BYTES = 1 << 26  # largest buffer allocated for one argument
 ULONG_MAX = (1 << 64) - 1  # the widest by-value argument (an unsigned long on 64-bit Linux)
@@ -377,16 +379,35 @@ def signal_mask(ioctl: Ioctl, ffi: Any, name: str, signals: Any, sigset_bytes: i
     return ioctl(name, ffi.new("struct kvm_signal_mask *", {"len": sigset_bytes, "sigset": mask}))
 
 
+def memory_region(ioctl: Ioctl, ffi: Any, name: str, ctype: str, arg: Any, fields: Mapping[str, Any],
+                  slot_pages: dict[int, int]) -> int:
+    """KVM_SET_USER_MEMORY_REGION(2): as `struct_in`, and once the kernel accepted it, `slot_pages` (the
+    VM fd's table) records the slot's size in pages (or forgets a deleted slot): the size of the
+    bitmap KVM_GET_DIRTY_LOG will write for it."""
+    pointer = build(ffi, ctype, arg, fields)
+    result = ioctl(name, pointer)
+    slot, size = int(pointer.slot), int(pointer.memory_size)
+    if size:
+        slot_pages[slot] = -(-size // _PAGE_SIZE)
+    else:
+        slot_pages.pop(slot, None)
+    return result
+
+
 def bitmap_bytes(npages: int) -> int:
     """The bytes of a dirty bitmap of `npages` pages: the kernel writes whole 64-bit words."""
     return (npages + 63) // 64 * 8
 
 
-def dirty_log(ioctl: Ioctl, ffi: Any, name: str, slot: Any, npages: Any) -> bytes:
-    """KVM_GET_DIRTY_LOG of `slot`; `npages` must be the slot's size in pages, which is how much the
-    kernel writes (a smaller number would let it write past the buffer)."""
+def dirty_log(ioctl: Ioctl, ffi: Any, name: str, slot: Any, slot_pages: Mapping[int, int]) -> bytes:
+    """KVM_GET_DIRTY_LOG of `slot`. The kernel writes a bitmap as long as the slot, so the buffer is sized
+    from the slot's size as registered on this VM fd (`slot_pages`, kept by `memory_region`), never
+    from the caller."""
     slot = integer(slot, "slot", 0, 0xFFFFFFFF)
-    nbytes = bitmap_bytes(count(npages, "npages", MAX_BYTES * 8))
+    if slot not in slot_pages:
+        raise ValueError(f"slot {slot:#x} has no memory registered through this VM object "
+                         "(its dirty bitmap's size is unknown)")
+    nbytes = bitmap_bytes(slot_pages[slot])
     bitmap = ffi.new("char[]", max(nbytes, 8))
     pointer = ffi.new("struct kvm_dirty_log *", {"slot": slot})
     pointer.dirty_bitmap = bitmap
@@ -531,7 +552,7 @@ def attr_set(ioctl: Ioctl, ffi: Any, name: str, group: Any, attr: Any, value: An
 __all__ = [
     "ATTR_BYTES", "MAX_BYTES", "MAX_ENTRIES", "ULONG_MAX", "CData", "Ioctl", "array_assign", "assign",
     "attr_get", "attr_has", "attr_set", "member_layout", "reg_size_bits", "bitmap_bytes", "build", "by_value", "clear_dirty_log", "count",
-    "dirty_log", "fill", "flex_set", "grow", "index_list", "integer", "msrs_get", "msrs_set", "new_fd",
+    "dirty_log", "fill", "memory_region", "flex_set", "grow", "index_list", "integer", "msrs_get", "msrs_set", "new_fd",
     "one_reg_get", "one_reg_set", "record_pointer", "reg_size", "scalar_in", "scalar_inout", "scalar_out",
     "signal_mask", "sized_get", "struct_in", "struct_inout", "struct_out", "xsave2",
 ]

@@ -188,11 +188,11 @@ class Vm(Attributes):
                   "userspace_addr": host_addr}
         if guest_memfd >= 0:
             fields.update(guest_memfd=guest_memfd, guest_memfd_offset=guest_memfd_offset)
-            marshal.struct_in(self._ioctl, self._ffi, "KVM_SET_USER_MEMORY_REGION2",
-                              "struct kvm_userspace_memory_region2", None, fields)
+            marshal.memory_region(self._ioctl, self._ffi, "KVM_SET_USER_MEMORY_REGION2",
+                                  "struct kvm_userspace_memory_region2", None, fields, self._slot_pages)
         else:
-            marshal.struct_in(self._ioctl, self._ffi, "KVM_SET_USER_MEMORY_REGION",
-                              "struct kvm_userspace_memory_region", None, fields)
+            marshal.memory_region(self._ioctl, self._ffi, "KVM_SET_USER_MEMORY_REGION",
+                                  "struct kvm_userspace_memory_region", None, fields, self._slot_pages)
 
     def add_memory(
         self,
@@ -432,7 +432,7 @@ class Vm(Attributes):
     def get_dirty_log(self, memory: GuestMemory) -> bytes:
         """KVM_GET_DIRTY_LOG: the slot's bitmap (bit i = page i written since the last call/clear)."""
         mem = self._own_slot(memory)
-        return marshal.dirty_log(self._ioctl, self._ffi, "KVM_GET_DIRTY_LOG", mem.slot, mem.pages)
+        return marshal.dirty_log(self._ioctl, self._ffi, "KVM_GET_DIRTY_LOG", mem.slot, self._slot_pages)
 
     def dirty_pages(self, memory: GuestMemory) -> list[int]:
         """The guest-physical addresses of the pages KVM_GET_DIRTY_LOG reports dirty."""

@@ -50,7 +50,7 @@ def boot(system: SystemIoctls, vm: VmIoctls, vcpu: VcpuIoctls, host_addr: int) -
     vcpu.set_regs(regs)
     vcpu.set_regs(rip=0, rflags=2)
     vcpu.set_signal_mask(None)
-    bitmap: bytes = vm.get_dirty_log(0, 1)
+    bitmap: bytes = vm.get_dirty_log(0)
     indices: list[int] = system.get_msr_index_list()
     written: int = vcpu.set_msrs({{0x174: 0}})
     exit_code: int = vcpu.run()
