@@ -53,7 +53,8 @@ def _weak_method(obj: Any, function: Any) -> Any:
     return call
 
 
-_VM_FDS_ANSWER_CAPS: dict[str, bool] = {}  # see Kvm._vm_fds_answer_caps
+_VM_FDS_ANSWER_CAPS: dict[str, bool] = {}
+_BINDING_NAMES = ("ARCH", "KERNEL", "IOCTLS", "CONSTANTS", "ffi")  # what a generated binding module has  # see Kvm._vm_fds_answer_caps
 
 
 class Kvm(ReadableAttributes):
@@ -66,10 +67,15 @@ class Kvm(ReadableAttributes):
     fd_kind = "system"
 
     def __new__(cls, path: str = "/dev/kvm", *, binding: ModuleType | None = None) -> Kvm:
-        # an instance of the class made for the binding's arch (see kvm/arches.py)
-        return object.__new__(for_binding(cls, DEFAULT_BINDING if binding is None else binding))
+        # an instance of the class made for the binding's arch (see kvm/arches.py); nothing is opened yet
+        binding = DEFAULT_BINDING if binding is None else binding
+        if not isinstance(binding, ModuleType) or not all(hasattr(binding, n) for n in _BINDING_NAMES):
+            raise TypeError(f"binding must be a generated binding module (kvm.generated.load(...)), not {binding!r}")
+        return object.__new__(for_binding(cls, binding))
 
     def __init__(self, path: str = "/dev/kvm", *, binding: ModuleType | None = None) -> None:
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(f"path must be a path, not {type(path).__name__}")
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         super().__init__(fd, DEFAULT_BINDING if binding is None else binding)
         self.path = path
