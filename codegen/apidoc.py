@@ -19,6 +19,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 
 from .apidoc_fixes import Fix, fixes_by_ioctl
 from .arches import ARCHES
+from .inputs import InputError
 
 FD_KINDS = frozenset({"system", "vm", "vcpu", "device"})
 ALL_ARCHES = frozenset(ARCHES)
@@ -45,7 +46,7 @@ SUMMARY_MAX_CHARS = 200
 _FIXES = fixes_by_ioctl()
 
 
-class ApiDocError(Exception):
+class ApiDocError(InputError):
     """api.rst and the headers, even with the corrections applied, leave an ioctl undescribed."""
 
 

@@ -6,7 +6,7 @@ import re
 
 from . import cparse
 from .cexpr import ExprError, tokenize
-from .inputs import HeadersTree
+from .inputs import HeadersTree, InputError
 from .layout import Layout
 from .model import CapInfo, EnumGroup, Ioctl, Model, Record, Typedef
 
@@ -37,13 +37,15 @@ ENUM_GROUPS = [
 ]
 
 
-class BuildError(Exception):
-    pass
+class BuildError(InputError):
+    """The headers parse but do not make a KVM binding; file and line name the definition at fault."""
 
 
 def build(tree: HeadersTree, kernel: str, api_rst: str | None) -> Model:
     parsed = cparse.parse(tree)
     layout = Layout(parsed, tree.arch, tree.include_dirs)
+    if layout.record_file.get("struct kvm_run") != "linux/kvm.h":
+        raise BuildError("defines no struct kvm_run: not the KVM API header", file=tree.kvm_h)
     constants, ioctls = _macros(tree, parsed, layout)
     for name, value in layout.enum_values.items():
         if layout.enumerator_file[name] in cparse.KVM_HEADERS:
@@ -81,7 +83,7 @@ def _macros(tree: HeadersTree, parsed: cparse.ParsedHeaders, layout: Layout) -> 
         if m and not name.startswith("__"):
             args = _split_args(m.group(2))
             if len(args) != (2 if m.group(1) is None else 3):
-                raise BuildError(f"{parsed.macros[name].file}: cannot read ioctl {name}: {parsed.macros[name].body}")
+                raise BuildError(f"cannot read ioctl {name}: {parsed.macros[name].body}", *_where(parsed, name))
             raw_ioctls[name] = (_DIRECTIONS[m.group(1)], args)
             requests[f"{name}.type"] = args[0]
             requests[f"{name}.nr"] = args[1]
@@ -96,7 +98,13 @@ def _macros(tree: HeadersTree, parsed: cparse.ParsedHeaders, layout: Layout) -> 
             pass  # not an integer constant (a type, a string, or an ioctl on a struct this arch lacks)
     ioctls: dict[str, Ioctl] = {}
     for name, (direction, args) in raw_ioctls.items():
-        ioctls[name] = _ioctl(name, direction, expanded, layout, tree, constants.get(name))
+        try:
+            ioctls[name] = _ioctl(name, direction, expanded, layout, tree, constants.get(name))
+        except (ExprError, KeyError) as e:
+            raise BuildError(f"cannot evaluate ioctl {name} = {parsed.macros[name].body}: {e}",
+                             *_where(parsed, name)) from None
+        except BuildError as e:
+            raise BuildError(e.message, *_where(parsed, name)) from None
     # An ioctl defined as another ioctl's name (an alias) shares its spec.
     for name in names:
         target = parsed.macros[name].body
@@ -109,6 +117,9 @@ def _ioctl(name: str, direction: str, expanded: dict[str, str], layout: Layout, 
            evaluated: int | None) -> Ioctl:
     type_ = layout.eval_text(expanded[f"{name}.type"])
     nr = layout.eval_text(expanded[f"{name}.nr"])
+    for what, value in (("type", type_), ("number", nr)):
+        if not 0 <= value < 1 << 8:
+            raise BuildError(f"{name}: {what} {value} does not fit in the ioctl's 8-bit {what} field")
     arg_type = expanded.get(f"{name}.arg")
     if arg_type is None:
         return Ioctl(name, tree.arch.ioc.encode(direction, type_, nr, 0), direction, type_, nr, 0, None)
@@ -118,10 +129,19 @@ def _ioctl(name: str, direction: str, expanded: dict[str, str], layout: Layout, 
     except (KeyError, ExprError) as e:
         return Ioctl(name, None, direction, type_, nr, 0, arg_type,
                      unavailable=f"{arg_type} is not defined on {tree.arch.name} ({e})")
+    if not 0 <= size < 1 << tree.arch.ioc.size_bits:
+        raise BuildError(f"{name}: {arg_type} is {size} bytes, more than {tree.arch.name}'s "
+                         f"{tree.arch.ioc.size_bits}-bit ioctl size field holds")
     number = tree.arch.ioc.encode(direction, type_, nr, size)
     if evaluated is not None and evaluated != number:
         raise BuildError(f"{name}: the header's _IOC gives {evaluated:#x}, the {tree.arch.name} encoding {number:#x}")
     return Ioctl(name, number, direction, type_, nr, size, arg_type)
+
+
+def _where(parsed: cparse.ParsedHeaders, name: str) -> tuple[str, int]:
+    """file and line of a macro's #define."""
+    macro = parsed.macros[name]
+    return macro.path or macro.file, macro.line
 
 
 def _split_args(text: str) -> list[str]:
@@ -174,6 +194,8 @@ def _enum_groups(constants: dict[str, int], ioctls: set[str]) -> dict[str, EnumG
 def _annotate(model: Model, api_rst: str) -> None:
     from . import apidoc, apidoc_fixes
     doc = apidoc.parse(api_rst)
+    if not doc.ioctls:
+        raise apidoc.ApiDocError("no ioctl sections (\"4.N KVM_...\" titles): not KVM's api.rst")
     caps = [n for n in model.constants if n.startswith("KVM_CAP_")]
     available = [name for name, ioctl in model.ioctls.items() if ioctl.number is not None]
     metas = apidoc.annotate(doc, available, caps, model.arch)

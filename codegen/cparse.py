@@ -16,7 +16,7 @@ import subprocess
 
 from pycparser import c_ast, c_parser
 
-from .inputs import HeadersTree
+from .inputs import HeadersTree, InputError
 
 KVM_HEADERS = ("linux/kvm.h", "asm/kvm.h")
 
@@ -27,7 +27,7 @@ INT128_NAMES = ("__int128_t", "__uint128_t")
 INT128_TYPEDEFS = "typedef long long __int128_t;\ntypedef unsigned long long __uint128_t;\n"
 
 
-class HeaderError(Exception):
+class HeaderError(InputError):
     """A header construct the generator cannot handle; the message names file, line and construct."""
 
 
@@ -42,6 +42,8 @@ class MacroDef:
     name: str
     body: str
     file: str  # the header it was defined in, relative to its include dir (e.g. "linux/kvm.h")
+    path: str = ""  # that header's path as the preprocessor opened it
+    line: int = 0  # the line of the #define in it
 
 
 @dataclasses.dataclass
@@ -59,10 +61,17 @@ def _cpp(tree: HeadersTree, extra: list[str], source: str) -> str:
     for d in tree.include_dirs:
         cmd += ["-I", str(d)]
     cmd += extra + ["-x", "c", "-"]
-    proc = subprocess.run(cmd, input=source, capture_output=True, text=True)
+    proc = subprocess.run(cmd, input=source.encode(), capture_output=True)
+    stderr = proc.stderr.decode(errors="replace").strip()
     if proc.returncode != 0:
-        raise HeaderError(f"preprocessing {tree.origin} failed:\n{proc.stderr.strip()}")
-    return proc.stdout
+        # gcc's first error says file:line:col: what (the rest may quote binary garbage).
+        errors = re.findall(r"^(.+?):(\d+):(?:\d+:)? (?:fatal )?error: (.*)$", stderr, re.M)
+        if errors:
+            file, line, what = errors[0]
+            more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+            raise HeaderError(f"{what}{more}", file=file, line=int(line))
+        raise HeaderError(f"preprocessing {tree.origin} failed:\n{stderr}")
+    return proc.stdout.decode(errors="replace")  # bytes that are not UTF-8 fail in the parser, at their line
 
 
 def preprocess(tree: HeadersTree, source: str = "#include <linux/kvm.h>\n") -> str:
@@ -76,23 +85,23 @@ def parse(tree: HeadersTree) -> ParsedHeaders:
     try:
         ast = c_parser.CParser().parse(text, filename="<kvm.h>")
     except c_parser.ParseError as e:
-        raise HeaderError(_describe_parse_error(str(e), text)) from None
+        raise _parse_error(str(e)) from None
     macros, order = read_macros(tree)
     return ParsedHeaders(ast, typedef_attrs, record_attrs, macros, order)
 
 
-def _describe_parse_error(message: str, text: str) -> str:
+def _parse_error(message: str) -> HeaderError:
     """Turn pycparser's "file:line:col: msg" into the header's line and the construct there."""
     m = re.match(r"(.*?):(\d+):(\d+): (.*)", message, re.S)
     if not m:
-        return f"cannot parse the headers: {message}"
+        return HeaderError(f"cannot parse the headers: {message}")
     file, line, _col, what = m.groups()
     source_line = ""
     if pathlib.Path(file).is_file():
         lines = pathlib.Path(file).read_text(errors="replace").splitlines()
         if 0 < int(line) <= len(lines):
             source_line = lines[int(line) - 1].strip()
-    return f"{file}:{line}: cannot parse: {what}" + (f"\n    {source_line}" if source_line else "")
+    return HeaderError(f"cannot parse: {what}" + (f"\n    {source_line}" if source_line else ""), file, int(line))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,17 +110,17 @@ def _describe_parse_error(message: str, text: str) -> str:
 _ATTRIBUTE = re.compile(r"__attribute__\s*\(\(")
 
 
-def _location(text: str, pos: int) -> str:
-    """file:line of a position in preprocessed text, from the nearest line marker before it."""
+def _location(text: str, pos: int) -> tuple[str, int]:
+    """file and line of a position in preprocessed text, from the nearest line marker before it."""
     line_no = text.count("\n", 0, pos)
     markers = list(re.finditer(r'^# (\d+) "([^"]*)"', text[:pos], re.M))
     if not markers:
-        return f"<preprocessed>:{line_no + 1}"
+        return "<preprocessed>", line_no + 1
     m = markers[-1]
-    return f"{m.group(2)}:{int(m.group(1)) + text.count(chr(10), m.end(), pos) - 1}"
+    return m.group(2), int(m.group(1)) + text.count(chr(10), m.end(), pos) - 1
 
 
-def _parse_attribute_list(body: str, where: str) -> RecordAttrs:
+def _parse_attribute_list(body: str, where: tuple[str, int]) -> RecordAttrs:
     packed = False
     aligned = None
     for item in (i.strip() for i in body.split(",") if i.strip()):
@@ -121,8 +130,10 @@ def _parse_attribute_list(body: str, where: str) -> RecordAttrs:
         elif name == "aligned":
             m = re.search(r"\(\s*(\d+)\s*\)", item)
             aligned = int(m.group(1)) if m else 16  # bare `aligned` is the target's largest alignment
+            if aligned <= 0 or aligned & (aligned - 1):
+                raise HeaderError(f"alignment {aligned} is not a power of 2", *where)
         else:
-            raise HeaderError(f"{where}: unsupported attribute `{item}`")
+            raise HeaderError(f"unsupported attribute `{item}`", *where)
     return RecordAttrs(packed, aligned)
 
 
@@ -135,6 +146,9 @@ def rewrite_attributes(text: str) -> tuple[str, dict[str, RecordAttrs], dict[str
         body = text[m.end() : end - 1]
         where = _location(text, m.start())
         attrs = _parse_attribute_list(body, where)
+        if attrs == RecordAttrs():  # `__attribute__(())`: nothing to keep
+            text = text[: m.start()] + text[end + 1 :]
+            continue
         decl_start = max(text.rfind(c, 0, m.start()) for c in ";{}") + 1
         before = text[: m.start()].rstrip()
         after = text[end + 1 :]
@@ -149,18 +163,18 @@ def rewrite_attributes(text: str) -> tuple[str, dict[str, RecordAttrs], dict[str
             elif len(head) >= 2 and head[-2] in ("struct", "union"):
                 record_attrs[f"{head[-2]} {head[-1]}"] = attrs
             else:
-                raise HeaderError(f"{where}: attribute on an anonymous struct or union is not supported")
+                raise HeaderError("attribute on an anonymous struct or union is not supported", *where)
             text = text[: m.start()] + text[end + 1 :]
         elif re.sub(r"^#.*$", "", text[decl_start:m.start()], flags=re.M).lstrip().startswith("typedef"):
             name = re.match(r"\s*(\w+)\s*;", after)
             if not name or attrs.packed:
-                raise HeaderError(f"{where}: unsupported typedef attribute `{body}`")
+                raise HeaderError(f"unsupported typedef attribute `{body}`", *where)
             typedef_attrs[name.group(1)] = attrs
             text = text[: m.start()] + text[end + 1 :]
         else:
             # On a member or variable: C11 `_Alignas` at the start of the declaration carries it.
             if attrs.packed:
-                raise HeaderError(f"{where}: `packed` on a member is not supported")
+                raise HeaderError("`packed` on a member is not supported", *where)
             assert attrs.aligned is not None
             text = (text[:decl_start] + f" _Alignas({attrs.aligned}) " + text[decl_start : m.start()]
                     + text[end + 1 :])
@@ -173,7 +187,7 @@ def _matching_paren(text: str, open_pos: int) -> int:
         depth += {"(": 1, ")": -1}.get(text[i], 0)
         if depth == 0:
             return i
-    raise HeaderError(f"{_location(text, open_pos)}: unbalanced parentheses in attribute")
+    raise HeaderError("unbalanced parentheses in attribute", *_location(text, open_pos))
 
 
 def _matching_brace_backwards(text: str, close_pos: int) -> int:
@@ -182,7 +196,7 @@ def _matching_brace_backwards(text: str, close_pos: int) -> int:
         depth += {"}": 1, "{": -1}.get(text[i], 0)
         if depth == 0:
             return i
-    raise HeaderError(f"{_location(text, close_pos)}: unbalanced braces")
+    raise HeaderError("unbalanced braces", *_location(text, close_pos))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,18 +210,21 @@ def read_macros(tree: HeadersTree) -> tuple[dict[str, MacroDef], list[str]]:
     kvm_real = {str(pathlib.Path(p).resolve()): n for p, n in kvm_paths.items()}
     macros: dict[str, MacroDef] = {}
     order: list[str] = []
-    current = ""
+    current = path = ""
+    line_no = 0
     for line in text.splitlines():
         if line.startswith("# ") and '"' in line:
             path = line.split('"')[1]
+            line_no = int(line.split()[1]) - 1
             current = kvm_paths.get(path) or kvm_real.get(str(pathlib.Path(path).resolve()), path) \
                 if path.startswith("/") else path
             continue
+        line_no += 1
         m = re.match(r"#define ([A-Za-z_]\w*)(\(?)\s?(.*)$", line)
         if not m or m.group(2):  # function-like macros are expanded by cpp where used
             continue
         name, body = m.group(1), m.group(3).strip()
-        macros[name] = MacroDef(name, body, current)
+        macros[name] = MacroDef(name, body, current, path, line_no)
         if current in KVM_HEADERS and name not in order:
             order.append(name)
     return macros, order

@@ -16,6 +16,7 @@ import lzma
 import os
 import pathlib
 import re
+import sys
 import tarfile
 import tomllib
 import urllib.error
@@ -30,7 +31,20 @@ API_RST = "virt/kvm/api.rst"
 
 
 class InputError(Exception):
-    """A pinned input is missing, unreachable, or does not match its pin."""
+    """Bad input: a header, api.rst, output directory or pinned input the generator cannot use.
+
+    `file` (and `line`, where one applies) say where; str() is `file:line: what is wrong`. `kvm-bindgen`
+    prints it and exits with status 2.
+    """
+
+    def __init__(self, message: str, file: str | os.PathLike[str] | None = None, line: int | None = None):
+        super().__init__(message, file, line)  # all in args: survives pickling out of build_all's workers
+        self.message, self.file, self.line = message, file, line
+
+    def __str__(self) -> str:
+        if self.file is None:
+            return self.message
+        return f"{self.file}:{self.line}: {self.message}" if self.line else f"{self.file}: {self.message}"
 
 
 class PinGoneError(InputError):
@@ -211,33 +225,58 @@ def unpacked(pkg: Package, *, download: bool = True) -> pathlib.Path:
 
 def downloaded(pkg: Package, *, download: bool = True) -> pathlib.Path:
     path = cache_dir() / "debs" / pkg.filename
-    if path.is_file() and _sha256(path.read_bytes()) == pkg.sha256:
-        return path
+    mismatch = ""
+    if path.is_file():
+        digest = _sha256(path.read_bytes())
+        if digest == pkg.sha256:
+            return path
+        mismatch = f"sha256 {digest} of the cached file does not match the pin {pkg.sha256}"
+        if not download:
+            raise InputError(f"{mismatch}; delete it and run `kvm-bindgen fetch`", file=path)
     if not download:
         raise InputError(f"{pkg.filename} is not in the cache {cache_dir() / 'debs'} (run `kvm-bindgen fetch`)")
     kernel = load_manifest()[pkg.kernel]
     url = f"{mirror(kernel.archive)}/{POOLS[kernel.archive]}/l/linux/{pkg.filename}"
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp:
-            data = resp.read()
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
+        data = _get(url, timeout=60)
+    except InputError as e:
+        if mismatch:
+            raise InputError(f"{mismatch}, and downloading it again failed: {e}", file=path) from None
+        if isinstance(e, _NotFound):
             raise PinGoneError(
                 f"pin gone: {pkg.name} {pkg.version} ({pkg.deb_arch}) is no longer on the {kernel.suite} mirror; "
-                f"run `kvm-bindgen repin {pkg.kernel}` to move it to the suite's current version"
+                f"run `kvm-bindgen repin {pkg.kernel}` to move it to the suite's current version", file=url
             ) from None
-        raise InputError(f"cannot download {pkg.filename}: HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError) as e:
         raise InputError(
-            f"cannot download {pkg.filename} ({e}) and it is not in the cache {cache_dir() / 'debs'}. "
-            "Offline, generate from a local headers tree instead: `kvm-bindgen generate --headers DIR`"
+            f"{e.message}, and {pkg.filename} is not in the cache {cache_dir() / 'debs'}. "
+            "Offline, generate from a local headers tree instead: `kvm-bindgen generate --headers DIR`", file=url
         ) from None
     digest = _sha256(data)
     if digest != pkg.sha256:
-        raise InputError(f"{pkg.filename}: sha256 {digest} does not match the pin {pkg.sha256}")
+        raise InputError(f"sha256 {digest} does not match the pin {pkg.sha256}", file=url)
+    if mismatch:
+        print(f"kvm-bindgen: {path}: {mismatch}; replaced it with a verified download", file=sys.stderr)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, data)
     return path
+
+
+class _NotFound(InputError):
+    pass
+
+
+def _get(url: str, timeout: float) -> bytes:
+    """The body at `url` (http(s):// or file://); InputError naming the url, _NotFound for a 404 or missing file."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.read()
+    except urllib.error.HTTPError as e:
+        raise (_NotFound if e.code == 404 else InputError)(f"HTTP {e.code} {e.reason}", file=url) from None
+    except urllib.error.URLError as e:
+        not_found = isinstance(e.reason, FileNotFoundError)
+        raise (_NotFound if not_found else InputError)(f"cannot download: {e.reason}", file=url) from None
+    except (OSError, ValueError) as e:  # timeouts, resets; ValueError: not a URL at all
+        raise InputError(f"cannot download: {e}", file=url) from None
 
 
 # Where each archive keeps its packages (the `Filename:` fields of its Packages index start so).
@@ -256,6 +295,10 @@ def mirror(archive: str) -> str:
                 uris += re.findall(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)", text, re.M)
     env = os.environ.get("KVM_BINDGEN_MIRROR")  # e.g. a local mirror; "<base>" with debian/ under it
     if env:
+        if "://" not in env:  # a local mirror directory: read it through file:// URLs
+            if not pathlib.Path(env).is_dir():
+                raise InputError("KVM_BINDGEN_MIRROR is neither a URL nor a directory", file=env)
+            env = pathlib.Path(env).resolve().as_uri()
         return f"{env.rstrip('/')}/{archive}"
     for uri in uris:
         if uri.rstrip("/").rsplit("/", 1)[-1] == archive:
@@ -323,8 +366,10 @@ def current_versions(kernel: Kernel) -> dict[tuple[str, str], tuple[str, str]]:
     binary_arches = sorted({a if a != "all" else "amd64" for _, a in wanted})
     for deb_arch in binary_arches:
         url = f"{base}/dists/{kernel.suite}/main/binary-{deb_arch}/Packages.xz"
-        with urllib.request.urlopen(url, timeout=120) as resp:
-            text = lzma.decompress(resp.read()).decode("utf-8", "replace")
+        try:
+            text = lzma.decompress(_get(url, timeout=120)).decode("utf-8", "replace")
+        except lzma.LZMAError as e:
+            raise InputError(f"not an xz-compressed Packages index ({e})", file=url) from None
         for stanza in text.split("\n\n"):
             fields = dict(re.findall(r"^(\w[\w-]*): (.*)$", stanza, re.M))
             key = (fields.get("Package", ""), fields.get("Architecture", ""))
@@ -344,7 +389,10 @@ def _newer(a: str, b: str) -> bool:
 
 def repin(kernel_name: str, path: pathlib.Path = MANIFEST) -> list[str]:
     """Move a kernel's pins to the suite's current versions, rewriting the manifest in place."""
-    kernel = load_manifest(path)[kernel_name]
+    kernels = load_manifest(path)
+    if kernel_name not in kernels:
+        raise InputError(f"no kernel {kernel_name!r} is pinned here (pinned: {', '.join(kernels)})", file=path)
+    kernel = kernels[kernel_name]
     current = current_versions(kernel)
     text = path.read_text()
     changes = []

@@ -32,6 +32,10 @@ class TypeInfo:
     signed: bool | None = None  # scalars only
 
 
+MAX_OBJECT_SIZE = (1 << 63) - 1  # PTRDIFF_MAX on every supported (64-bit) arch, as gcc enforces
+MAX_ARRAY_LENGTH = (1 << 31) - 1  # the most cffi can declare (every record is declared to cffi)
+
+
 def _round_up(value: int, align: int) -> int:
     return (value + align - 1) // align * align
 
@@ -102,7 +106,11 @@ class Layout:
             value = -1
             for enumerator in node.values.enumerators:
                 if enumerator.value is not None:
-                    value = self.eval_node(enumerator.value)
+                    try:
+                        value = self.eval_node(enumerator.value)
+                    except (KeyError, ExprError) as e:
+                        raise HeaderError(f"cannot evaluate enumerator {enumerator.name}: {e}",
+                                          *_coord(enumerator)) from None
                 else:
                     value += 1
                 self.enum_values[enumerator.name] = value
@@ -199,11 +207,17 @@ class Layout:
                 dim: int | None = None
             else:
                 dim = self.eval_node(node.dim)
+                if dim < 0:
+                    raise ExprError(f"array size {dim} is negative")
+                if dim > MAX_ARRAY_LENGTH:
+                    raise ExprError(f"array size {dim} is more than the {MAX_ARRAY_LENGTH} cffi can declare")
             size = element.size * (dim or 0)
+            if size > MAX_OBJECT_SIZE:
+                raise ExprError(f"array of {dim} elements of {element.size} bytes is larger than any object can be")
             return dataclasses.replace(element, size=size, dims=(dim,) + element.dims, signed=None)
         if isinstance(node, c_ast.FuncDecl):
-            raise HeaderError("function type in a record")
-        raise HeaderError(f"unsupported type construct {type(node).__name__}")
+            raise HeaderError("function type in a record", *_coord(node))
+        raise HeaderError(f"unsupported type construct {type(node).__name__}", *_coord(node))
 
     # -- records ------------------------------------------------------------------------------
     def record(self, key: str) -> Record:
@@ -213,7 +227,7 @@ class Layout:
         if node is None:
             raise KeyError(key)
         if key in self._in_progress:
-            raise HeaderError(f"{key} contains itself")
+            raise HeaderError(f"{key} contains itself", *_coord(node))
         self._in_progress.add(key)
         attrs = self.parsed.record_attrs.get(key) or self.parsed.typedef_attrs.get(key) or RecordAttrs()
         record = self.layout_record(node, key, attrs)
@@ -230,15 +244,23 @@ class Layout:
         for decl in node.decls or []:
             try:
                 info = self.resolve(decl.type)
+                member_align = 1 if attrs.packed else info.align
+                for a in decl.align or []:
+                    alignment = self.eval_node(a.alignment)
+                    if alignment <= 0 or alignment & (alignment - 1):
+                        raise ExprError(f"alignment {alignment} is not a power of 2")
+                    member_align = max(member_align, alignment)
+                width = self.eval_node(decl.bitsize) if decl.bitsize is not None else None
+                if width is not None and (info.signed is None or info.dims):
+                    raise ExprError("a bitfield must have an integer type")
+                if width is not None and not 0 <= width <= info.size * 8:
+                    raise ExprError(f"bitfield width {width} does not fit its {info.size * 8}-bit type")
+                if width == 0 and decl.name:
+                    raise ExprError("a zero-width bitfield must be unnamed")
             except (KeyError, ExprError) as e:
-                where = f"{decl.coord.file}:{decl.coord.line}" if decl.coord else name
-                raise HeaderError(f"{where}: cannot lay out member {decl.name!r} of {name or 'a record'}: {e}") \
-                    from None
-            member_align = 1 if attrs.packed else info.align
-            for a in decl.align or []:
-                member_align = max(member_align, self.eval_node(a.alignment))
-            if decl.bitsize is not None:
-                width = self.eval_node(decl.bitsize)
+                raise HeaderError(f"cannot lay out member {decl.name!r} of {name or 'a record'}: {e}",
+                                  *_coord(decl)) from None
+            if width is not None:
                 unit = info.size * 8
                 start = 0 if is_union else bit
                 if width == 0:
@@ -262,6 +284,8 @@ class Layout:
         if attrs.aligned:
             align = max(align, attrs.aligned)
         size = _round_up((end + 7) // 8, align)
+        if size > MAX_OBJECT_SIZE:
+            raise HeaderError(f"{name or 'a record'} is {size} bytes, larger than any object can be", *_coord(node))
         fields = tuple(_flatten(members, "", 0))
         return Record(_kind(node), name, size, align, fields, tuple(members), attrs.packed,
                       self.record_file.get(name, ""))
@@ -280,6 +304,11 @@ class Layout:
             spelled = (target.base or "struct {...}") + "".join(f"[{d}]" for d in target.dims)
             out[name] = Typedef(name, spelled, info.size, info.align)
         return out
+
+
+def _coord(node: c_ast.Node) -> tuple[str | None, int | None]:
+    """file and line of a declaration, for errors."""
+    return (str(node.coord.file), node.coord.line) if node.coord else (None, None)
 
 
 def _kind(node: c_ast.Node) -> str:
