@@ -127,9 +127,9 @@ class Vcpu(Attributes, VcpuBase):
     def _release(self) -> None:
         runner = self._runner
         if runner is not None:
+            runner.close()  # first: a run() called from now on raises ClosedError without entering KVM_RUN
             self._stop_runner(runner)
             self._runner = None
-            runner.close()
             del runner
         if self._stats is not None:
             self._stats.close()
@@ -146,8 +146,8 @@ class Vcpu(Attributes, VcpuBase):
     # -- running ----------------------------------------------------------------------------------
 
     def _stop_runner(self, runner: Any) -> None:
-        """Before the fd closes: make a `run()` in progress in another thread return (it then raises
-        ClosedError), and wait until it has left KVM_RUN."""
+        """Before the fd closes (and after the Runner was closed): make a `run()` in progress in another
+        thread return (it then raises ClosedError), and wait until it has left KVM_RUN."""
         if not runner.tid or runner.tid == threading.get_native_id():
             return
         deadline = time.monotonic() + _STOP_TIMEOUT
