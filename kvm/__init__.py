@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from . import arm64, generated, marshal, riscv64, stats, x86  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone: no generated
 from .device import Device
-from .errors import CapabilityError, ClosedError, ForkedError, GuestMemoryError, KvmError, UnavailableError
+from .errors import CapabilityError, ClosedError, DeviceError, ForkedError, GuestMemoryError, KvmError, UnavailableError
 from .exits import (
     ApResetHoldExit,
     DebugExit,
@@ -81,6 +81,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ApResetHoldExit", "CapabilityError", "ClosedError", "CoalescedAccess", "CpuidEntry", "DebugExit", "Device",
+    "DeviceError",
     "DirtyGfn", "DirtyRingFullExit", "EventFd", "ExceptionExit", "Exit", "FailEntryExit", "ForkedError",
     "GuestMemfd", "GuestMemory", "GuestMemoryError", "HltExit", "HwUnknownExit", "HypercallExit", "HypervExit",
     "InternalErrorExit", "IntrExit", "IoExit", "IoapicEoiExit", "IrqWindowOpenExit", "IrqchipRoute", "Kvm",

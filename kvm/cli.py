@@ -1,17 +1,20 @@
 """`python -m kvm`: what this host's KVM offers, through the bundled binding.
 
-    python -m kvm caps [--json] [--all]   capabilities: name, value, enable-able on vm/vcpu, ioctls gated
-    python -m kvm info [--json]           kernel, API version, the binding chosen and why, every capability
-                                          the host reports (numbers the binding does not name: unknown)
+    python -m kvm [--device PATH] caps [--json] [--all]   capabilities: name, value, enable-able on vm/vcpu,
+                                                        ioctls gated
+    python -m kvm [--device PATH] info [--json]           kernel, API version, the binding chosen and why,
+                                                        the run loop in use, every capability the host
+                                                        reports (numbers the binding does not name: unknown)
+    python -m kvm --version
 
 Uses only KVM_GET_API_VERSION, KVM_CREATE_VM and KVM_CHECK_EXTENSION (on the VM fd when the host has
-KVM_CAP_CHECK_EXTENSION_VM, which answers for that VM; else on /dev/kvm).
+KVM_CAP_CHECK_EXTENSION_VM, which answers for that VM; else on /dev/kvm), through `kvm.Kvm`.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
+import importlib.metadata
 import json
 import os
 import sys
@@ -19,7 +22,10 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, TextIO
 
-from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone does not see it
+from . import _accel, generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone: no generated
+from .errors import DeviceError, KvmError
+from .system import Kvm
+from .vm import Vm
 
 PROBE_MAX = 300  # KVM_CHECK_EXTENSION numbers probed for capabilities the binding does not know
 
@@ -29,32 +35,25 @@ class Host:
 
     def __init__(self, binding: ModuleType, device: str = "/dev/kvm") -> None:
         self.binding = binding
-        ioctls = binding.IOCTLS
-        self._check = ioctls["KVM_CHECK_EXTENSION"].number
-        self.system = os.open(device, os.O_RDWR | os.O_CLOEXEC)
-        self.api_version = fcntl.ioctl(self.system, ioctls["KVM_GET_API_VERSION"].number, 0)
-        self.vm = -1
+        self.system = Kvm(device, binding=binding)
+        self.api_version = self.system.api_version
+        self.vm: Vm | None = None
         self.checked_on = "system"
         try:
-            if self._ask(self.system, binding.CONSTANTS["KVM_CAP_CHECK_EXTENSION_VM"]) > 0:
-                self.vm = fcntl.ioctl(self.system, ioctls["KVM_CREATE_VM"].number, 0)
+            if self.system.vm_fds_answer_caps():
+                self.vm = self.system.create_vm()
                 self.checked_on = "vm"
-        except OSError:
-            self.vm = -1
-
-    def _ask(self, fd: int, value: int) -> int:
-        try:
-            return int(fcntl.ioctl(fd, self._check, value))
-        except OSError:
-            return 0
+        except KvmError:
+            self.vm = None
 
     def check(self, value: int) -> int:
-        return self._ask(self.vm if self.vm >= 0 else self.system, value)
+        try:
+            return (self.vm or self.system).check_extension(value)
+        except KvmError:
+            return 0
 
     def close(self) -> None:
-        for fd in (self.vm, self.system):
-            if fd >= 0:
-                os.close(fd)
+        self.system.close()
 
 
 def _binding() -> ModuleType:
@@ -87,7 +86,7 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 
 def cmd_caps(args: argparse.Namespace, out: TextIO) -> int:
-    host = Host(_binding())
+    host = Host(_binding(), args.device)
     try:
         rows = caps_rows(host, include_absent=args.all)
     finally:
@@ -114,8 +113,13 @@ def info(host: Host) -> dict[str, Any]:
     running = tuple(int(x) for x in release.split("-")[0].split(".")[:2] if x.isdigit())
     bundled = [k for k, _, a in generated.BUNDLED if a == b.ARCH]
     newest = tuple(int(x) for x in b.KERNEL.split("."))
-    why = (f"newest bundled binding for {b.ARCH} (bundled: {', '.join(bundled)}); the KVM ABI only grows, so "
-           f"it describes every ioctl of older kernels, and KVM_CHECK_EXTENSION tells what this one has")
+    dropped = sorted({name for k in bundled if k != b.KERNEL for name in generated.load(k, b.ARCH).IOCTLS}
+                     - set(b.IOCTLS))
+    why = (f"the newest bundled binding for {b.ARCH} (bundled: {', '.join(bundled)}): KVM keeps the numbers of "
+           "the ioctls it still defines stable, and KVM_CHECK_EXTENSION tells which this kernel has")
+    if dropped:
+        why += (f"; {len(dropped)} ioctls of older bundled kernels are no longer in its headers "
+                f"(e.g. {', '.join(dropped[:3])}): load an older binding to issue them")
     if running > newest:
         why += f"; the running kernel ({release}) is newer: capabilities it adds show as unknown"
     rows = caps_rows(host, include_absent=False)
@@ -123,12 +127,13 @@ def info(host: Host) -> dict[str, Any]:
             "binding": {"module": b.__name__, "kernel": b.KERNEL, "linux_version": b.LINUX_VERSION,
                         "arch": b.ARCH, "why": why},
             "checked_on": host.checked_on, "probed": f"KVM_CHECK_EXTENSION 0..{PROBE_MAX}",
+            "run_loop": "compiled (kvm._speedups)" if _accel.NATIVE else "pure Python (kvm._pure)",
             "capabilities": [{"name": r["name"], "number": r["number"], "value": r["value"], "known": r["known"]}
                              for r in rows]}
 
 
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
-    host = Host(_binding())
+    host = Host(_binding(), args.device)
     try:
         data = info(host)
     finally:
@@ -142,6 +147,7 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
     out.write(f"KVM API version: {data['api_version']}\n")
     out.write(f"binding: {b['module']} (Linux {b['linux_version']} {b['arch']})\n")
     out.write(f"  why: {b['why']}\n")
+    out.write(f"run loop: {data['run_loop']}\n")
     caps = data["capabilities"]
     unknown = sum(1 for c in caps if not c["known"])
     out.write(f"capabilities reported ({len(caps)}, {unknown} unknown; {data['probed']} on the "
@@ -152,6 +158,10 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kvm", description="What this host's KVM offers.")
+    bundled = ", ".join(sorted({f"{k} ({r})" for k, r, _ in generated.BUNDLED}))
+    version = importlib.metadata.version("kvm-bindgen-py")
+    parser.add_argument("--version", action="version", version=f"kvm {version}; bundled kernels: {bundled}")
+    parser.add_argument("--device", default="/dev/kvm", help="the KVM device (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
     caps = sub.add_parser("caps", help="capabilities as a table: name, value, enable-able on vm/vcpu, ioctls gated")
     caps.add_argument("--json", action="store_true", help="machine-readable output")
@@ -163,6 +173,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args, out or sys.stdout))
+    except BrokenPipeError:
+        # the reader went away (`python -m kvm info | head -1`): nothing more to say, and say it quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except DeviceError as e:
+        print(f"python -m kvm: {e.strerror}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"python -m kvm: {e}", file=sys.stderr)
         return 1

@@ -64,6 +64,10 @@ class UnavailableError(KvmError):
         return (type(self), (self.ioctl, self.fd_kind, self.reason))
 
 
+class DeviceError(OSError):
+    """/dev/kvm (or the path given) cannot be used: the message says why and how to fix it."""
+
+
 class ClosedError(ValueError):
     """An object (or the VM it belongs to) was used after close()."""
 
@@ -76,4 +80,4 @@ class GuestMemoryError(IndexError):
     """A guest-physical access falls outside the guest memory it was made on."""
 
 
-__all__ = ["KvmError", "UnavailableError", "CapabilityError", "ClosedError", "ForkedError", "GuestMemoryError"]
+__all__ = ["KvmError", "DeviceError", "UnavailableError", "CapabilityError", "ClosedError", "ForkedError", "GuestMemoryError"]

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import grp
 import os
+import stat
 import weakref
 from types import ModuleType
 from typing import Any, Callable
 
 from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone does not see it
-from . import marshal
+from . import _sys, marshal
 from ._accel import ValueIoctl
 from ._fd import KvmFd
 from .arches import for_binding
 from .device import ReadableAttributes
-from .errors import ClosedError
+from .errors import ClosedError, DeviceError
 from .exits import dispatch_table
 from .vm import Vm
 
@@ -57,6 +60,53 @@ _VM_FDS_ANSWER_CAPS: dict[str, bool] = {}
 _BINDING_NAMES = ("ARCH", "KERNEL", "IOCTLS", "CONSTANTS", "ffi")  # what a generated binding module has  # see Kvm._vm_fds_answer_caps
 
 
+def open_device(path: Any, binding: ModuleType) -> int:
+    """Open the KVM device at `path` (close-on-exec) and check it is one: an fd answering
+    KVM_GET_API_VERSION with the binding's KVM_API_VERSION. Anything else raises DeviceError saying what
+    is wrong and how to fix it."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a path, not {type(path).__name__}")
+    name = os.fsdecode(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise DeviceError(exc.errno, f"{name} does not exist: the kvm module is not loaded (`modprobe kvm_intel` "
+                          "or `modprobe kvm_amd`), the CPU's virtualization extensions are off in the firmware, "
+                          "or this is a virtual machine without nested virtualization") from None
+    except PermissionError as exc:
+        raise DeviceError(exc.errno, f"{name}: permission denied: {_access_hint(name)}") from None
+    except OSError as exc:
+        raise DeviceError(exc.errno, f"{name}: cannot open it: {exc.strerror}") from None
+    try:
+        version = _sys.ioctl(fd, binding.IOCTLS["KVM_GET_API_VERSION"].number)
+    except OSError:
+        version = None
+    expected = binding.CONSTANTS["KVM_API_VERSION"]
+    if version != expected:
+        os.close(fd)
+        what = "does not answer KVM_GET_API_VERSION" if version is None else f"answers API version {version}"
+        raise DeviceError(errno.ENODEV, f"{name} is not a KVM device: it {what} (KVM's is {expected})")
+    return fd
+
+
+def _access_hint(path: str) -> str:
+    """How a user who may not open the device gets access to it."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return "run as root, or ask for access to it"
+    try:
+        group = grp.getgrgid(info.st_gid).gr_name
+    except KeyError:
+        group = str(info.st_gid)
+    mode = stat.filemode(info.st_mode)
+    if info.st_mode & 0o060 != 0o060:
+        return (f"it is {mode}, readable and writable by its owner only: give it a group, e.g. a udev rule "
+                f'KERNEL=="kvm", GROUP="kvm", MODE="0660", add your user to that group, or run as root')
+    return (f"it is {mode}, group {group}: add your user to that group (`sudo usermod -aG {group} $USER`, "
+            "then log in again) or run as root")
+
+
 class Kvm(ReadableAttributes):
     """The KVM subsystem: `Kvm()` opens /dev/kvm (close-on-exec).
 
@@ -74,10 +124,8 @@ class Kvm(ReadableAttributes):
         return object.__new__(for_binding(cls, binding))
 
     def __init__(self, path: str = "/dev/kvm", *, binding: ModuleType | None = None) -> None:
-        if not isinstance(path, (str, bytes, os.PathLike)):
-            raise TypeError(f"path must be a path, not {type(path).__name__}")
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        super().__init__(fd, DEFAULT_BINDING if binding is None else binding)
+        binding = DEFAULT_BINDING if binding is None else binding
+        super().__init__(open_device(path, binding), binding)
         self.path = path
         self._mmap_size: int | None = None
 

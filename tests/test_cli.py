@@ -72,3 +72,35 @@ def test_module_entry_point() -> None:
     done = subprocess.run([sys.executable, "-m", "kvm", "info"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "KVM API version: 12" in done.stdout
+
+
+def test_device_errors_say_what_is_wrong_and_how_to_fix_it(tmp_path) -> None:
+    import kvm
+
+    with pytest.raises(kvm.DeviceError, match="/dev/null is not a KVM device: it does not answer KVM_GET_API_VERSION"):
+        kvm.Kvm("/dev/null")
+    with pytest.raises(kvm.DeviceError, match="does not exist: the kvm module is not loaded"):
+        kvm.Kvm(str(tmp_path / "kvm"))
+    pid = os.fork()
+    if pid == 0:  # an unprivileged user
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            kvm.Kvm()
+        except kvm.DeviceError as e:
+            os._exit(0 if "permission denied" in str(e) and ("group" in str(e) or "root" in str(e)) else 3)
+        except BaseException:
+            os._exit(4)
+        os._exit(0 if os.stat("/dev/kvm").st_mode & 0o006 else 5)  # opened: only if the device is world-usable
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_cli_device_option_version_and_closed_pipe() -> None:
+    bad = subprocess.run([sys.executable, "-m", "kvm", "--device", "/dev/null", "info"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a KVM device" in bad.stderr and "Traceback" not in bad.stderr
+    version = subprocess.run([sys.executable, "-m", "kvm", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and "7.2 (7.2." in version.stdout
+    piped = subprocess.run(f"{sys.executable} -m kvm info | head -1", shell=True, capture_output=True, text=True)
+    assert piped.stdout.startswith("kernel release:") and piped.stderr == ""
+    assert "run loop: " in run("info")
