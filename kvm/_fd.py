@@ -12,7 +12,7 @@ import os
 import weakref
 from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from . import _sys, marshal
 from ._accel import ioctl as _ioctl_value
@@ -110,7 +110,7 @@ class KvmFd:
     def _release(self) -> None:
         """Subclass hook: free what the object maps or owns besides its fd (called before the fd closes)."""
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,7 +178,7 @@ class KvmFd:
         if name not in self._gate_ok:
             self._check_gate(name, spec.capability_for(self.fd_kind))
         if isinstance(arg, int):  # by value (an int, or an IntEnum member such as a Cap)
-            result = _ioctl_value(fd, spec.number, arg)
+            result: int = _ioctl_value(fd, spec.number, arg)
             if result < 0:
                 raise KvmError(name, self.fd_kind, -result)
             return result

@@ -79,7 +79,7 @@ def ioctl(fd: int, request: int, arg: Any = 0) -> int:
     """
     if arg.__class__ is int:
         arg = _cast(_void_p, arg)
-    result = _ioctl(fd, request, arg)
+    result: int = _ioctl(fd, request, arg)
     if result < 0:
         err = ffi.errno
         raise OSError(err, os.strerror(err))

@@ -64,7 +64,7 @@ def for_binding(cls: type[_T], binding: ModuleType) -> type[_T]:
         if issubclass(made, VcpuBase):
             VcpuBase.bind_run(made)  # `run` as a method of exactly this class (see kvm/_speedups.c)
         _CLASSES[key] = made
-    return made  # type: ignore[return-value]
+    return made
 
 
 __all__ = ["MIXINS", "Absent", "for_binding"]

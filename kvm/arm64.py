@@ -39,7 +39,8 @@ def core_reg_id(binding: ModuleType, name: str) -> int:
         name = "regs." + name
     offset, size = marshal.member_layout(ffi, "struct kvm_regs", name)
     c = binding.CONSTANTS
-    return c["KVM_REG_ARM64"] | marshal.reg_size_bits(binding.CONSTANTS, size) | c["KVM_REG_ARM_CORE"] | offset // ffi.sizeof("__u32")
+    return int(c["KVM_REG_ARM64"] | marshal.reg_size_bits(binding.CONSTANTS, size) | c["KVM_REG_ARM_CORE"]
+               | offset // ffi.sizeof("__u32"))
 
 
 def x(binding: ModuleType, n: int) -> int:

@@ -57,7 +57,8 @@ class Host:
 
 
 def _binding() -> ModuleType:
-    return generated.load()
+    binding: ModuleType = generated.load()
+    return binding
 
 
 def caps_rows(host: Host, include_absent: bool = True) -> list[dict[str, Any]]:

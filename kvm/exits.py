@@ -133,14 +133,14 @@ class HwUnknownExit(Exit):
 
     __slots__ = ()
     _fields = ("hardware_exit_reason",)
-    hardware_exit_reason = from_run("hw.hardware_exit_reason")
+    hardware_exit_reason: int = from_run("hw.hardware_exit_reason")
 
 
 class ExceptionExit(Exit):
     __slots__ = ()
     _fields = ("exception", "error_code")
-    exception = from_run("ex.exception")
-    error_code = from_run("ex.error_code")
+    exception: int = from_run("ex.exception")
+    error_code: int = from_run("ex.error_code")
 
 
 class IoExit(Exit):
@@ -155,21 +155,21 @@ class IoExit(Exit):
     _fields = ("port", "size", "direction", "count", "data")
     IN = 0  # KVM_EXIT_IO_IN and KVM_EXIT_IO_OUT, set from the binding by dispatch_table()
     OUT = 1
-    port = from_run("io.port")
-    size = from_run("io.size")
-    direction = from_run("io.direction")
-    count = from_run("io.count")
-    data_offset = from_run("io.data_offset")
-    data = from_run("io.data_offset", "bytes", length="io.size", times="io.count", indirect=True)
-    value = from_run("io.data_offset", "value", length="io.size", indirect=True)
+    port: int = from_run("io.port")
+    size: int = from_run("io.size")
+    direction: int = from_run("io.direction")
+    count: int = from_run("io.count")
+    data_offset: int = from_run("io.data_offset")
+    data: memoryview = from_run("io.data_offset", "bytes", length="io.size", times="io.count", indirect=True)
+    value: int = from_run("io.data_offset", "value", length="io.size", indirect=True)
 
     @property
     def is_in(self) -> bool:
-        return self.direction == self.IN
+        return bool(self.direction == self.IN)
 
     @property
     def is_out(self) -> bool:
-        return self.direction == self.OUT
+        return bool(self.direction == self.OUT)
 
     def reply(self, value: int | bytes) -> None:
         """For `in`: the value(s) the guest reads (an int fills one element; bytes fill size*count)."""
@@ -190,12 +190,12 @@ class MmioExit(Exit):
 
     __slots__ = ()
     _fields = ("phys_addr", "len", "is_write", "data")
-    phys_addr = from_run("mmio.phys_addr")
-    address = from_run("mmio.phys_addr")
-    len = from_run("mmio.len")
-    is_write = from_run("mmio.is_write", "bool")
-    data = from_run("mmio.data", "bytes", length="mmio.len")
-    value = from_run("mmio.data", "value", length="mmio.len")
+    phys_addr: int = from_run("mmio.phys_addr")
+    address: int = from_run("mmio.phys_addr")
+    len: int = from_run("mmio.len")
+    is_write: bool = from_run("mmio.is_write", "bool")
+    data: memoryview = from_run("mmio.data", "bytes", length="mmio.len")
+    value: int = from_run("mmio.data", "value", length="mmio.len")
 
     def reply(self, value: int | bytes) -> None:
         """For a read: the value (an int) or the `len` bytes the guest reads."""
@@ -291,8 +291,8 @@ class ShutdownExit(Exit):
 class FailEntryExit(Exit):
     __slots__ = ()
     _fields = ("hardware_entry_failure_reason", "cpu")
-    hardware_entry_failure_reason = from_run("fail_entry.hardware_entry_failure_reason")
-    cpu = from_run("fail_entry.cpu")
+    hardware_entry_failure_reason: int = from_run("fail_entry.hardware_entry_failure_reason")
+    cpu: int = from_run("fail_entry.cpu")
 
 
 class IntrExit(Exit):
@@ -308,8 +308,8 @@ class SetTprExit(Exit):
 class TprAccessExit(Exit):
     __slots__ = ()
     _fields = ("rip", "is_write")
-    rip = from_run("tpr_access.rip")
-    is_write = from_run("tpr_access.is_write", "bool")
+    rip: int = from_run("tpr_access.rip")
+    is_write: bool = from_run("tpr_access.is_write", "bool")
 
 
 class NmiExit(Exit):
@@ -391,16 +391,16 @@ class SystemEventExit(Exit):
 class IoapicEoiExit(Exit):
     __slots__ = ()
     _fields = ("vector",)
-    vector = from_run("eoi.vector")
+    vector: int = from_run("eoi.vector")
 
 
 class _MsrExit(Exit):
     __slots__ = ()
     _fields = ("index", "reason_flags", "data")
-    index = from_run("msr.index")
+    index: int = from_run("msr.index")
     reason_flags = from_run("msr.reason")  # why it exits to user space: KVM_MSR_EXIT_REASON_*
 
-    data = from_run("msr.data")
+    data: int = from_run("msr.data")
 
     def fail(self) -> None:
         """Make the guest's access fail (#GP) when it resumes."""
@@ -445,7 +445,7 @@ class X86BusLockExit(Exit):
 class NotifyExit(Exit):
     __slots__ = ()
     _fields = ("flags",)
-    flags = from_run("notify.flags")
+    flags: int = from_run("notify.flags")
 
 
 class MemoryFaultExit(Exit):
@@ -453,10 +453,10 @@ class MemoryFaultExit(Exit):
 
     __slots__ = ()
     _fields = ("flags", "gpa", "size")
-    flags = from_run("memory_fault.flags")
-    gpa = from_run("memory_fault.gpa")
+    flags: int = from_run("memory_fault.flags")
+    gpa: int = from_run("memory_fault.gpa")
 
-    size = from_run("memory_fault.size")
+    size: int = from_run("memory_fault.size")
 
     @property
     def private(self) -> bool:

@@ -50,7 +50,8 @@ def integer(value: Any, what: str, low: int, high: int) -> int:
         value = int(value)  # an IntEnum / IntFlag member
     if not low <= value <= high:
         raise ValueError(f"{what} must be in {_span(low, high)}, not {value}")
-    return value
+    checked: int = value
+    return checked
 
 
 def count(value: Any, what: str, limit: int) -> int:
@@ -412,7 +413,8 @@ def dirty_log(ioctl: Ioctl, ffi: Any, name: str, slot: Any, slot_pages: Mapping[
     pointer = ffi.new("struct kvm_dirty_log *", {"slot": slot})
     pointer.dirty_bitmap = bitmap
     ioctl(name, pointer)
-    return ffi.buffer(bitmap, nbytes)[:]
+    data: bytes = ffi.buffer(bitmap, nbytes)[:]
+    return data
 
 
 def clear_dirty_log(ioctl: Ioctl, ffi: Any, name: str, slot: Any, first_page: Any, num_pages: Any,
@@ -443,8 +445,7 @@ def clear_dirty_log(ioctl: Ioctl, ffi: Any, name: str, slot: Any, first_page: An
 
 def reg_size(ffi: Any, reg_id: Any) -> int:
     """The bytes of register `reg_id` (KVM_REG_SIZE: 2**((id >> 52) & 0xf), up to 256 for 2048 bits)."""
-    reg_id = integer(reg_id, "reg_id", 0, (1 << 64) - 1)
-    return 1 << ((reg_id >> 52) & 0xF)
+    return 1 << ((integer(reg_id, "reg_id", 0, (1 << 64) - 1) >> 52) & 0xF)
 
 
 def one_reg_get(ioctl: Ioctl, ffi: Any, name: str, reg_id: Any) -> int:
@@ -526,7 +527,8 @@ def attr_get(ioctl: Ioctl, ffi: Any, name: str, group: Any, attr: Any, size: Any
     size = count(size, "size", MAX_BYTES)
     buffer = ffi.new("char[]", max(size, ATTR_BYTES))
     ioctl(name, _attr(ffi, group, attr, flags, int(ffi.cast("uintptr_t", buffer))))
-    return ffi.buffer(buffer, size)[:]
+    data: bytes = ffi.buffer(buffer, size)[:]
+    return data
 
 
 def attr_set(ioctl: Ioctl, ffi: Any, name: str, group: Any, attr: Any, value: Any = None, flags: Any = 0,

@@ -75,8 +75,8 @@ def _extension(binding: ModuleType, kind: str, ext: int | str) -> int:
 
 def _ext_reg_id(binding: ModuleType, kind: str, ext: int | str) -> int:
     c = binding.CONSTANTS
-    return (c["KVM_REG_RISCV"] | c[f"KVM_REG_SIZE_U{8 * binding.ffi.sizeof('unsigned long')}"]
-            | c[f"KVM_REG_RISCV_{kind}_EXT"] | c[f"KVM_REG_RISCV_{kind}_SINGLE"] | _extension(binding, kind, ext))
+    return int(c["KVM_REG_RISCV"] | c[f"KVM_REG_SIZE_U{8 * binding.ffi.sizeof('unsigned long')}"]
+               | c[f"KVM_REG_RISCV_{kind}_EXT"] | c[f"KVM_REG_RISCV_{kind}_SINGLE"] | _extension(binding, kind, ext))
 
 
 def isa_ext_id(binding: ModuleType, ext: int | str) -> int:

@@ -139,7 +139,7 @@ class Kvm(ReadableAttributes):
         return self._ioctl("KVM_GET_API_VERSION")
 
     @functools.cached_property
-    def check_extension(self) -> Callable[[Any], int]:  # type: ignore[override]
+    def check_extension(self) -> Callable[[Any], int]:  # type: ignore[override,unused-ignore]
         """KVM_CHECK_EXTENSION on /dev/kvm: `k.check_extension(cap)` is 0 when the capability is absent,
         else a positive (often meaningful) value. `cap`: a `Cap` member, a number, or a name
         ("KVM_CAP_IRQCHIP" or "IRQCHIP"). Asks the kernel on every call.

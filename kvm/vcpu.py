@@ -12,14 +12,14 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _sys, marshal
 from ._accel import Runner, VcpuBase
 from ._fd import KvmFd, needs, record_property
 from .device import Attributes
 from .errors import KvmError
-from .exits import IntrExit, MemoryFaultExit, UnknownExit, dispatch_table, reason_names
+from .exits import Exit, IntrExit, MemoryFaultExit, UnknownExit, dispatch_table, reason_names
 from .memory import PAGE_SIZE
 from .stats import StatsFd
 
@@ -100,6 +100,10 @@ class Vcpu(Attributes, VcpuBase):
     """
 
     fd_kind = "vcpu"
+
+    if TYPE_CHECKING:
+        def run(self) -> Exit:
+            """KVM_RUN until the next exit to user space: the typed exit (compiled, see VcpuBase.run)."""
 
     def __init__(self, vm: Any, fd: int, id: int, mmap_size: int) -> None:
         binding = vm.binding
