@@ -38,6 +38,7 @@ def _after_fork_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 _KINDS = ("int", "bool", "bytes", "value")
+_MAX_FIELD_OFFSET = 1 << 24  # as the compiled twin
 
 
 def ioctl(fd: int, request: int, value: int) -> int:
@@ -181,8 +182,8 @@ class ExitBase:
 
     def __new__(cls, vcpu: Any, *rest: Any) -> Any:
         runner = getattr(vcpu, "_runner", None)
-        if not isinstance(runner, Runner):
-            raise TypeError(f"{cls.__name__}(): vcpu._runner is not a Runner (is the vCPU closed?)")
+        if not isinstance(runner, Runner) or getattr(runner, "view", None) is None:
+            raise TypeError(f"{cls.__name__}(): vcpu._runner is not an initialised Runner (is the vCPU closed?)")
         decoders = cls._decoders
         if not isinstance(decoders, tuple) or len(decoders) > _EXIT_VALUES:
             raise TypeError(f"{cls.__name__}._decoders must be a tuple of at most {_EXIT_VALUES} Fields")
@@ -284,6 +285,8 @@ class Field:
                  times_offset: int = -1, times_width: int = 0) -> None:
         if kind not in _KINDS:
             raise ValueError(f"Field {name}: unknown kind {kind} (int, bool, bytes, value)")
+        if max(offset, length_offset, times_offset) > _MAX_FIELD_OFFSET:
+            raise ValueError(f"Field {name}: offsets must be at most {_MAX_FIELD_OFFSET} (kvm_run is a few pages)")
         try:
             if offset < 0:
                 raise ValueError

@@ -220,20 +220,23 @@ static int runner_init(RunnerObject *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_TypeError, "on_error, on_unknown and on_unusable must be callable");
         return -1;
     }
+    Py_buffer page;
+    if (PyObject_GetBuffer(view, &page, PyBUF_WRITABLE) < 0)
+        return -1;
+    if (reason_offset < 0 || reason_offset > page.len - 4) {
+        PyErr_Format(PyExc_ValueError, "reason_offset %zd is outside the %zd-byte kvm_run mapping",
+                     reason_offset, page.len);
+        PyBuffer_Release(&page);
+        return -1;
+    }
     self->exits = PyMem_Calloc(PyTuple_GET_SIZE(classes) + 1, sizeof(PyObject *));
     if (self->exits == NULL) {
+        PyBuffer_Release(&page);
         PyErr_NoMemory();
         return -1;
     }
     self->n_exits = PyTuple_GET_SIZE(classes);
-    if (PyObject_GetBuffer(view, &self->page, PyBUF_WRITABLE) < 0)
-        return -1;
-    if (reason_offset < 0 || reason_offset + 4 > self->page.len) {
-        PyBuffer_Release(&self->page);
-        PyErr_Format(PyExc_ValueError, "reason_offset %zd is outside the %zd-byte kvm_run mapping",
-                     reason_offset, self->page.len);
-        return -1;
-    }
+    self->page = page;  /* only now: a failed __init__ leaves no buffer behind for an exit to read */
     self->fd = fd;
     self->request = request;
     self->generation = fork_generation;
@@ -461,9 +464,10 @@ static PyObject *exit_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         PyErr_Clear();
     else if (runner == NULL)
         return NULL;
-    if (runner == NULL || !PyObject_TypeCheck(runner, &RunnerType)) {
+    if (runner == NULL || !PyObject_TypeCheck(runner, &RunnerType) || ((RunnerObject *)runner)->view == NULL) {
         Py_XDECREF(runner);
-        PyErr_Format(PyExc_TypeError, "%s(): vcpu._runner is not a Runner (is the vCPU closed?)", type->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s(): vcpu._runner is not an initialised Runner (is the vCPU closed?)",
+                     type->tp_name);
         return NULL;
     }
     ExitObject *exit = (ExitObject *)make_exit(type, (RunnerObject *)runner);
@@ -515,9 +519,9 @@ static void exit_dealloc(ExitObject *self) {
 }
 
 static PyObject *exit_get_page(ExitObject *self, void *unused) {
-    if (self->owner == NULL)
+    PyObject *view = self->owner == NULL ? NULL : ((RunnerObject *)self->owner)->view;
+    if (view == NULL)
         Py_RETURN_NONE;
-    PyObject *view = ((RunnerObject *)self->owner)->view;
     Py_INCREF(view);
     return view;
 }
@@ -651,6 +655,10 @@ static PyTypeObject FieldType;
 
 static const char *field_kinds[] = {"int", "bool", "bytes", "value", NULL};
 
+/* Offsets beyond this are refused: kvm_run is a few pages, and bounded offsets keep `offset + width`
+ * and the other sums of the bounds checks far from overflowing. */
+#define MAX_FIELD_OFFSET (1 << 24)
+
 static int field_init(FieldObject *self, PyObject *args, PyObject *kwds) {
     static char *keywords[] = {"name", "kind", "offset", "width", "signed", "indirect", "length_offset",
                                "length_width", "times_offset", "times_width", NULL};
@@ -670,6 +678,11 @@ static int field_init(FieldObject *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     int needs_length = (k == KIND_BYTES || k == KIND_VALUE);
+    if (offset > MAX_FIELD_OFFSET || length_offset > MAX_FIELD_OFFSET || times_offset > MAX_FIELD_OFFSET) {
+        PyErr_Format(PyExc_ValueError, "Field %U: offsets must be at most %d (kvm_run is a few pages)", name,
+                     MAX_FIELD_OFFSET);
+        return -1;
+    }
     if (offset < 0 || (k != KIND_BYTES && k != KIND_VALUE && !valid_width(width)) ||
         (indirect && !valid_width(width)) ||
         (needs_length && (length_offset < 0 || !valid_width(length_width))) ||
@@ -724,6 +737,10 @@ static PyObject *int_object(uint64_t value, int is_signed, PyObject *reuse) {
 
 /* The field's value in the kvm_run page of `exit` (an int may be `reuse`, see int_object). */
 static PyObject *field_read(FieldObject *self, ExitObject *exit, PyObject *reuse) {
+    if (self->name == NULL) {
+        PyErr_SetString(PyExc_ValueError, "this Field was never initialised");
+        return NULL;
+    }
     const char *run = exit->run;
     if (run == NULL) {
         PyErr_Format(PyExc_ValueError, "%U: this exit no longer has a kvm_run page", self->name);
@@ -815,6 +832,8 @@ static void field_dealloc(FieldObject *self) {
 }
 
 static PyObject *field_repr(FieldObject *self) {
+    if (self->name == NULL)
+        return PyUnicode_FromString("<Field (not initialised)>");
     return PyUnicode_FromFormat("<Field %U %s at %zd>", self->name, field_kinds[self->kind], self->offset);
 }
 

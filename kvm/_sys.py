@@ -108,19 +108,31 @@ def munmap(address: int, length: int) -> None:
 class FileMapping:
     """A shared mapping of part of a KVM fd (a vCPU's kvm_run, its dirty ring), made without dup'ing the fd.
 
-    `view` is a writable memoryview of it; memoryviews sliced from it and cffi pointers made with
-    `ffi.from_buffer` keep the memory mapped for as long as they live. `detach()` (called when the fd
-    closes) swaps the file's pages for a private anonymous copy at the same address: the mapping no
-    longer holds the file, so closing the fd frees the KVM object at once, while views still held
-    elsewhere read the last contents instead of faulting. The memory is unmapped when the last view goes.
+    `view` is a writable memoryview of it; memoryviews sliced from it, and the record pointers `record()`
+    makes, keep the memory mapped for as long as they live. `detach()` (called when the fd closes) swaps
+    the file's pages for a private anonymous copy at the same address: the mapping no longer holds the
+    file, so closing the fd frees the KVM object at once, while views still held elsewhere read the last
+    contents instead of faulting. The memory is unmapped when the last view or pointer goes.
     """
 
     def __init__(self, fd: int, length: int, offset: int = 0) -> None:
         self.length = length
         self.address = mmap(length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset)
-        pointer = ffi.gc(_cast("char *", self.address), _unmapper(length))
-        self.view = memoryview(ffi.buffer(pointer, length))
+        self._pointer = ffi.gc(_cast("char *", self.address), _unmapper(length))
+        self.view = memoryview(ffi.buffer(self._pointer, length))
         self.detached = False
+
+    def record(self, record_ffi: Any, ctype: str, offset: int = 0) -> Any:
+        """A `ctype *` of `record_ffi` at `offset` in the mapping, keeping the mapping alive.
+
+        Not `ffi.from_buffer(view)`: a cdata holding a buffer export of a memoryview must never end up
+        in a reference cycle with it, as CPython's garbage collector may clear the memoryview first and
+        then crash releasing the export (CPython 3.11's memory_clear).
+        """
+        if not 0 <= offset <= self.length - record_ffi.sizeof(ctype):
+            raise ValueError(f"{ctype} at {offset} does not fit the {self.length}-byte mapping")
+        keep = self._pointer
+        return record_ffi.gc(record_ffi.cast(ctype + " *", self.address + offset), lambda _p, _keep=keep: None)
 
     def detach(self) -> None:
         """Stop sharing the file's pages (idempotent); see the class docstring."""

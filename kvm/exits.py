@@ -173,7 +173,7 @@ class IoExit(Exit):
 
     def reply(self, value: int | bytes) -> None:
         """For `in`: the value(s) the guest reads (an int fills one element; bytes fill size*count)."""
-        self._run  # the vCPU is open and of this process (a forked child shares its parent's page)
+        self.vcpu.fileno()  # raises unless the vCPU is open and of this process (a child shares the page)
         data = self.data
         size = self.size
         reply = _int_bytes(value, size) if isinstance(value, int) else _int_bytes(value, len(data))
@@ -199,7 +199,7 @@ class MmioExit(Exit):
 
     def reply(self, value: int | bytes) -> None:
         """For a read: the value (an int) or the `len` bytes the guest reads."""
-        self._run  # the vCPU is open and of this process (a forked child shares its parent's page)
+        self.vcpu.fileno()  # raises unless the vCPU is open and of this process (a child shares the page)
         data = self.data
         data[:] = _int_bytes(value, len(data))
         self._decode()  # `value` shows the reply

@@ -112,7 +112,7 @@ class Vcpu(Attributes, VcpuBase):
         # construction leaves nothing behind (the caller closes `fd`).
         mapping = _sys.FileMapping(fd, mmap_size)
         self._mapping: _sys.FileMapping | None = mapping
-        self._run = ffi.from_buffer("struct kvm_run *", mapping.view)
+        self._run = mapping.record(ffi, "struct kvm_run")
         # `run()` (of VcpuBase) calls it: no Python frame between `vcpu.run()` and KVM_RUN
         self._runner = Runner(fd, binding.IOCTLS["KVM_RUN"].number, mapping.view, self,
                               dispatch_table(binding), self._run_failed, self._unknown_exit,
@@ -232,9 +232,7 @@ class Vcpu(Attributes, VcpuBase):
         self._check_open()
         assert self._mapping is not None  # (open)
         ffi = self._ffi
-        start = ffi.offsetof("struct kvm_run", "s", "regs")
-        end = start + ffi.sizeof("struct kvm_sync_regs")
-        return ffi.from_buffer("struct kvm_sync_regs *", self._mapping.view[start:end])
+        return self._mapping.record(ffi, "struct kvm_sync_regs", ffi.offsetof("struct kvm_run", "s", "regs"))
 
     def mark_synced_dirty(self, flags: int) -> None:
         """kvm_dirty_regs: KVM loads these sets from kvm_run.s on the next run()."""

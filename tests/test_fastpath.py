@@ -227,6 +227,35 @@ def test_runner_checks_its_arguments(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_half_made_runners_and_fields_raise_instead_of_crashing(impl):
+    """Objects made with __new__ only, or whose __init__ failed, and offsets near the top of the address
+    space: each is an exception, never a read of freed, unmapped or unallocated memory."""
+    ok = (lambda *a: None)
+
+    class Vcpu:
+        _runner: object = None
+
+    with pytest.raises(ValueError, match="offsets must be at most"):
+        impl.Field("far", "int", sys.maxsize - 3, 8)
+    with pytest.raises(ValueError, match="offsets must be at most"):
+        impl.Field("far", "bytes", 0, 0, length_offset=sys.maxsize - 3, length_width=4)
+    failed = impl.Runner.__new__(impl.Runner)
+    with pytest.raises(ValueError, match="reason_offset"):
+        failed.__init__(-1, 0, memoryview(bytearray(64)), None, (), ok, ok, ok, 100)
+    for runner in (failed, impl.Runner.__new__(impl.Runner)):
+        Vcpu._runner = runner
+        with pytest.raises(TypeError, match="_runner"):
+            impl.ExitBase(Vcpu())
+    if impl is not kvm._pure:  # the pure Field has no half-made state
+        blank = impl.Field.__new__(impl.Field)
+        assert "not initialised" in repr(blank)
+        Vcpu._runner = impl.Runner(-1, 0, memoryview(bytearray(PAGE)), None, (), ok, ok, ok, 8)
+        probe = _exit_class(impl, f=blank)
+        with pytest.raises(ValueError, match="never initialised"):
+            probe(Vcpu()).f
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_a_closed_runner_refuses_to_run(impl):
     page = _Page(impl)
     with pytest.raises(kvm.ClosedError):
