@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import importlib.metadata
+import importlib.util
 import pathlib
 import sys
 import time
@@ -12,7 +14,32 @@ from . import inputs
 from .arches import ARCHES, host_arch
 from .model import Model
 
-GENERATED = inputs.REPO_ROOT / "generated"
+
+def _generated_dir() -> pathlib.Path:
+    """generated/ of this checkout, or where the installed kvm.generated lives (a wheel has no checkout)."""
+    checkout = inputs.REPO_ROOT / "generated"
+    if (checkout / "__init__.py").is_file() and (inputs.REPO_ROOT / "codegen").is_dir():
+        return checkout
+    spec = importlib.util.find_spec("kvm")  # finds the package without importing it
+    if spec is not None and spec.submodule_search_locations:
+        return pathlib.Path(next(iter(spec.submodule_search_locations))) / "generated"
+    return checkout
+
+
+GENERATED = _generated_dir()
+CODEGEN_EXTRA = "pip install 'kvm-bindgen-py[codegen]'"
+_CODEGEN_MODULES = ("jinja2", "pycparser")
+
+
+class MissingExtra(Exception):
+    """The generator's dependencies (the `codegen` extra) are not installed."""
+
+
+def require_codegen(what: str) -> None:
+    missing = [m for m in _CODEGEN_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtra(f"kvm-bindgen {what} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'}"
+                           f" not installed: install the codegen extra, {CODEGEN_EXTRA}")
 
 
 def build_bundled(kernel: inputs.Kernel, arch: str) -> Model:
@@ -23,12 +50,13 @@ def build_bundled(kernel: inputs.Kernel, arch: str) -> Model:
 
 
 def build_all() -> list[Model]:
-    """A Model for every pinned (kernel, arch), built in parallel."""
-    jobs = [(k, a) for k in inputs.load_manifest().values() for a in k.arches]
-    for kernel in {k.kernel: k for k, _ in jobs}.values():  # download sequentially, once
-        for arch in kernel.arches:
-            inputs.bundled_tree(kernel, arch)
-        inputs.api_rst(kernel)
+    """A Model for every pinned (kernel, arch), built in parallel.
+
+    The inputs are fetched first, sequentially, only what the cache lacks; inputs.InputsUnavailable names
+    every kernel whose inputs could not be had."""
+    kernels = inputs.load_manifest()
+    inputs.fetch_all(kernels)
+    jobs = [(k, a) for k in kernels.values() for a in k.arches]
     with concurrent.futures.ProcessPoolExecutor() as pool:
         return list(pool.map(build_bundled, *zip(*jobs)))
 
@@ -44,14 +72,36 @@ def generated_files(models: list[Model]) -> dict[str, str]:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    for line in inputs.fetch_all():
+    try:
+        lines = inputs.fetch_all()
+    except inputs.InputsUnavailable as e:
+        for line in e.lines:
+            print(line)
+        _report_unavailable(e, "kvm-bindgen fetch: FAILED for")
+        return 2
+    for line in lines:
         print(line)
     print(f"cache: {inputs.cache_dir()}")
     return 0
 
 
+def _report_unavailable(e: inputs.InputsUnavailable, what: str) -> None:
+    """Each failure on its own line, then which (kernel, arch) pairs it leaves out and what fixes them."""
+    for _, error in e.failures:
+        print(error, file=sys.stderr)
+    pairs = ", ".join(f"{k.kernel} {a}" for k in e.kernels for a in k.arches)
+    gone = [k.kernel for k, error in e.failures if isinstance(error, inputs.PinGoneError)]
+    fixes = [f"`kvm-bindgen repin {k}`" for k in gone]
+    if fixes:
+        fixes[-1] += " (then `kvm-bindgen generate` and commit)"
+    if len(gone) < len(e.kernels):
+        fixes.append(f"{'for the others, ' if gone else ''}{inputs.ADVICE}")
+    print(f"{what} {pairs}: their pinned inputs could not be had. To fix: {'; '.join(fixes)}", file=sys.stderr)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     start = time.monotonic()
+    require_codegen("generate")
     if args.headers:
         return _generate_from_tree(args)
     out = pathlib.Path(args.out) if args.out else GENERATED
@@ -59,11 +109,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         _previous(out)  # refuse an unusable --out before the build
     try:
         files = generated_files(build_all())
-    except inputs.PinGoneError as e:
-        if not args.check:
-            raise
-        print(f"SKIPPED drift check: {e}")  # a mirror that moved on must not fail CI; the message says how to re-pin
-        return 0
+    except inputs.InputsUnavailable as e:  # a check that cannot check fails: never reports success
+        _report_unavailable(e, "kvm-bindgen generate --check: FAILED, drift NOT checked for" if args.check
+                            else "kvm-bindgen generate: FAILED, nothing written; cannot build")
+        return 2
     if args.check:
         drift = _drift(files, out)
         if drift:
@@ -207,10 +256,11 @@ def _drift(files: dict[str, str], out: pathlib.Path) -> list[str]:
 
 def cmd_repin(args: argparse.Namespace) -> int:
     changes = inputs.repin(args.kernel)
-    for line in changes or ["already current"]:
+    for line in changes or [f"already current ({inputs.manifest_path()})"]:
         print(line)
     if changes:
-        print("now run `kvm-bindgen fetch && kvm-bindgen generate`, and `kvm-bindgen diff` to see what changed")
+        print(f"rewrote {inputs.manifest_path()}; now run `kvm-bindgen fetch && kvm-bindgen generate`, "
+              "and `kvm-bindgen diff` to see what changed")
     return 0
 
 
@@ -223,18 +273,44 @@ def cmd_summary(args: argparse.Namespace) -> int:
         print(f"{kernel:8} {release:10} {arch:12} {len(b.IOCTLS):6} {len(b.UNAVAILABLE_IOCTLS):4} "
               f"{len(b.CONSTANTS):6} {len(b.STRUCTS):7} {len(b.CAPS):5}")
     print(f"host: {host_arch()}, default binding: {g.KERNEL} ({g.LINUX_VERSION}) {g.ARCH}")
+    print("ioctls: those with a number on the arch (IOCTLS); n/a: ioctls linux/kvm.h declares that the arch cannot")
+    print("  issue, because their argument's type is not defined on it (UNAVAILABLE_IOCTLS, each with the reason)")
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from . import diff
 
-    return diff.command(args.old, args.new, args.arch, args.vs_arch, args.format, args.fail_on_abi_break)
+    if any(spec is not None and pathlib.Path(spec).is_dir() for spec in (args.old, args.new)):
+        require_codegen("diff of a headers tree")
+
+    return diff.command(args.old, args.new, args.arch, args.vs_arch, args.format, args.fail_on_abi_break,
+                        all_arches=args.all_arches)
+
+
+def version_text() -> str:
+    """`kvm-bindgen --version`: the package's version and the bundled kernels with their arches."""
+    try:
+        version = importlib.metadata.version("kvm-bindgen-py")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown (not installed)"
+    try:
+        import kvm.generated as g
+
+        bundled = g.BUNDLED
+    except ImportError:  # e.g. a machine with no binding of its own: say what the manifest pins instead
+        bundled = tuple((k.kernel, k.full_version, a) for k in inputs.load_manifest().values() for a in k.arches)
+    kernels: dict[tuple[str, str], list[str]] = {}
+    for kernel, release, arch in bundled:
+        kernels.setdefault((kernel, release), []).append(arch)
+    listed = "; ".join(f"{k} ({r}): {' '.join(sorted(a))}" for (k, r), a in kernels.items())
+    return f"kvm-bindgen {version}; bundled kernels: {listed}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvm-bindgen", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="store_true", help="print the version and the bundled kernels")
+    sub = parser.add_subparsers(dest="command", required=False)
     p = sub.add_parser("fetch", help="download and verify the pinned inputs into the cache "
                                       "($KVM_BINDGEN_CACHE, default ~/.cache/kvm-bindgen)")
     p.set_defaults(func=cmd_fetch)
@@ -243,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--headers", metavar="DIR", help="a headers tree (make headers_install output, /usr/include)")
     p.add_argument("--arch", choices=sorted(ARCHES), help="arch of --headers (default: the host's)")
     p.add_argument("--api-rst", metavar="FILE", help="Documentation/virt/kvm/api.rst to annotate --headers with")
-    p.add_argument("--out", metavar="DIR", help="output directory (default: generated/ of this checkout)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: generated/ of this checkout, or the installed kvm.generated)")
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("repin", help="move a kernel's pins to its Debian suite's current version")
     p.add_argument("kernel", help="kernel series as in headers/manifest.toml, e.g. 6.12")
@@ -258,10 +334,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vs-arch", metavar="ARCH", help="compare with this arch (NEW, or OLD again, on ARCH)")
     p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     p.add_argument("--fail-on-abi-break", action="store_true", help="exit 1 when an ABI break is found")
+    p.add_argument("--all-arches", action="store_true",
+                   help="also classify items api.rst or their name give only to other arches than --arch "
+                        "(by default listed apart, in a section of their own, and never counted as breaks)")
     p.set_defaults(func=cmd_diff)
     args = parser.parse_args(argv)
+    if args.version:
+        print(version_text())
+        return 0
+    if args.command is None:
+        parser.error("a command is required (fetch, generate, repin, summary, diff)")
     try:
         return int(args.func(args))
+    except MissingExtra as e:
+        print(e, file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an import inside the generator's modules, e.g. in a worker process
+        if (e.name or "").split(".")[0] in _CODEGEN_MODULES + ("markupsafe",):
+            print(f"kvm-bindgen: {e.name} is not installed: install the codegen extra, {CODEGEN_EXTRA}",
+                  file=sys.stderr)
+            return 2
+        raise
     except inputs.InputError as e:  # every bad input: `file:line: what is wrong`, no traceback
         print(e if e.file is not None else f"kvm-bindgen: {e}", file=sys.stderr)
         return 2

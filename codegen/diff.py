@@ -28,8 +28,12 @@ REPORT_ARCHES = ("x86_64", "arm64")
 
 
 def command(old: str, new: str | None, arch: str | None, vs_arch: str | None, fmt: str,
-            fail_on_abi_break: bool, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
-    """`kvm-bindgen diff`: 0 on success, 1 with `fail_on_abi_break` when a break is found, 2 on bad input."""
+            fail_on_abi_break: bool, out: IO[str] | None = None, err: IO[str] | None = None, *,
+            all_arches: bool = False) -> int:
+    """`kvm-bindgen diff`: 0 on success, 1 with `fail_on_abi_break` when a break is found, 2 on bad input.
+
+    Unless `all_arches`, changes to items only other arches have are listed apart (diff_scope); the JSON
+    format leaves them out."""
     from .arches import ARCHES, host_arch
 
     out = out or sys.stdout
@@ -51,7 +55,7 @@ def command(old: str, new: str | None, arch: str | None, vs_arch: str | None, fm
             print(f"kvm-bindgen diff: {role} ({spec}): {e}", file=err)
             return 2
     a, b = sides
-    report = diff(a, b)
+    report = diff(a, b, all_arches=all_arches)
     out.write(render(report, fmt))
     return 1 if fail_on_abi_break and report.breaks else 0
 

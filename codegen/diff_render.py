@@ -53,7 +53,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def _summary(report: Report) -> str:
-    if not report.changes:
+    if not report.changes and not report.elsewhere:
         return "no differences"
     n = report.counts()
     text = (f"{_plural(n[BREAK], 'ABI break')}, {_plural(n[ADDITION], 'addition')}, "
@@ -61,7 +61,19 @@ def _summary(report: Report) -> str:
     if report.mode == "arches":
         sizes = [f"{len(changes)} {title[0].lower() + title[1:]}" for title, changes in _sections(report)]
         text = f"{', '.join(sizes)} (for a program moving from {report.old.arch} to {report.new.arch}: {text})"
-    return text
+    return text + _elsewhere_note(report)
+
+
+def _elsewhere_note(report: Report) -> str:
+    if not report.elsewhere:
+        return ""
+    return (f"; not counted: {_plural(len(report.elsewhere), 'change')} to items only other arches than "
+            f"{report.new.arch} have (listed last)")
+
+
+def _elsewhere_title(report: Report) -> str:
+    return (f"Other arches' items, not breaks on {report.new.arch} (api.rst documents them, or their name "
+            f"gives them, only for other arches; `--all-arches` classifies them with the rest)")
 
 
 def _only(c: Change, which: str) -> bool:
@@ -111,6 +123,10 @@ def render_text(report: Report) -> str:
                 kind = group
                 out.append(f"  {_KIND_TITLES[kind]}")
             out.append(f"    {c.name}: {_describe(c, report)}  [{c.classification}: {c.rule}]")
+    if report.elsewhere:
+        out += ["", f"{_elsewhere_title(report)} ({len(report.elsewhere)})"]
+        for c in _display_order(list(report.elsewhere)):
+            out.append(f"    {c.name}: {_describe(c, report)}  [{c.rule}]")
     return "\n".join(out) + "\n"
 
 
@@ -136,6 +152,13 @@ def render_markdown(report: Report) -> str:
             out.append(f"| {kind} | `{c.name}` | {_md(_describe(c, report))} | {c.classification}: `{c.rule}` |")
         if folded:
             out += ["", "</details>"]
+    if report.elsewhere:
+        out += ["", f"<details><summary>{_md(_elsewhere_title(report))} ({len(report.elsewhere)})</summary>", "",
+                "| kind | name | change | rule |", "|---|---|---|---|"]
+        for c in _display_order(list(report.elsewhere)):
+            kind = _KIND_TITLES["record" if c.kind == "field" else c.kind]
+            out.append(f"| {kind} | `{c.name}` | {_md(_describe(c, report))} | `{c.rule}` |")
+        out += ["", "</details>"]
     return "\n".join(out) + "\n"
 
 

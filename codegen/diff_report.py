@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import diff_ioctls, diff_records, diff_values
+from . import diff_ioctls, diff_records, diff_scope, diff_values
 from .diff_rules import BREAK, CLASSIFICATIONS, Change, Comparison
 from .diff_sides import Binding
 
@@ -14,6 +14,8 @@ class Report:
     old: Binding
     new: Binding
     changes: tuple[Change, ...]
+    # Changes to items only other arches than the one compared have (diff_scope): listed apart, never counted.
+    elsewhere: tuple[Change, ...] = ()
 
     @property
     def mode(self) -> str:
@@ -27,12 +29,19 @@ class Report:
         return tuple(c for c in self.changes if c.classification == BREAK)
 
 
-def diff(old: Binding, new: Binding) -> Report:
+def diff(old: Binding, new: Binding, *, all_arches: bool = True) -> Report:
     """Compare two bindings: records first (an ioctl's argument breaks with its record), then ioctls, then
-    the values (an enum member goes with the change of what it stands for)."""
+    the values (an enum member goes with the change of what it stands for).
+
+    With `all_arches=False` (what `kvm-bindgen diff` does unless given --all-arches), two versions on one
+    arch: the changes to items only other arches have go to `elsewhere`, out of the counts and breaks."""
     found = Comparison(old.module, new.module)
     diff_records.compare(found)
     diff_ioctls.compare(found)
     diff_values.compare(found)
     diff_records.annotate(found)
-    return Report(old, new, tuple(sorted(found.changes, key=Change.sort_key)))
+    changes = tuple(sorted(found.changes, key=Change.sort_key))
+    if all_arches or old.arch != new.arch:
+        return Report(old, new, changes)
+    own, other = diff_scope.split(changes, new.arch, old.module, new.module)
+    return Report(old, new, own, other)
