@@ -78,6 +78,7 @@ class KvmFd:
     # -- lifetime ---------------------------------------------------------------------------------
 
     def fileno(self) -> int:
+        """The fd (ClosedError once closed, ForkedError in a forked child)."""
         fd = self._fd
         if fd < 0:
             self._raise_unusable()
@@ -85,6 +86,7 @@ class KvmFd:
 
     @property
     def closed(self) -> bool:
+        """Whether close() was called (on this object or a parent)."""
         return self._fd == _CLOSED
 
     def close(self) -> None:

@@ -54,7 +54,8 @@ def for_binding(cls: type[_T], binding: ModuleType) -> type[_T]:
     if made is None:
         mixin = MIXINS.get(binding.ARCH, {}).get(cls.fd_kind)
         bases = (mixin, cls) if mixin is not None else (cls,)
-        made = type(cls.__name__, bases, {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        made = type(cls.__name__, bases, {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                                          "__doc__": cls.__doc__})
         for name in {name for klass in made.__mro__ for name in vars(klass)}:
             value = next(vars(klass)[name] for klass in made.__mro__ if name in vars(klass))
             reasons = (absent_reason(binding, ioctl, cls.fd_kind) for ioctl in _ioctls_of(value))

@@ -21,6 +21,7 @@ class KvmError(OSError):
 
     @property
     def errno_name(self) -> str:
+        """The errno's symbolic name ("EINVAL")."""
         return _errno.errorcode.get(self.errno, str(self.errno)) if self.errno is not None else "?"
 
     def __str__(self) -> str:

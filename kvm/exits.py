@@ -137,6 +137,8 @@ class HwUnknownExit(Exit):
 
 
 class ExceptionExit(Exit):
+    """KVM_EXIT_EXCEPTION: the guest raised `exception` (with `error_code`) that KVM could not handle."""
+
     __slots__ = ()
     _fields = ("exception", "error_code")
     exception: int = from_run("ex.exception")
@@ -165,10 +167,12 @@ class IoExit(Exit):
 
     @property
     def is_in(self) -> bool:
+        """The guest reads (`in`): reply() before the next run()."""
         return bool(self.direction == self.IN)
 
     @property
     def is_out(self) -> bool:
+        """The guest writes (`out`): `data` holds what it wrote."""
         return bool(self.direction == self.OUT)
 
     def reply(self, value: int | bytes) -> None:
@@ -206,23 +210,29 @@ class MmioExit(Exit):
 
 
 class HypercallExit(Exit):
+    """KVM_EXIT_HYPERCALL: hypercall `nr` with `args` (KVM_CAP_EXIT_HYPERCALL); `reply(ret)` returns a value."""
+
     __slots__ = ()
     _fields = ("nr", "args", "ret", "flags")
 
     @property
     def nr(self) -> int:
+        """The hypercall number."""
         return int(self._run.hypercall.nr)
 
     @property
     def args(self) -> tuple[int, ...]:
+        """Its six arguments."""
         return tuple(int(a) for a in self._run.hypercall.args)
 
     @property
     def ret(self) -> int:
+        """The return value given so far (reply() sets it)."""
         return int(self._run.hypercall.ret)
 
     @property
     def flags(self) -> int:
+        """KVM_EXIT_HYPERCALL_* flags (x86: KVM_EXIT_HYPERCALL_LONG_MODE)."""
         return int(self._run.hypercall.flags)
 
     @property
@@ -259,26 +269,34 @@ class DebugExit(Exit):
 
     @property
     def exception(self) -> int:
+        """x86: the exception vector (1 #DB, 3 #BP)."""
         return self._member("exception")
 
     @property
     def pc(self) -> int:
+        """x86: the guest rip of the event."""
         return self._member("pc")
 
     @property
     def dr6(self) -> int:
+        """x86: DR6, which says what triggered the #DB."""
         return self._member("dr6")
 
     @property
     def dr7(self) -> int:
+        """x86: DR7 at the event."""
         return self._member("dr7")
 
 
 class HltExit(Exit):
+    """KVM_EXIT_HLT: the guest executed `hlt` (without an in-kernel LAPIC to wait for an interrupt)."""
+
     __slots__ = ()
 
 
 class IrqWindowOpenExit(Exit):
+    """KVM_EXIT_IRQ_WINDOW_OPEN: the guest can take an interrupt now (request_interrupt_window was set)."""
+
     __slots__ = ()
 
 
@@ -289,6 +307,8 @@ class ShutdownExit(Exit):
 
 
 class FailEntryExit(Exit):
+    """KVM_EXIT_FAIL_ENTRY: the hardware refused to enter the guest (`hardware_entry_failure_reason`)."""
+
     __slots__ = ()
     _fields = ("hardware_entry_failure_reason", "cpu")
     hardware_entry_failure_reason: int = from_run("fail_entry.hardware_entry_failure_reason")
@@ -302,10 +322,14 @@ class IntrExit(Exit):
 
 
 class SetTprExit(Exit):
+    """KVM_EXIT_SET_TPR: the guest wrote CR8/TPR."""
+
     __slots__ = ()
 
 
 class TprAccessExit(Exit):
+    """KVM_EXIT_TPR_ACCESS: a TPR access at `rip` (KVM_TPR_ACCESS_REPORTING)."""
+
     __slots__ = ()
     _fields = ("rip", "is_write")
     rip: int = from_run("tpr_access.rip")
@@ -313,6 +337,8 @@ class TprAccessExit(Exit):
 
 
 class NmiExit(Exit):
+    """KVM_EXIT_NMI: an NMI exit (s390 and legacy uses)."""
+
     __slots__ = ()
 
 
@@ -342,16 +368,19 @@ class InternalErrorExit(Exit):
 
     @property
     def ndata(self) -> int:
+        """How many `data` words KVM filled."""
         return int(self._run.internal.ndata)
 
     @property
     def data(self) -> tuple[int, ...]:
+        """The `ndata` u64 words KVM reports."""
         internal = self._run.internal
         n = min(int(internal.ndata), len(internal.data))
         return tuple(int(internal.data[i]) for i in range(n))
 
     @property
     def insn_bytes(self) -> bytes | None:
+        """For an emulation failure reported with them, the bytes of the instruction; else None."""
         failure = self._run.emulation_failure
         if (int(failure.suberror) != _constant(self.vcpu, "KVM_INTERNAL_ERROR_EMULATION") or int(failure.ndata) < 3
                 or not int(failure.flags) & _constant(self.vcpu, "KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES")):
@@ -360,6 +389,7 @@ class InternalErrorExit(Exit):
         return data[: min(int(failure.insn_size), len(data))]
 
     def describe(self) -> str:
+        """One line for people: the suberror and the instruction bytes or data words."""
         text = f"internal error {self.suberror_name}"
         insn = self.insn_bytes
         if insn is not None:
@@ -370,11 +400,14 @@ class InternalErrorExit(Exit):
 
 
 class SystemEventExit(Exit):
+    """KVM_EXIT_SYSTEM_EVENT: the guest asked for a shutdown, reset, crash, suspend, ... (`type`, `data`)."""
+
     __slots__ = ()
     _fields = ("type", "data")
 
     @property
     def type(self) -> int:
+        """The KVM_SYSTEM_EVENT_* number (a `SystemEvent` member when the binding names it)."""
         value = int(self._run.system_event.type)
         try:
             return self.vcpu.binding.SystemEvent(value)  # type: ignore[no-any-return]
@@ -383,12 +416,15 @@ class SystemEventExit(Exit):
 
     @property
     def data(self) -> tuple[int, ...]:
+        """The event's `ndata` words."""
         event = self._run.system_event
         n = min(int(event.ndata), 16)
         return tuple(int(event.data[i]) for i in range(n))
 
 
 class IoapicEoiExit(Exit):
+    """KVM_EXIT_IOAPIC_EOI: an EOI for `vector` with a split irqchip."""
+
     __slots__ = ()
     _fields = ("vector",)
     vector: int = from_run("eoi.vector")
@@ -413,6 +449,7 @@ class RdmsrExit(_MsrExit):
     __slots__ = ()
 
     def reply(self, value: int) -> None:
+        """The value the guest's RDMSR reads (a u64)."""
         msr = self._run.msr
         msr.data = _u64(value, "value")
         msr.error = 0
@@ -425,6 +462,7 @@ class WrmsrExit(_MsrExit):
     __slots__ = ()
 
     def reply(self) -> None:
+        """Let the guest's WRMSR complete (the default; `fail()` injects #GP instead)."""
         self._run.msr.error = 0
 
 
@@ -435,14 +473,20 @@ class DirtyRingFullExit(Exit):
 
 
 class ApResetHoldExit(Exit):
+    """KVM_EXIT_AP_RESET_HOLD: an SEV-ES AP waits for its reset to be released."""
+
     __slots__ = ()
 
 
 class X86BusLockExit(Exit):
+    """KVM_EXIT_X86_BUS_LOCK: the guest took a bus lock (KVM_CAP_X86_BUS_LOCK_EXIT)."""
+
     __slots__ = ()
 
 
 class NotifyExit(Exit):
+    """KVM_EXIT_NOTIFY: the guest stayed in a non-interruptible window too long (`flags`)."""
+
     __slots__ = ()
     _fields = ("flags",)
     flags: int = from_run("notify.flags")
@@ -472,20 +516,27 @@ class _PayloadExit(Exit):
 
     @property
     def payload(self) -> Any:
+        """The cffi view of this exit's member of kvm_run's union."""
         return getattr(self._run, self._member)
 
 
 class HypervExit(_PayloadExit):
+    """KVM_EXIT_HYPERV: a Hyper-V SynIC or hypercall event; `payload` is kvm_run's `hyperv` member."""
+
     __slots__ = ()
     _member = "hyperv"
 
 
 class XenExit(_PayloadExit):
+    """KVM_EXIT_XEN: a Xen hypercall; `payload` is kvm_run's `xen` member."""
+
     __slots__ = ()
     _member = "xen"
 
 
 class TdxExit(_PayloadExit):
+    """KVM_EXIT_TDX: a TDX guest's call to the VMM; `payload` is kvm_run's `tdx` member."""
+
     __slots__ = ()
     _member = "tdx"
 

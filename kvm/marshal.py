@@ -202,17 +202,20 @@ def new_fd(fd: int) -> int:
 
 
 def scalar_in(ioctl: Ioctl, ffi: Any, name: str, ctype: str, value: Any, what: str = "value") -> int:
+    """The kernel reads one integer of `ctype` through the pointer; returns the ioctl's result."""
     low, high = _int_range(ffi, ctype)
     return ioctl(name, ffi.new(ctype + " *", integer(value, what, low, high)))
 
 
 def scalar_out(ioctl: Ioctl, ffi: Any, name: str, ctype: str) -> int:
+    """The kernel writes one integer of `ctype` through the pointer: that integer."""
     pointer = ffi.new(ctype + " *")
     ioctl(name, pointer)
     return int(pointer[0])
 
 
 def scalar_inout(ioctl: Ioctl, ffi: Any, name: str, ctype: str, value: Any, what: str = "value") -> int:
+    """The kernel reads `value` and writes an integer of `ctype` back over it: that integer."""
     low, high = _int_range(ffi, ctype)
     pointer = ffi.new(ctype + " *", integer(value, what, low, high))
     ioctl(name, pointer)

@@ -65,6 +65,7 @@ class GuestMemory:
 
     @property
     def closed(self) -> bool:
+        """Whether the slot was removed (or its VM closed) and the memory unmapped."""
         return self._view is None
 
     @property

@@ -136,6 +136,7 @@ class Kvm(ReadableAttributes):
 
     @property
     def api_version(self) -> int:
+        """KVM_GET_API_VERSION: 12 on every kernel since 2.6.22."""
         return self._ioctl("KVM_GET_API_VERSION")
 
     @functools.cached_property
@@ -166,6 +167,7 @@ class Kvm(ReadableAttributes):
 
     @property
     def vcpu_mmap_size(self) -> int:
+        """KVM_GET_VCPU_MMAP_SIZE: the bytes of a vCPU's mapping (kvm_run and the rings after it)."""
         if self._mmap_size is None:
             self._mmap_size = self._ioctl("KVM_GET_VCPU_MMAP_SIZE")
         return self._mmap_size

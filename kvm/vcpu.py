@@ -202,6 +202,7 @@ class Vcpu(Attributes, VcpuBase):
 
     @property
     def immediate_exit(self) -> bool:
+        """kvm_run.immediate_exit: when set, the next run() returns an IntrExit without entering the guest."""
         return bool(self.kvm_run.immediate_exit)
 
     @immediate_exit.setter

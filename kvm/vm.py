@@ -61,12 +61,14 @@ class EventFd:
         self._fd = fd
 
     def fileno(self) -> int:
+        """The eventfd's fd (ClosedError once closed)."""
         if self._fd < 0:
             raise ClosedError("eventfd is closed")
         return self._fd
 
     @property
     def closed(self) -> bool:
+        """Whether close() was called."""
         return self._fd < 0
 
     def notify(self, value: int = 1) -> None:
@@ -81,6 +83,7 @@ class EventFd:
             return 0
 
     def close(self) -> None:
+        """Close the eventfd. Idempotent."""
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
@@ -113,8 +116,16 @@ class GuestMemfd(KvmFd):
         return self.vm.capability_fd()
 
     def mmap(self, length: int | None = None, offset: int = 0) -> _mmap.mmap:
-        """Map it into the host (only with GUEST_MEMFD_FLAG_MMAP)."""
-        return _mmap.mmap(self.fileno(), length or self.size, _mmap.MAP_SHARED, offset=offset)
+        """Map it into the host: only a guest_memfd created with GUEST_MEMFD_FLAG_MMAP and
+        GUEST_MEMFD_FLAG_INIT_SHARED, since touching a private page of the mapping is a SIGBUS."""
+        constants = self._binding.CONSTANTS
+        needed = constants.get("GUEST_MEMFD_FLAG_MMAP", 0) | constants.get("GUEST_MEMFD_FLAG_INIT_SHARED", 0)
+        if not needed or self.flags & needed != needed:
+            raise ValueError("only a guest_memfd created with GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED "
+                             "can be mapped: its pages would be private, and touching one is a SIGBUS")
+        offset = marshal.integer(offset, "offset", 0, self.size)
+        length = self.size - offset if length is None else marshal.integer(length, "length", 1, self.size - offset)
+        return _mmap.mmap(self.fileno(), length, _mmap.MAP_SHARED, offset=offset)
 
 
 class Vm(Attributes):
@@ -155,6 +166,7 @@ class Vm(Attributes):
         self._memory.clear()
 
     def close(self) -> None:
+        """Close the VM: its vCPUs and devices first, then the VM fd, then unmap its memory. Idempotent."""
         if self.closed:
             return
         super().close()
@@ -170,6 +182,7 @@ class Vm(Attributes):
         return [self._memory[k] for k in sorted(self._memory)]
 
     def memory_at(self, guest_addr: int) -> GuestMemory:
+        """The slot covering guest-physical `guest_addr` (LookupError when none does)."""
         for mem in self._memory.values():
             if guest_addr in mem:
                 return mem
@@ -297,9 +310,11 @@ class Vm(Attributes):
         memory.flags = flags
 
     def read(self, guest_addr: int, length: int) -> bytes:
+        """`length` bytes at guest-physical `guest_addr`, from the slot covering it."""
         return self.memory_at(guest_addr).read(guest_addr, length)
 
     def write(self, guest_addr: int, data: bytes) -> None:
+        """Copy `data` to guest-physical `guest_addr`, in the slot covering it."""
         self.memory_at(guest_addr).write(guest_addr, data)
 
     @needs("KVM_CREATE_GUEST_MEMFD")
@@ -326,6 +341,7 @@ class Vm(Attributes):
 
     @property
     def vcpus(self) -> list[Vcpu]:
+        """The open vCPUs, by id."""
         return [v for _, v in sorted(self._vcpus.items()) if not v.closed]
 
     def create_device(self, type: int, *, test: bool = False) -> Device | None:
@@ -394,6 +410,7 @@ class Vm(Attributes):
 
     @needs("KVM_IRQFD")
     def irqfd_remove(self, eventfd: EventFd, gsi: int) -> None:
+        """KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN: `eventfd` no longer raises GSI `gsi`."""
         self._irqfd(eventfd, gsi, self._binding.CONSTANTS["KVM_IRQFD_FLAG_DEASSIGN"])
 
     def _ioeventfd(self, address: int, length: int, datamatch: int | None, pio: bool, fd: int, deassign: bool) -> None:
@@ -418,6 +435,8 @@ class Vm(Attributes):
 
     def ioeventfd_remove(self, eventfd: EventFd, address: int, length: int = 4, *, datamatch: int | None = None,
                          pio: bool = False) -> None:
+        """KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN: the same address, length and match as given to
+        ioeventfd()."""
         self._ioeventfd(address, length, datamatch, pio, eventfd.fileno(), True)
 
     # -- dirty logging ----------------------------------------------------------------------------
@@ -484,12 +503,15 @@ class Vm(Attributes):
         self._coalesced("KVM_REGISTER_COALESCED_MMIO", address, size, False)
 
     def unregister_coalesced_mmio(self, address: int, size: int) -> None:
+        """Guest writes into [address, address+size) exit to user space again."""
         self._coalesced("KVM_UNREGISTER_COALESCED_MMIO", address, size, False)
 
     def register_coalesced_pio(self, port: int, size: int) -> None:
+        """Guest `out`s to ports [port, port+size) are queued in the coalesced ring (KVM_CAP_COALESCED_PIO)."""
         self._coalesced("KVM_REGISTER_COALESCED_MMIO", port, size, True)
 
     def unregister_coalesced_pio(self, port: int, size: int) -> None:
+        """Guest `out`s to ports [port, port+size) exit to user space again."""
         self._coalesced("KVM_UNREGISTER_COALESCED_MMIO", port, size, True)
 
     def coalesced_entries(self) -> list[CoalescedAccess]:

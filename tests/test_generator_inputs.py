@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import lzma
 import os
 import pathlib
 import random
@@ -277,8 +278,10 @@ def test_fetch_without_the_mirror_is_refused(mirror: str, request: pytest.Fixtur
                                              tmp_path: pathlib.Path) -> None:
     base = request.getfixturevalue(mirror)
     done = run("fetch", env={"KVM_BINDGEN_MIRROR": base, "KVM_BINDGEN_CACHE": str(tmp_path)})
-    url = f"{base}/debian/pool/main/l/linux/{first_package().filename}"
-    refused(done, url, "pin gone" if mirror == "not_found_mirror" else "not in the cache")
+    kernel = next(iter(inputs.load_manifest().values()))
+    url = f"{base}/debian/dists/{kernel.suite}/main/binary-amd64/Packages.xz"  # fetch reads the index first
+    refused(done, url, "HTTP 404" if mirror == "not_found_mirror" else "cannot download")
+    assert "not in the cache" in done.stderr and "pin gone" not in done.stderr  # a 404 is not a gone pin
 
 
 def test_mirror_that_is_a_missing_path_is_refused(tmp_path: pathlib.Path) -> None:
@@ -302,9 +305,14 @@ def test_cached_deb_with_a_wrong_sha256_is_downloaded_again_from_a_mirror_direct
     if not good.is_file():
         pytest.skip(f"{good} is not in the cache")
     mirror = tmp_path / "mirror"
-    pool = mirror / "debian" / inputs.POOLS[inputs.load_manifest()[pkg.kernel].archive] / "l" / "linux"
-    pool.mkdir(parents=True)
-    (pool / pkg.filename).symlink_to(good)
+    kernel = inputs.load_manifest()[pkg.kernel]
+    filename = f"pool/main/l/linux/{pkg.filename}"
+    (mirror / kernel.archive / filename).parent.mkdir(parents=True)
+    (mirror / kernel.archive / filename).symlink_to(good)
+    index = mirror / kernel.archive / "dists" / kernel.suite / "main" / "binary-amd64" / "Packages.xz"
+    index.parent.mkdir(parents=True)
+    index.write_bytes(lzma.compress(f"Package: {pkg.name}\nVersion: {pkg.version}\nArchitecture: {pkg.deb_arch}\n"
+                                    f"Filename: {filename}\nSHA256: {pkg.sha256}\n".encode()))
     cache = tmp_path / "cache"
     (cache / "debs").mkdir(parents=True)
     (cache / "debs" / pkg.filename).write_bytes(b"corrupt")

@@ -277,3 +277,24 @@ def test_13_sizes_are_bounded_before_any_work(vm) -> None:
         kvm.marshal.flex_set(lambda *a: 0, vm.ffi, "KVM_SET_GSI_ROUTING", "struct kvm_irq_routing", "nr",
                              "entries", range(2**20))
     assert time.monotonic() - start < 1
+
+
+def test_guest_memfd_pages_that_would_fault_are_not_mapped(vm) -> None:
+    c = vm.binding.CONSTANTS
+    if vm.check_extension("KVM_CAP_GUEST_MEMFD") <= 0:
+        pytest.skip("no KVM_CAP_GUEST_MEMFD")
+    try:
+        private = vm.create_guest_memfd(0x10000)
+    except kvm.KvmError as exc:
+        pytest.skip(f"this VM type refuses guest_memfd ({exc})")
+    with pytest.raises(ValueError, match="its pages would be private"):
+        private.mmap()  # touching such a mapping is a SIGBUS
+    shared_flags = c["GUEST_MEMFD_FLAG_MMAP"] | c["GUEST_MEMFD_FLAG_INIT_SHARED"]
+    if vm.check_extension("KVM_CAP_GUEST_MEMFD_FLAGS") & shared_flags != shared_flags:
+        return
+    shared = vm.create_guest_memfd(0x10000, shared_flags)
+    with pytest.raises(ValueError, match="length must be in 1..4096"):
+        shared.mmap(0x2000, offset=0xF000)
+    with shared.mmap() as pages:
+        pages[:2] = b"ok"
+        assert pages[:2] == b"ok"
