@@ -76,6 +76,6 @@ def reports(sources: Mapping[str, str] | None = None) -> dict[str, str]:
     for arch in REPORT_ARCHES:
         kernels = sorted((k for k, a in modules if a == arch), key=_version_key)
         for older, newer in zip(kernels, kernels[1:]):
-            report = diff(modules[(older, arch)], modules[(newer, arch)])
+            report = diff(modules[(older, arch)], modules[(newer, arch)], all_arches=False)
             files[f"reports/{older}-{newer}-{arch}.md"] = render_markdown(report)
     return files
