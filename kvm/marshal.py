@@ -84,6 +84,26 @@ def _members(ctype: Any) -> dict[str, Any]:
     return out
 
 
+# (record type, member) -> (member type, low, high) with low/high its integer range (None: not an integer);
+# record types are unique per FFI, so they are keys of their own
+_MEMBER_CHECKS: dict[tuple[Any, str], tuple[Any, int | None, int | None]] = {}
+
+
+def _member_check(ffi: Any, record: Any, name: str, what: str) -> tuple[Any, int | None, int | None]:
+    found = _MEMBER_CHECKS.get((record, name))
+    if found is None:
+        members = _members(record)
+        if name not in members:
+            raise TypeError(f"{what}: {record.cname} has no member {name!r}")
+        ctype = members[name]
+        if ctype.kind == "primitive" and ctype.cname not in ("float", "double", "char", "_Bool"):
+            found = (ctype, *_int_range(ffi, ctype))
+        else:
+            found = (ctype, None, None)
+        _MEMBER_CHECKS[(record, name)] = found
+    return found
+
+
 def assign(ffi: Any, target: CData, name: str, value: Any, what: str) -> None:
     """Set member `name` of record `target` to `value`, checked exactly against the member's type:
     an int within the range of an integer member, a mapping of members for a nested record, a
@@ -91,15 +111,14 @@ def assign(ffi: Any, target: CData, name: str, value: Any, what: str) -> None:
     record = ffi.typeof(target)
     if record.kind == "pointer":
         record = record.item
-    members = _members(record)
-    if name not in members:
-        raise TypeError(f"{what}: {record.cname} has no member {name!r}")
-    ctype = members[name]
+    ctype, low, high = _member_check(ffi, record, name, what)
+    if low is not None and high is not None:
+        if value.__class__ is not int or not low <= value <= high:  # (the common case needs no label)
+            value = integer(value, f"{what}.{name}", low, high)
+        setattr(target, name, value)
+        return
     label = f"{what}.{name}"
-    if ctype.kind == "primitive" and ctype.cname not in ("float", "double", "char", "_Bool"):
-        low, high = _int_range(ffi, ctype)
-        setattr(target, name, integer(value, label, low, high))
-    elif ctype.kind in ("struct", "union") and isinstance(value, Mapping):
+    if ctype.kind in ("struct", "union") and isinstance(value, Mapping):
         sub = getattr(target, name)
         for key, item in value.items():
             assign(ffi, ffi.addressof(sub), key, item, label)
