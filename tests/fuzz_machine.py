@@ -35,6 +35,7 @@ import os
 import random
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -1532,6 +1533,7 @@ def run_batches(calls: int, batch_calls: int = 2000, jobs: int = 2, timeout: flo
     were made; returns the merged figures."""
     total = Tally()
     summary: dict[str, Any] = {"batches": 0, "crashes": [], "hangs": [], "errors": [], "growth": [], "kicks": 0}
+    own_workdir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="kvm-fuzz-logs-")
     running: list[tuple[subprocess.Popen[bytes], int, float, str, str]] = []
     next_seed = seed
@@ -1584,6 +1586,9 @@ def run_batches(calls: int, batch_calls: int = 2000, jobs: int = 2, timeout: flo
                          f"{len(summary['crashes'])} crashes, {len(summary['hangs'])} hangs")
     summary["seconds"] = time.monotonic() - started
     summary["tally"] = total.to_json()
+    if own_workdir and not (summary["crashes"] or summary["hangs"] or summary["errors"]):
+        shutil.rmtree(workdir, ignore_errors=True)  # (kept, with each batch's call log, when something went wrong)
+        workdir = None
     summary["workdir"] = workdir
     return summary
 
