@@ -1534,14 +1534,14 @@ def run_batches(calls: int, batch_calls: int = 2000, jobs: int = 2, timeout: flo
     total = Tally()
     summary: dict[str, Any] = {"batches": 0, "crashes": [], "hangs": [], "errors": [], "growth": [], "kicks": 0}
     own_workdir = workdir is None
-    workdir = workdir or tempfile.mkdtemp(prefix="kvm-fuzz-logs-")
+    logs: str = workdir or tempfile.mkdtemp(prefix="kvm-fuzz-logs-")
     running: list[tuple[subprocess.Popen[bytes], int, float, str, str]] = []
     next_seed = seed
     started = time.monotonic()
 
     def launch() -> None:
         nonlocal next_seed
-        log, out = os.path.join(workdir, f"batch-{next_seed}.log"), os.path.join(workdir, f"batch-{next_seed}.json")
+        log, out = os.path.join(logs, f"batch-{next_seed}.log"), os.path.join(logs, f"batch-{next_seed}.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--batch", "--seed", str(next_seed), "--calls",
                str(batch_calls), "--log", log, "--out", out]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -1587,9 +1587,8 @@ def run_batches(calls: int, batch_calls: int = 2000, jobs: int = 2, timeout: flo
     summary["seconds"] = time.monotonic() - started
     summary["tally"] = total.to_json()
     if own_workdir and not (summary["crashes"] or summary["hangs"] or summary["errors"]):
-        shutil.rmtree(workdir, ignore_errors=True)  # (kept, with each batch's call log, when something went wrong)
-        workdir = None
-    summary["workdir"] = workdir
+        shutil.rmtree(logs, ignore_errors=True)  # (kept, with each batch's call log, when something went wrong)
+    summary["workdir"] = logs if os.path.isdir(logs) else None
     return summary
 
 
