@@ -39,7 +39,8 @@ from __future__ import annotations
 
 from . import arm64, generated, marshal, riscv64, stats, x86  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone: no generated
 from .device import Device
-from .errors import CapabilityError, ClosedError, DeviceError, ForkedError, GuestMemoryError, KvmError, UnavailableError
+from .errors import (CapabilityError, ClosedError, DeviceError, ForkedError, GuestMemoryError, KvmError, StateError,
+                     UnavailableError)
 from .exits import (
     ApResetHoldExit,
     DebugExit,
@@ -86,7 +87,7 @@ __all__ = [
     "GuestMemfd", "GuestMemory", "GuestMemoryError", "HltExit", "HwUnknownExit", "HypercallExit", "HypervExit",
     "InternalErrorExit", "IntrExit", "IoExit", "IoapicEoiExit", "IrqWindowOpenExit", "IrqchipRoute", "Kvm",
     "KvmError", "MemoryFaultExit", "MmioExit", "MsiRoute", "MsrFilterRange", "NmiExit", "NotifyExit", "RdmsrExit",
-    "SetTprExit", "ShutdownExit", "SystemEventExit", "TdxExit", "TprAccessExit", "Translation", "UnknownExit",
+    "SetTprExit", "ShutdownExit", "StateError", "SystemEventExit", "TdxExit", "TprAccessExit", "Translation", "UnknownExit",
     "UnavailableError", "Vcpu", "Vm", "WrmsrExit", "X86BusLockExit", "XenExit", "install_kick_handler",
     "arm64", "device", "errors", "exits", "generated", "marshal", "memory", "riscv64", "stats", "system", "vcpu",
     "vm", "x86",

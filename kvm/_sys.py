@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap as _mmap_module
 import os
+import weakref
 from typing import Any
 
 import _cffi_backend as _backend  # type: ignore[import-untyped]
@@ -57,6 +58,10 @@ _pid = os.getpid()
 def _after_fork_in_child() -> None:
     global _pid
     _pid = os.getpid()
+    # A child shares its parent's kvm_run pages: whatever it writes through a view it inherited must not
+    # reach the parent's vCPU, so it gets private copies.
+    for mapping in list(_MAPPINGS):
+        mapping.detach()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -121,6 +126,7 @@ class FileMapping:
         self._pointer = ffi.gc(_cast("char *", self.address), _unmapper(length))
         self.view = memoryview(ffi.buffer(self._pointer, length))
         self.detached = False
+        _MAPPINGS.add(self)
 
     def record(self, record_ffi: Any, ctype: str, offset: int = 0) -> Any:
         """A `ctype *` of `record_ffi` at `offset` in the mapping, keeping the mapping alive.
@@ -146,6 +152,17 @@ class FileMapping:
         if int(_cast("uintptr_t", fixed)) == MAP_FAILED:
             _raise_errno("mmap (detaching a closed fd's mapping)")
         view[:] = contents
+
+
+_MAPPINGS: weakref.WeakSet[FileMapping] = weakref.WeakSet()  # detached in a forked child
+
+
+def remap_private(address: int, length: int, fd: int, offset: int) -> None:
+    """Replace the shared mapping of `fd` at `address` by a private (copy-on-write) one of the same file:
+    the contents stay, writes no longer reach the file or anyone else mapping it."""
+    fixed = _mmap(_cast(_void_p, address), length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, offset)
+    if int(_cast("uintptr_t", fixed)) == MAP_FAILED:
+        _raise_errno("mmap (a forked child's private copy of guest memory)")
 
 
 def _unmapper(length: int) -> Any:

@@ -69,6 +69,10 @@ class DeviceError(OSError):
     """/dev/kvm (or the path given) cannot be used: the message says why and how to fix it."""
 
 
+class StateError(RuntimeError):
+    """The object is not set up for this call yet (e.g. the dirty ring was not enabled, the VM has no vCPU)."""
+
+
 class ClosedError(ValueError):
     """An object (or the VM it belongs to) was used after close()."""
 
@@ -81,4 +85,4 @@ class GuestMemoryError(IndexError):
     """A guest-physical access falls outside the guest memory it was made on."""
 
 
-__all__ = ["KvmError", "DeviceError", "UnavailableError", "CapabilityError", "ClosedError", "ForkedError", "GuestMemoryError"]
+__all__ = ["KvmError", "StateError", "DeviceError", "UnavailableError", "CapabilityError", "ClosedError", "ForkedError", "GuestMemoryError"]

@@ -381,8 +381,8 @@ def msrs_set(ioctl: Ioctl, ffi: Any, name: str, msrs: Any) -> int:
     if not isinstance(msrs, Mapping):
         raise TypeError(f"msrs must be a mapping {{index: value}}, not {type(msrs).__name__}")
     count(len(msrs), "the number of MSRs", MAX_ENTRIES)
-    entries = [{"index": integer(index, "MSR index", 0, 0xFFFFFFFF),
-                "data": integer(value, f"the value of MSR {index:#x}", 0, (1 << 64) - 1)}
+    entries = [{"index": integer(index, "an MSR index (a key of msrs)", 0, 0xFFFFFFFF),
+                "data": integer(value, f"msrs[{index:#x}]", 0, (1 << 64) - 1)}
                for index, value in msrs.items()]
     return ioctl(name, ffi.new("struct kvm_msrs *", {"nmsrs": len(entries), "entries": entries}))
 

@@ -22,6 +22,14 @@ PAGE_SIZE = _mmap.PAGESIZE
 _UINTPTR = _sys.ffi.typeof("uintptr_t")
 
 
+def _after_fork_in_child() -> None:
+    # Views a forked child inherited of file- or memfd-backed guest RAM would write into the parent's
+    # guest: the child's mappings become private copies (anonymous slots are copy-on-write already).
+    for memory in list(_SHARED):
+        if not memory.closed:
+            _sys.remap_private(memory.host_addr, memory.size, memory.fd, memory.file_offset)
+
+
 class GuestMemory:
     """A slot of guest-physical memory: `guest_addr`, `size`, `slot`, `flags`; read/write/view by address."""
 
@@ -35,6 +43,7 @@ class GuestMemory:
         mapping: _mmap.mmap,
         *,
         fd: int = -1,
+        file_offset: int = 0,
         owns_fd: bool = False,
         guest_memfd: Any = None,
         guest_memfd_offset: int = 0,
@@ -49,12 +58,15 @@ class GuestMemory:
         self._mm: _mmap.mmap | None = mapping
         self._view: memoryview | None = memoryview(mapping)
         self._fd = fd
+        self._file_offset = file_offset
         self._owns_fd = owns_fd
         self.guest_memfd = guest_memfd
         self.guest_memfd_offset = guest_memfd_offset
         self._owns_guest_memfd = owns_guest_memfd
         with _sys.ffi.from_buffer(mapping) as pinned:  # a buffer export, for as long as it takes to read the address
             self.host_addr = int(_sys.ffi.cast(_UINTPTR, pinned))
+        if fd >= 0:
+            _SHARED.add(self)
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -74,6 +86,11 @@ class GuestMemory:
         return self.guest_addr + self.size
 
     @property
+    def file_offset(self) -> int:
+        """Where in its file (or memfd) the slot's memory starts."""
+        return self._file_offset
+
+    @property
     def fd(self) -> int:
         """The file (memfd or user file) backing the slot, or -1 for anonymous memory."""
         return self._fd
@@ -85,6 +102,8 @@ class GuestMemory:
 
     def pages_in_bitmap(self, bitmap: bytes) -> list[int]:
         """The guest-physical addresses of the pages set in a dirty bitmap of this slot."""
+        if not isinstance(bitmap, (bytes, bytearray, memoryview)):
+            raise TypeError(f"bitmap must be bytes, not {type(bitmap).__name__}")
         bits = int.from_bytes(bitmap, "little") & ((1 << self.pages) - 1)
         out = []
         while bits:
@@ -194,10 +213,9 @@ class GuestMemory:
 
     def view(self, address: int | None = None, length: int | None = None) -> memoryview:
         """A writable zero-copy memoryview of guest memory (the whole slot by default)."""
-        if address is None:
-            address = self.guest_addr
+        address = self.guest_addr if address is None else integer(address, "address", 0, (1 << 64) - 1)
         if length is None:
-            length = self.guest_addr + self.size - address
+            length = max(self.guest_addr + self.size - address, 0)
         offset = self._offset(address, length)
         return self._view[offset : offset + length]  # type: ignore[index]
 
@@ -223,3 +241,7 @@ class GuestMemory:
     def page_index(self, address: int) -> int:
         """The page number of `address` within the slot (as dirty logs count pages)."""
         return self._offset(integer(address, "address", 0, (1 << 64) - 1), 0) // PAGE_SIZE
+
+
+_SHARED: weakref.WeakSet[GuestMemory] = weakref.WeakSet()  # file- and memfd-backed slots
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -18,7 +18,7 @@ from . import _sys, marshal
 from ._accel import Runner, VcpuBase
 from ._fd import KvmFd, needs, record_property
 from .device import Attributes
-from .errors import KvmError
+from .errors import KvmError, StateError
 from .exits import Exit, IntrExit, MemoryFaultExit, UnknownExit, dispatch_table, reason_names
 from .memory import PAGE_SIZE
 from .stats import StatsFd
@@ -279,6 +279,7 @@ class Vcpu(Attributes, VcpuBase):
     @needs("KVM_INTERRUPT")
     def interrupt(self, vector: int) -> None:
         """KVM_INTERRUPT: queue an external interrupt (no in-kernel irqchip)."""
+        vector = marshal.integer(vector, "vector", 0, 0xFFFFFFFF)
         marshal.struct_in(self._ioctl, self._ffi, "KVM_INTERRUPT", "struct kvm_interrupt", None, {"irq": vector})
 
     @needs("KVM_SET_SIGNAL_MASK")
@@ -292,6 +293,7 @@ class Vcpu(Attributes, VcpuBase):
     @needs("KVM_GET_STATS_FD")
     def stats(self) -> dict[str, int | tuple[int, ...]]:
         """The vCPU's binary stats (KVM_GET_STATS_FD): name -> value."""
+        self._check_open()
         if self._stats is None:
             fd = marshal.new_fd(self._ioctl("KVM_GET_STATS_FD"))
             self._stats = StatsFd(fd, self._ffi, self._binding.CONSTANTS)
@@ -300,10 +302,11 @@ class Vcpu(Attributes, VcpuBase):
     # -- dirty ring, coalesced ring ---------------------------------------------------------------
 
     def _dirty_ring_map(self) -> memoryview:
+        self._check_open()
         if self._dirty_ring is None:
             size = self.vm.dirty_ring_bytes
             if not size:
-                raise RuntimeError("the dirty ring is not enabled: call vm.enable_dirty_ring() before create_vcpu()")
+                raise StateError("the dirty ring is not enabled: call vm.enable_dirty_ring() before create_vcpu()")
             offset = self._binding.CONSTANTS["KVM_DIRTY_LOG_PAGE_OFFSET"] * PAGE_SIZE
             self._dirty_ring = _sys.FileMapping(self.fileno(), size, offset)
         return self._dirty_ring.view

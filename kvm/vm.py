@@ -5,6 +5,7 @@ What every arch's VM has; the arch's own methods come from the mixin kvm/arches.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap as _mmap
 import os
@@ -17,7 +18,7 @@ from . import _sys, marshal
 from ._fd import KvmFd, needs
 from .arches import for_binding
 from .device import Attributes, Device
-from .errors import CapabilityError, ClosedError
+from .errors import CapabilityError, ClosedError, StateError
 from .memory import PAGE_SIZE, GuestMemory
 from .stats import StatsFd
 from .vcpu import CoalescedAccess, Vcpu
@@ -26,11 +27,18 @@ from .vcpu import CoalescedAccess, Vcpu
 def _check_backing_file(fd: int, end: int, name: object) -> None:
     """Guest RAM backed by a file must be a regular file (or a memfd) covering [file_offset, end):
     anything else, or a file too short, would fault (SIGBUS) on the guest's or our first access."""
-    info = os.fstat(fd)
+    try:
+        info = os.fstat(fd)
+    except OSError as exc:
+        raise ValueError(f"file {name!r} is not an open file descriptor ({exc.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
         raise ValueError(f"file {name!r} is not a regular file or a memfd (mode {stat.filemode(info.st_mode)})")
     if info.st_size < end:
         raise ValueError(f"file {name!r} holds {info.st_size} bytes; the slot needs {end} (file_offset + size)")
+
+
+# KVM_MEM_MAX_NR_PAGES: a slot holds at most 2**31 - 1 pages
+_MAX_SLOT_BYTES = ((1 << 31) - 1) * PAGE_SIZE
 
 
 class IrqchipRoute(NamedTuple):
@@ -51,6 +59,9 @@ class MsiRoute(NamedTuple):
     devid: int = 0
 
 
+_EVENTFD_MAX = 2**64 - 2  # the largest value an eventfd counter holds
+
+
 class EventFd:
     """An eventfd (close-on-exec) as used by irqfd and ioeventfd."""
 
@@ -58,6 +69,8 @@ class EventFd:
         if fd is None:
             flags = _sys.EFD_CLOEXEC | (_sys.EFD_NONBLOCK if nonblocking else 0)
             fd = _sys.eventfd(0, flags)
+        else:
+            fd = marshal.integer(fd, "fd", 0, (1 << 31) - 1)  # an eventfd the caller made (and hands over)
         self._fd = fd
 
     def fileno(self) -> int:
@@ -73,7 +86,12 @@ class EventFd:
 
     def notify(self, value: int = 1) -> None:
         """Add `value` to the counter (what a guest-visible irqfd reacts to)."""
-        os.write(self.fileno(), value.to_bytes(8, sys.byteorder))
+        value = marshal.integer(value, "value", 1, _EVENTFD_MAX)
+        try:
+            os.write(self.fileno(), value.to_bytes(8, sys.byteorder))
+        except BlockingIOError:
+            raise BlockingIOError(errno.EAGAIN, f"the eventfd's counter would pass its maximum ({_EVENTFD_MAX}): "
+                                  "read() it first") from None
 
     def read(self) -> int:
         """Read and reset the counter (0 when nothing was signalled on a non-blocking eventfd)."""
@@ -121,7 +139,7 @@ class GuestMemfd(KvmFd):
         constants = self._binding.CONSTANTS
         needed = constants.get("GUEST_MEMFD_FLAG_MMAP", 0) | constants.get("GUEST_MEMFD_FLAG_INIT_SHARED", 0)
         if not needed or self.flags & needed != needed:
-            raise ValueError("only a guest_memfd created with GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED "
+            raise StateError("only a guest_memfd created with GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED "
                              "can be mapped: its pages would be private, and touching one is a SIGBUS")
         offset = marshal.integer(offset, "offset", 0, self.size)
         length = self.size - offset if length is None else marshal.integer(length, "length", 1, self.size - offset)
@@ -183,6 +201,7 @@ class Vm(Attributes):
 
     def memory_at(self, guest_addr: int) -> GuestMemory:
         """The slot covering guest-physical `guest_addr` (LookupError when none does)."""
+        guest_addr = marshal.integer(guest_addr, "guest_addr", 0, (1 << 64) - 1)
         for mem in self._memory.values():
             if guest_addr in mem:
                 return mem
@@ -228,13 +247,15 @@ class Vm(Attributes):
         """
         self._check_open()
         guest_addr = marshal.integer(guest_addr, "guest_addr", 0, (1 << 64) - 1)
-        size = marshal.integer(size, "size", 1, (1 << 64) - 1)
+        size = marshal.integer(size, "size", 1, _MAX_SLOT_BYTES)
         flags = marshal.integer(flags, "flags", 0, 0xFFFFFFFF)
         if slot is None:
             slot = self._free_slot()
         elif marshal.integer(slot, "slot", 0, 0xFFFFFFFF) in self._memory:
             raise ValueError(f"slot {slot} is already in use by {self._memory[slot]!r}")
-        file_offset = marshal.integer(file_offset, "file_offset", 0, (1 << 63) - 1)
+        file_offset = marshal.integer(file_offset, "file_offset", 0, (1 << 63) - 1 - size)
+        if file_offset % PAGE_SIZE:
+            raise ValueError(f"file_offset must be a multiple of the page size ({PAGE_SIZE}), not {file_offset}")
         fd, owns_fd = -1, False
         if memfd:
             fd, owns_fd = _sys.memfd_create(f"kvm-slot-{slot}", _sys.MFD_CLOEXEC | _sys.MFD_ALLOW_SEALING), True
@@ -254,6 +275,12 @@ class Vm(Attributes):
                 mapping = _mmap.mmap(fd, size, _mmap.MAP_SHARED, offset=file_offset)
             else:
                 mapping = _mmap.mmap(-1, size, _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS)
+        except OSError as exc:
+            if owns_fd:
+                os.close(fd)
+            backing = "a memfd" if memfd else f"file {file!r}" if file is not None else "anonymous memory"
+            raise type(exc)(exc.errno, f"add_memory: cannot map {size:#x} bytes of {backing} for the guest: "
+                                       f"{exc.strerror}") from None
         except BaseException:
             if owns_fd:
                 os.close(fd)
@@ -268,7 +295,7 @@ class Vm(Attributes):
                 gmem = guest_memfd
             else:
                 gmem, owns_gmem = self.create_guest_memfd(size), True
-        mem = GuestMemory(self, slot, guest_addr, size, flags, mapping, fd=fd, owns_fd=owns_fd,
+        mem = GuestMemory(self, slot, guest_addr, size, flags, mapping, fd=fd, file_offset=file_offset, owns_fd=owns_fd,
                           guest_memfd=gmem, guest_memfd_offset=guest_memfd_offset, owns_guest_memfd=owns_gmem)
         try:
             self._set_region(slot, flags, guest_addr, size, mem.host_addr,
@@ -415,6 +442,10 @@ class Vm(Attributes):
 
     def _ioeventfd(self, address: int, length: int, datamatch: int | None, pio: bool, fd: int, deassign: bool) -> None:
         consts = self._binding.CONSTANTS
+        address = marshal.integer(address, "address", 0, (1 << 64) - 1)
+        length = marshal.integer(length, "length", 0, 8)
+        if datamatch is not None:
+            datamatch = marshal.integer(datamatch, "datamatch", 0, (1 << 64) - 1)
         flags = 0
         if datamatch is not None:
             flags |= consts["KVM_IOEVENTFD_FLAG_DATAMATCH"]
@@ -455,7 +486,8 @@ class Vm(Attributes):
 
     def dirty_pages(self, memory: GuestMemory) -> list[int]:
         """The guest-physical addresses of the pages KVM_GET_DIRTY_LOG reports dirty."""
-        return memory.pages_in_bitmap(self.get_dirty_log(memory))
+        mem = self._own_slot(memory)
+        return mem.pages_in_bitmap(self.get_dirty_log(mem))
 
     def enable_manual_dirty_log_protect(self, initially_set: bool = False) -> None:
         """KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: KVM_GET_DIRTY_LOG stops re-protecting; use clear_dirty_log."""
@@ -483,6 +515,7 @@ class Vm(Attributes):
     def enable_dirty_ring(self, size_bytes: int, *, acq_rel: bool = False) -> None:
         """Enable the per-vCPU dirty ring of `size_bytes` (before creating vCPUs)."""
         cap = "KVM_CAP_DIRTY_LOG_RING_ACQ_REL" if acq_rel else "KVM_CAP_DIRTY_LOG_RING"
+        size_bytes = marshal.integer(size_bytes, "size_bytes", 0, (1 << 64) - 1)
         self.enable_cap(cap, size_bytes)
         self._dirty_ring_bytes = size_bytes
 
@@ -493,6 +526,8 @@ class Vm(Attributes):
     # -- coalesced MMIO / PIO ---------------------------------------------------------------------
 
     def _coalesced(self, ioctl: str, address: int, size: int, pio: bool) -> None:
+        address = marshal.integer(address, "port" if pio else "address", 0, (1 << 64) - 1)
+        size = marshal.integer(size, "size", 0, 0xFFFFFFFF)
         if pio and self.check_extension("KVM_CAP_COALESCED_PIO") <= 0:
             raise CapabilityError(ioctl, self.fd_kind, "KVM_CAP_COALESCED_PIO", self.capability_fd().fd_kind)
         marshal.struct_in(self._ioctl, self._ffi, ioctl, "struct kvm_coalesced_mmio_zone", None,
@@ -516,9 +551,10 @@ class Vm(Attributes):
 
     def coalesced_entries(self) -> list[CoalescedAccess]:
         """Drain the coalesced MMIO/PIO ring (shared by the VM, mapped through a vCPU's mmap)."""
+        self._check_open()
         vcpu = next(iter(self.vcpus), None)
         if vcpu is None:
-            raise RuntimeError("the coalesced ring is reached through a vCPU's mmap: create a vCPU first")
+            raise StateError("the coalesced ring is reached through a vCPU's mmap: create a vCPU first")
         return vcpu.coalesced_entries()
 
     # -- stats ------------------------------------------------------------------------------------
@@ -526,6 +562,7 @@ class Vm(Attributes):
     @needs("KVM_GET_STATS_FD")
     def stats(self) -> dict[str, int | tuple[int, ...]]:
         """The VM's binary stats (KVM_GET_STATS_FD): name -> value."""
+        self._check_open()
         if self._stats is None:
             fd = marshal.new_fd(self._ioctl("KVM_GET_STATS_FD"))
             self._stats = StatsFd(fd, self._ffi, self._binding.CONSTANTS)

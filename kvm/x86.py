@@ -140,7 +140,9 @@ class X86Vm(KvmFd):
     def set_clock(self, clock_ns: int, flags: int = 0, realtime: int = 0) -> None:
         """KVM_SET_CLOCK: set kvmclock to `clock_ns` (with KVM_CLOCK_REALTIME in `flags`, as of `realtime`)."""
         marshal.struct_in(self._ioctl, self.ffi, "KVM_SET_CLOCK", "struct kvm_clock_data", None,
-                          {"clock": clock_ns, "flags": flags, "realtime": realtime})
+                          {"clock": marshal.integer(clock_ns, "clock_ns", 0, (1 << 64) - 1),
+                           "flags": marshal.integer(flags, "flags", 0, 0xFFFFFFFF),
+                           "realtime": marshal.integer(realtime, "realtime", 0, (1 << 64) - 1)})
 
     @property
     @needs("KVM_GET_CLOCK", "KVM_SET_CLOCK")
@@ -178,7 +180,7 @@ class X86Vm(KvmFd):
     def set_user_space_msr(self, reasons: int) -> None:
         """KVM_CAP_X86_USER_SPACE_MSR: exit to user space on MSR accesses failing for `reasons`
         (KVM_MSR_EXIT_REASON_INVAL | UNKNOWN | FILTER)."""
-        self.enable_cap("KVM_CAP_X86_USER_SPACE_MSR", reasons)
+        self.enable_cap("KVM_CAP_X86_USER_SPACE_MSR", marshal.integer(reasons, "reasons", 0, (1 << 64) - 1))
 
     @needs("KVM_X86_SET_MSR_FILTER")
     def set_msr_filter(self, ranges: Iterable[MsrFilterRange], *, default_allow: bool = True) -> None:
@@ -267,10 +269,10 @@ class X86Vcpu(KvmFd):
         return marshal.msrs_get(self._ioctl, self.ffi, "KVM_GET_MSRS", indices)
 
     @needs("KVM_SET_MSRS")
-    def set_msrs(self, values: Mapping[int, int]) -> int:
+    def set_msrs(self, msrs: Mapping[int, int]) -> int:
         """KVM_SET_MSRS: writes {index: value} in order and returns how many were written; the kernel stops
         at the first it refuses, and the ones before it stay written."""
-        return marshal.msrs_set(self._ioctl, self.ffi, "KVM_SET_MSRS", values)
+        return marshal.msrs_set(self._ioctl, self.ffi, "KVM_SET_MSRS", msrs)
 
     @property
     @needs("KVM_GET_MSRS")
@@ -301,7 +303,11 @@ class X86Vcpu(KvmFd):
         """KVM_SET_CPUID2: `entries` are CpuidEntry tuples (or tuples in its order)."""
         if isinstance(entries, (str, bytes)) or not isinstance(entries, Iterable):
             raise TypeError(f"entries must be an iterable of CpuidEntry, not {type(entries).__name__}")
-        rows = [CpuidEntry(*e)._asdict() for e in entries]
+        rows = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, tuple) or not 1 <= len(entry) <= len(CpuidEntry._fields):
+                raise TypeError(f"entries[{i}] must be a CpuidEntry (or a tuple in its order), not {entry!r}")
+            rows.append(CpuidEntry(*entry)._asdict())
         marshal.flex_set(self._ioctl, self.ffi, "KVM_SET_CPUID2", "struct kvm_cpuid2", "nent", "entries", rows)
         self.cpuid_set = True
 
@@ -341,6 +347,7 @@ class X86Vcpu(KvmFd):
     @needs("KVM_TRANSLATE")
     def translate(self, gva: int) -> Translation:
         """KVM_TRANSLATE: the guest-physical address of virtual address `gva` in the current mode."""
+        gva = marshal.integer(gva, "gva", 0, (1 << 64) - 1)
         result = marshal.struct_inout(self._ioctl, self.ffi, "KVM_TRANSLATE", "struct kvm_translation", None,
                                       {"linear_address": gva})
         return Translation(int(result.physical_address), bool(result.valid), bool(result.writeable),
@@ -361,6 +368,13 @@ class X86Vcpu(KvmFd):
     def _get_sregs(self) -> Any:
         return marshal.struct_out(self._ioctl, self.ffi, "KVM_GET_SREGS", "struct kvm_sregs")
 
+    def _own_memory(self, memory: Any, what: str = "memory") -> Any:
+        """`memory` when it is a slot of this vCPU's VM (the helpers write page tables and GDTs into it)."""
+        slots: list[Any] = self.vm.memory
+        if not any(memory is slot for slot in slots):
+            raise ValueError(f"{what} must be a GuestMemory of this vCPU's VM, not {memory!r}")
+        return memory
+
     def _start(self, sregs: Any, entry: int, stack: int | None) -> None:
         """Load `sregs`, then the general registers with rip `entry` (and rsp `stack`) and a clean RFLAGS."""
         ffi = self.ffi
@@ -374,6 +388,7 @@ class X86Vcpu(KvmFd):
 
     def setup_real_mode(self, entry: int, *, cs: int = 0, stack: int | None = None) -> None:
         """Real mode, CS = `cs` (base cs*16), IP = entry - base; DS/ES/SS = 0."""
+        entry = marshal.integer(entry, "entry", 0, 0xFFFFF)
         sregs = self._get_sregs()
         base = marshal.integer(cs, "cs", 0, 0xFFFF) << 4
         for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
@@ -394,7 +409,9 @@ class X86Vcpu(KvmFd):
         _segment(sregs.cs, base=0, limit=0xFFFFFFFF, selector=CODE_SELECTOR, type=0xB, db=1, g=1)
         for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
             _segment(seg, base=0, limit=0xFFFFFFFF, selector=DATA_SELECTOR, type=0x3, db=1, g=1)
+        entry = marshal.integer(entry, "entry", 0, 0xFFFFFFFF)
         if memory is not None:
+            self._own_memory(memory)
             table = bytes(8) + gdt_entry(0, 0xFFFFF, 0x9B, 0xC) + gdt_entry(0, 0xFFFFF, 0x93, 0xC)
             memory.write(gdt_addr, table)
             sregs.gdt.base = gdt_addr
@@ -410,6 +427,9 @@ class X86Vcpu(KvmFd):
         KVM only accepts EFER.LME when the vCPU's CPUID reports long mode, so unless `set_cpuid` is False
         the vCPU gets the host's supported CPUID first (if it has none yet).
         """
+        self._own_memory(memory)
+        entry = marshal.integer(entry, "entry", 0, (1 << 64) - 1)
+        identity_size = marshal.integer(identity_size, "identity_size", 1, 512 << 30)
         if set_cpuid and not self.cpuid_set:
             self.set_cpuid(self.vm.system.supported_cpuid())
         cr3 = build_identity_page_tables(memory, page_table_addr, identity_size)
