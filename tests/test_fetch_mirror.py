@@ -70,7 +70,7 @@ def headers_deb(version: str) -> bytes:
 
 def doc_deb(version: str) -> bytes:
     rst = f"The Definitive KVM API Documentation ({version})\n".encode()
-    return make_deb({f"usr/share/doc/linux-doc-{KERNEL}/Documentation/virt/kvm/api.rst.gz": gzip.compress(rst)})
+    return make_deb({f"usr/share/doc/linux-doc-{KERNEL}/Documentation/virt/kvm/api.rst.gz": gzip.compress(rst, mtime=0)})
 
 
 def sha256(data: bytes) -> str:
