@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from . import _sys, marshal
 from ._fd import KvmFd, needs
 from .arches import for_binding
+from .caps import caps_of
 from .device import Attributes, Device
 from .errors import CapabilityError, ClosedError, StateError
 from .memory import PAGE_SIZE, GuestMemory
@@ -174,6 +175,12 @@ class Vm(Attributes):
 
     _cap_owner = capability_fd
 
+    @property
+    def caps(self) -> Any:
+        """Every KVM_CAP_* of the binding, typed (kvm/caps.py): `vm.caps.x2apic_api.enable(features=...)`.
+        `check()` asks KVM_CHECK_EXTENSION on capability_fd(); `enable(...)`, where KVM_ENABLE_CAP takes the
+        capability on VMs, issues it on this VM. Loads the binding's caps module on first use."""
+        return caps_of(self)
 
     def _release(self) -> None:
         if self._stats is not None:
@@ -279,7 +286,7 @@ class Vm(Attributes):
             if owns_fd:
                 os.close(fd)
             backing = "a memfd" if memfd else f"file {file!r}" if file is not None else "anonymous memory"
-            raise type(exc)(exc.errno, f"add_memory: cannot map {size:#x} bytes of {backing} for the guest: "
+            raise type(exc)(exc.errno, f"add_memory: cannot map size={size:#x} bytes of {backing} for the guest: "
                                        f"{exc.strerror}") from None
         except BaseException:
             if owns_fd:
