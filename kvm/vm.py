@@ -17,7 +17,6 @@ from typing import Any, NamedTuple
 from . import _sys, marshal
 from ._fd import KvmFd, needs
 from .arches import for_binding
-from .caps import caps_of
 from .device import Attributes, Device
 from .errors import CapabilityError, ClosedError, StateError
 from .memory import PAGE_SIZE, GuestMemory
@@ -174,13 +173,6 @@ class Vm(Attributes):
         return self if on_vm_fd else self.system  # (not stored: a VM holding itself would need the GC)
 
     _cap_owner = capability_fd
-
-    @property
-    def caps(self) -> Any:
-        """Every KVM_CAP_* of the binding, typed (kvm/caps.py): `vm.caps.x2apic_api.enable(features=...)`.
-        `check()` asks KVM_CHECK_EXTENSION on capability_fd(); `enable(...)`, where KVM_ENABLE_CAP takes the
-        capability on VMs, issues it on this VM. Loads the binding's caps module on first use."""
-        return caps_of(self)
 
     def _release(self) -> None:
         if self._stats is not None:
