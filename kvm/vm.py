@@ -5,7 +5,6 @@ What every arch's VM has; the arch's own methods come from the mixin kvm/arches.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import mmap as _mmap
 import os
@@ -85,13 +84,14 @@ class EventFd:
         return self._fd < 0
 
     def notify(self, value: int = 1) -> None:
-        """Add `value` to the counter (what a guest-visible irqfd reacts to)."""
+        """Add `value` to the counter (what a guest-visible irqfd reacts to). On a non-blocking eventfd whose
+        counter would pass its maximum, StateError (nothing is added); a blocking one waits for a read()."""
         value = marshal.integer(value, "value", 1, _EVENTFD_MAX)
         try:
             os.write(self.fileno(), value.to_bytes(8, sys.byteorder))
         except BlockingIOError:
-            raise BlockingIOError(errno.EAGAIN, f"the eventfd's counter would pass its maximum ({_EVENTFD_MAX}): "
-                                  "read() it first") from None
+            raise StateError(f"the eventfd's counter would pass its maximum ({_EVENTFD_MAX}) if {value} were "
+                             "added to it: read() it first") from None
 
     def read(self) -> int:
         """Read and reset the counter (0 when nothing was signalled on a non-blocking eventfd)."""

@@ -4,7 +4,9 @@ The page is read as sections (`## title`), each opening with a ```` ```python se
 (`### heading`) holding ```` ```python ```` example blocks. Each example runs in a fresh namespace after
 its section's setup (so with a fresh `Kvm` and fresh VMs), under a time limit; what it opened is closed
 afterwards. Blocks tagged with an arch (```` ```python arm64 ````) are compiled everywhere and run only on
-a host of that arch. A failing example's traceback points at its line in docs/api.md.
+a host of that arch; blocks tagged `needs=CAP` (a setup block's tag holds for its whole section) run
+only where a VM reports that capability, and are skipped naming it elsewhere. A failing example's
+traceback points at its line in docs/api.md.
 
 The coverage check names, for every name of `kvm.__all__` and every public member of `Kvm`, `Vm`,
 `Vcpu` (the classes composed for this host's binding: `type(vm)` of a real VM), `GuestMemory` and
@@ -40,6 +42,7 @@ class Block:
     code: str
     tag: str  # "" (an example), "setup", or an arch
     line: int  # the line of docs/api.md its code starts on (1-based)
+    needs: tuple[str, ...] = ()  # capabilities (KVM_CAP_ names without the prefix) a VM must report
 
 
 @dataclasses.dataclass
@@ -70,12 +73,14 @@ def parse(text: str) -> list[Section]:
         elif line.startswith("### ") and sections:
             sections[-1].entries.append(Entry(line[4:].strip()))
         elif line.startswith("```python") and sections:
-            tag = line[len("```python"):].strip()
+            words = line[len("```python"):].split()
+            needs = tuple(word[len("needs="):] for word in words if word.startswith("needs="))
+            tag = " ".join(word for word in words if not word.startswith("needs="))
             start = i + 1
             i += 1
             while not lines[i].startswith("```"):
                 i += 1
-            block = Block("\n".join(lines[start:i]) + "\n", tag, start + 1)
+            block = Block("\n".join(lines[start:i]) + "\n", tag, start + 1, needs)
             if tag == "setup":
                 assert sections[-1].setup is None, f"docs/api.md:{start}: a second setup block in {sections[-1].title!r}"
                 sections[-1].setup = block
@@ -136,6 +141,10 @@ def test_example(item: tuple[Section, Entry, Block], system: Any) -> None:
     assert section.setup is not None
     if not block.tag and HOST_ARCH != "x86_64" and "kvm.Kvm()" in section.setup.code:
         pytest.skip(f"the page's examples on /dev/kvm are x86_64's (this host is {HOST_ARCH})")
+    for cap in section.setup.needs + block.needs:
+        with system.create_vm() as probe:
+            if not probe.check_extension(cap):
+                pytest.skip(f"needs KVM_CAP_{cap}, which this host's VMs report absent")
     namespace: dict[str, Any] = {"__name__": "api_doc"}
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(TIME_LIMIT)

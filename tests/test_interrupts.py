@@ -75,3 +75,18 @@ def test_gsi_routing_and_msi(vm):
     with pytest.raises(kvm.KvmError) as info:
         vm.set_gsi_routing([kvm.IrqchipRoute(1, 7, 0)])  # there is no irqchip 7
     assert info.value.errno == errno.EINVAL
+
+
+def test_eventfd_counter_limits():
+    """An eventfd's counter holds at most 2**64 - 2: a notify() that would pass it adds nothing and raises
+    StateError on a non-blocking eventfd; values outside 1..2**64-2 are refused naming `value`."""
+    with kvm.EventFd() as efd:
+        efd.notify(2**64 - 3)
+        with pytest.raises(kvm.StateError, match="maximum"):
+            efd.notify(2)
+        efd.notify(1)  # exactly the maximum still fits
+        assert efd.read() == 2**64 - 2
+        assert efd.read() == 0
+        for bad in (0, 2**64 - 1, -1):
+            with pytest.raises(ValueError, match="value"):
+                efd.notify(bad)
