@@ -298,20 +298,25 @@ def record_property(get_ioctl: str, set_ioctl: str, ctype: str, doc: str) -> pro
 class _BoundIoctls:
     """The generated wrappers of one fd kind, issuing their ioctls through a KvmFd (see `KvmFd.ioctls`)."""
 
-    __slots__ = ("owner",)
+    __slots__ = ("_owner",)
 
     def __init__(self, owner: KvmFd) -> None:
-        self.owner = owner
+        self._owner = owner
+
+    @property
+    def owner(self) -> KvmFd:
+        """The object whose fd the wrappers use."""
+        return self._owner
 
     def _ioctl(self, name: str, arg: Any = 0) -> int:
-        return self.owner._ioctl(name, arg)
+        return self._owner._ioctl(name, arg)
 
     @property
     def _slot_pages(self) -> dict[int, int]:
-        return self.owner._slot_pages
+        return self._owner._slot_pages
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} of {self.owner!r}>"
+        return f"<{type(self).__name__} of {self._owner!r}>"
 
 
 _MIXINS = {"system": "SystemIoctls", "vm": "VmIoctls", "vcpu": "VcpuIoctls", "device": "DeviceIoctls"}
