@@ -43,6 +43,8 @@ from .errors import (CapabilityError, ClosedError, DeviceError, ForkedError, Gue
                      UnavailableError)
 from .exits import (
     ApResetHoldExit,
+    Arm64DebugExit,
+    Arm64HypercallExit,
     DebugExit,
     DirtyRingFullExit,
     ExceptionExit,
@@ -54,8 +56,8 @@ from .exits import (
     HypervExit,
     InternalErrorExit,
     IntrExit,
-    IoapicEoiExit,
     IoExit,
+    IoapicEoiExit,
     IrqWindowOpenExit,
     MemoryFaultExit,
     MmioExit,
@@ -70,6 +72,8 @@ from .exits import (
     UnknownExit,
     WrmsrExit,
     X86BusLockExit,
+    X86DebugExit,
+    X86HypercallExit,
     XenExit,
 )
 from .memory import GuestMemory
@@ -81,14 +85,14 @@ from .x86 import CpuidEntry, MsrFilterRange, Translation
 __version__ = "0.1.0"
 
 __all__ = [
-    "ApResetHoldExit", "CapabilityError", "ClosedError", "CoalescedAccess", "CpuidEntry", "DebugExit", "Device",
+    "ApResetHoldExit", "Arm64DebugExit", "Arm64HypercallExit", "CapabilityError", "ClosedError", "CoalescedAccess", "CpuidEntry", "DebugExit", "Device",
     "DeviceError",
     "DirtyGfn", "DirtyRingFullExit", "EventFd", "ExceptionExit", "Exit", "FailEntryExit", "ForkedError",
     "GuestMemfd", "GuestMemory", "GuestMemoryError", "HltExit", "HwUnknownExit", "HypercallExit", "HypervExit",
     "InternalErrorExit", "IntrExit", "IoExit", "IoapicEoiExit", "IrqWindowOpenExit", "IrqchipRoute", "Kvm",
     "KvmError", "MemoryFaultExit", "MmioExit", "MsiRoute", "MsrFilterRange", "NmiExit", "NotifyExit", "RdmsrExit",
     "SetTprExit", "ShutdownExit", "StateError", "SystemEventExit", "TdxExit", "TprAccessExit", "Translation", "UnknownExit",
-    "UnavailableError", "Vcpu", "Vm", "WrmsrExit", "X86BusLockExit", "XenExit", "install_kick_handler",
+    "UnavailableError", "Vcpu", "Vm", "WrmsrExit", "X86BusLockExit", "X86DebugExit", "X86HypercallExit", "XenExit", "install_kick_handler",
     "arm64", "device", "errors", "exits", "generated", "marshal", "memory", "riscv64", "stats", "system", "vcpu",
     "vm", "x86",
 ]

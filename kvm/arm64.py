@@ -166,12 +166,12 @@ class Arm64Vcpu(KvmFd):
     @needs("KVM_GET_ONE_REG")
     def get_core_reg(self, name: str) -> int:
         """KVM_GET_ONE_REG of core register `name` (see `core_reg_id`)."""
-        return marshal.one_reg_get(self._ioctl, self.ffi, "KVM_GET_ONE_REG", core_reg_id(self._binding, name))
+        return marshal.one_reg_get(self._ioctl, self.ffi, self._binding.CONSTANTS, "KVM_GET_ONE_REG", core_reg_id(self._binding, name))
 
     @needs("KVM_SET_ONE_REG")
     def set_core_reg(self, name: str, value: int) -> None:
         """KVM_SET_ONE_REG of core register `name` (see `core_reg_id`) to `value`."""
-        marshal.one_reg_set(self._ioctl, self.ffi, "KVM_SET_ONE_REG", core_reg_id(self._binding, name), value)
+        marshal.one_reg_set(self._ioctl, self.ffi, self._binding.CONSTANTS, "KVM_SET_ONE_REG", core_reg_id(self._binding, name), value)
 
     @property
     @needs("KVM_GET_ONE_REG", "KVM_SET_ONE_REG")

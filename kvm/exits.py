@@ -104,9 +104,9 @@ class UnknownExit(Exit):
 
     @property
     def payload(self) -> bytes:
-        """The 256 bytes of kvm_run's exit union, raw."""
-        offset = self.vcpu.ffi.offsetof("struct kvm_run", "hw")
-        return bytes(self._page[offset : offset + 256])
+        """kvm_run's exit union, raw (256 bytes: the size of its `padding` member, which sizes the union)."""
+        padding = dict(self.vcpu.ffi.typeof("struct kvm_run").fields)["padding"]
+        return bytes(self._page[padding.offset : padding.offset + self.vcpu.ffi.sizeof(padding.type)])
 
 
 def _int_bytes(value: int | bytes, length: int) -> bytes:
@@ -235,20 +235,45 @@ class HypercallExit(Exit):
         """KVM_EXIT_HYPERCALL_* flags (x86: KVM_EXIT_HYPERCALL_LONG_MODE)."""
         return int(self._run.hypercall.flags)
 
-    @property
-    def long_mode(self) -> bool:
-        """x86: the guest made the hypercall in 64-bit mode (KVM_EXIT_HYPERCALL_LONG_MODE)."""
-        return bool(self.flags & _constant(self.vcpu, "KVM_EXIT_HYPERCALL_LONG_MODE"))
-
     def reply(self, ret: int) -> None:
         """The hypercall's return value (an unsigned 64-bit int)."""
         self._run.hypercall.ret = _u64(ret, "ret")
 
 
+class X86HypercallExit(HypercallExit):
+    """HypercallExit on x86: `long_mode` says whether the guest made it in 64-bit mode."""
+
+    __slots__ = ()
+    _fields = HypercallExit._fields + ("long_mode",)
+
+    @property
+    def long_mode(self) -> bool:
+        """The guest made the hypercall in 64-bit mode (KVM_EXIT_HYPERCALL_LONG_MODE)."""
+        return bool(self.flags & _constant(self.vcpu, "KVM_EXIT_HYPERCALL_LONG_MODE"))
+
+
+class Arm64HypercallExit(HypercallExit):
+    """HypercallExit on arm64 (an HVC or SMC the VM routes to user space): `smc` and `is_16bit` decode
+    `flags`; `nr` is the SMCCC function id."""
+
+    __slots__ = ()
+    _fields = HypercallExit._fields + ("smc", "is_16bit")
+
+    @property
+    def smc(self) -> bool:
+        """The guest issued an SMC rather than an HVC (KVM_HYPERCALL_EXIT_SMC)."""
+        return bool(self.flags & _constant(self.vcpu, "KVM_HYPERCALL_EXIT_SMC"))
+
+    @property
+    def is_16bit(self) -> bool:
+        """A 16-bit (T32) instruction made the call (KVM_HYPERCALL_EXIT_16BIT): the return address is 2 bytes
+        past it rather than 4."""
+        return bool(self.flags & _constant(self.vcpu, "KVM_HYPERCALL_EXIT_16BIT"))
+
+
 class DebugExit(Exit):
     """KVM_EXIT_DEBUG: single step or breakpoint. `arch` holds the arch's `struct kvm_debug_exit_arch` as a
-    dict (x86: exception, pc, dr6, dr7; arm64: hsr, hsr_high, far); on x86 `exception` (1 #DB, 3 #BP),
-    `pc`, `dr6` and `dr7` read it too."""
+    dict; the arch's subclass (`X86DebugExit`, `Arm64DebugExit`) names its members."""
 
     __slots__ = ()
     _fields = ("arch",)
@@ -260,32 +285,55 @@ class DebugExit(Exit):
         record = self._run.debug.arch
         return {name: int(getattr(record, name)) for name, _ in ffi.typeof("struct kvm_debug_exit_arch").fields or ()}
 
-    def _member(self, name: str) -> int:
-        values = self.arch
-        if name not in values:
-            raise AttributeError(f"DebugExit.{name}: this arch's struct kvm_debug_exit_arch has "
-                                 f"{', '.join(values) or 'no members'}")
-        return values[name]
+
+class X86DebugExit(DebugExit):
+    """DebugExit on x86: the exception (1 #DB, 3 #BP), the guest rip, DR6 and DR7."""
+
+    __slots__ = ()
+    _fields = DebugExit._fields + ("exception", "pc", "dr6", "dr7")
 
     @property
     def exception(self) -> int:
-        """x86: the exception vector (1 #DB, 3 #BP)."""
-        return self._member("exception")
+        """The exception vector (1 #DB, 3 #BP)."""
+        return int(self._run.debug.arch.exception)
 
     @property
     def pc(self) -> int:
-        """x86: the guest rip of the event."""
-        return self._member("pc")
+        """The guest rip of the event."""
+        return int(self._run.debug.arch.pc)
 
     @property
     def dr6(self) -> int:
-        """x86: DR6, which says what triggered the #DB."""
-        return self._member("dr6")
+        """DR6, which says what triggered the #DB."""
+        return int(self._run.debug.arch.dr6)
 
     @property
     def dr7(self) -> int:
-        """x86: DR7 at the event."""
-        return self._member("dr7")
+        """DR7 at the event."""
+        return int(self._run.debug.arch.dr7)
+
+
+class Arm64DebugExit(DebugExit):
+    """DebugExit on arm64: the exception syndrome (ESR_EL2, `hsr` low and `hsr_high` high 32 bits) and the
+    fault address `far` (valid for watchpoints)."""
+
+    __slots__ = ()
+    _fields = DebugExit._fields + ("hsr", "hsr_high", "far")
+
+    @property
+    def hsr(self) -> int:
+        """The low 32 bits of the exception syndrome (its EC field says which debug event)."""
+        return int(self._run.debug.arch.hsr)
+
+    @property
+    def hsr_high(self) -> int:
+        """The high 32 bits of the exception syndrome."""
+        return int(self._run.debug.arch.hsr_high)
+
+    @property
+    def far(self) -> int:
+        """The fault address register (the address a watchpoint hit)."""
+        return int(self._run.debug.arch.far)
 
 
 class HltExit(Exit):
@@ -418,7 +466,7 @@ class SystemEventExit(Exit):
     def data(self) -> tuple[int, ...]:
         """The event's `ndata` words."""
         event = self._run.system_event
-        n = min(int(event.ndata), 16)
+        n = min(int(event.ndata), len(event.data))
         return tuple(int(event.data[i]) for i in range(n))
 
 
@@ -666,6 +714,13 @@ def reason_names(binding: Any) -> dict[int, str]:
     return names
 
 
+# Exits whose payload differs by arch: the binding's arch decodes them with its own subclass.
+ARCH_EXIT_CLASSES: dict[str, dict[str, type[Exit]]] = {
+    "x86_64": {"DEBUG": X86DebugExit, "HYPERCALL": X86HypercallExit},
+    "arm64": {"DEBUG": Arm64DebugExit, "HYPERCALL": Arm64HypercallExit},
+}
+
+
 def dispatch_table(binding: Any) -> tuple[Any, ...]:
     """A tuple indexed by exit reason: the `Exit` class decoding that reason for `binding`, or None for
     a reason this module does not decode (`Vcpu.run()` returns an `UnknownExit` then)."""
@@ -675,12 +730,14 @@ def dispatch_table(binding: Any) -> tuple[Any, ...]:
     names = reason_names(binding)
     classes: list[Any] = [None] * (max(names) + 1 if names else 1)
     for value, short in names.items():
-        cls = EXIT_CLASSES.get(short)
+        cls = ARCH_EXIT_CLASSES.get(binding.ARCH, {}).get(short) or EXIT_CLASSES.get(short)
         if cls is None:
             continue
-        # Exit numbers are the same on every arch and version, so the classes carry them.
-        cls.reason = value
-        cls.name = short
+        # Exit numbers are the same on every arch and version, so the classes carry them (the shared class
+        # too when an arch's subclass decodes the exit).
+        for klass in {cls, EXIT_CLASSES.get(short, cls)}:
+            klass.reason = value
+            klass.name = short
         for klass in cls.__mro__:
             if isinstance(klass, type) and issubclass(klass, Exit) and klass._payloads:
                 _bind_fields(klass, binding)
@@ -692,5 +749,5 @@ def dispatch_table(binding: Any) -> tuple[Any, ...]:
 
 
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, Exit)] + [
-    "EXIT_CLASSES",
+    "EXIT_CLASSES", "ARCH_EXIT_CLASSES",
 ]

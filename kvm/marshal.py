@@ -465,22 +465,24 @@ def clear_dirty_log(ioctl: Ioctl, ffi: Any, name: str, slot: Any, first_page: An
     return ioctl(name, pointer)
 
 
-def reg_size(ffi: Any, reg_id: Any) -> int:
-    """The bytes of register `reg_id` (KVM_REG_SIZE: 2**((id >> 52) & 0xf), up to 256 for 2048 bits)."""
-    return 1 << ((integer(reg_id, "reg_id", 0, (1 << 64) - 1) >> 52) & 0xF)
+def reg_size(constants: Mapping[str, int], reg_id: Any) -> int:
+    """The bytes of register `reg_id`: 2 to the power of its KVM_REG_SIZE field (1 for U8 up to 256 for
+    U2048), read with the binding's KVM_REG_SIZE_MASK and KVM_REG_SIZE_SHIFT."""
+    reg_id = integer(reg_id, "reg_id", 0, (1 << 64) - 1)
+    return 1 << ((reg_id & constants["KVM_REG_SIZE_MASK"]) >> constants["KVM_REG_SIZE_SHIFT"])
 
 
-def one_reg_get(ioctl: Ioctl, ffi: Any, name: str, reg_id: Any) -> int:
+def one_reg_get(ioctl: Ioctl, ffi: Any, constants: Mapping[str, int], name: str, reg_id: Any) -> int:
     """KVM_GET_ONE_REG: the register's value as an unsigned int of its size (in the host's byte order)."""
-    size = reg_size(ffi, reg_id)
+    size = reg_size(constants, reg_id)
     buffer = ffi.new("char[]", size)
     ioctl(name, ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buffer))}))
     return int.from_bytes(ffi.buffer(buffer, size), sys.byteorder)
 
 
-def one_reg_set(ioctl: Ioctl, ffi: Any, name: str, reg_id: Any, value: Any) -> int:
+def one_reg_set(ioctl: Ioctl, ffi: Any, constants: Mapping[str, int], name: str, reg_id: Any, value: Any) -> int:
     """KVM_SET_ONE_REG: `value`, an unsigned int that fits the register's size."""
-    size = reg_size(ffi, reg_id)
+    size = reg_size(constants, reg_id)
     data = integer(value, f"value of register {reg_id:#x}", 0, (1 << (8 * size)) - 1).to_bytes(size, sys.byteorder)
     buffer = ffi.new("char[]", data)
     return ioctl(name, ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buffer))}))

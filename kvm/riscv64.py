@@ -98,11 +98,11 @@ class Riscv64Vcpu(KvmFd):
     @needs("KVM_GET_ONE_REG", "KVM_SET_ONE_REG")
     def pc(self) -> int:
         """The program counter (core register `regs.pc`)."""
-        return marshal.one_reg_get(self._ioctl, self.ffi, "KVM_GET_ONE_REG", core_reg_id(self._binding, "regs.pc"))
+        return marshal.one_reg_get(self._ioctl, self.ffi, self._binding.CONSTANTS, "KVM_GET_ONE_REG", core_reg_id(self._binding, "regs.pc"))
 
     @pc.setter
     def pc(self, value: int) -> None:
-        marshal.one_reg_set(self._ioctl, self.ffi, "KVM_SET_ONE_REG", core_reg_id(self._binding, "regs.pc"), value)
+        marshal.one_reg_set(self._ioctl, self.ffi, self._binding.CONSTANTS, "KVM_SET_ONE_REG", core_reg_id(self._binding, "regs.pc"), value)
 
     @needs("KVM_GET_REG_LIST", "KVM_GET_ONE_REG")
     def isa_extensions(self) -> dict[str, bool]:
@@ -120,7 +120,7 @@ class Riscv64Vcpu(KvmFd):
         for reg_id in ids:
             if reg_id & c["KVM_REG_ARCH_MASK"] == c["KVM_REG_RISCV"] and reg_id & kind == single:
                 ext = reg_id & index_mask
-                out[names.get(ext, str(ext))] = bool(marshal.one_reg_get(self._ioctl, self.ffi, "KVM_GET_ONE_REG", reg_id))
+                out[names.get(ext, str(ext))] = bool(marshal.one_reg_get(self._ioctl, self.ffi, self._binding.CONSTANTS, "KVM_GET_ONE_REG", reg_id))
         return out
 
     @needs("KVM_SET_ONE_REG")
@@ -138,7 +138,7 @@ class Riscv64Vcpu(KvmFd):
     def _set_ext(self, reg_id: int, enable: bool) -> None:
         if not isinstance(enable, bool):
             raise TypeError(f"enable must be a bool, not {type(enable).__name__} ({enable!r})")
-        marshal.one_reg_set(self._ioctl, self.ffi, "KVM_SET_ONE_REG", reg_id, int(enable))
+        marshal.one_reg_set(self._ioctl, self.ffi, self._binding.CONSTANTS, "KVM_SET_ONE_REG", reg_id, int(enable))
 
 
 MIXINS: dict[str, type] = {"vcpu": Riscv64Vcpu}

@@ -39,9 +39,9 @@ class StatsFd:
         count = int(header.num_desc)
         block = os.pread(fd, stride * count, int(header.desc_offset))
         desc = ffi.new("struct kvm_stats_desc *")
-        type_mask = constants.get("KVM_STATS_TYPE_MASK", 0xF)
-        unit_mask = constants.get("KVM_STATS_UNIT_MASK", 0xF0)
-        base_mask = constants.get("KVM_STATS_BASE_MASK", 0xF00)
+        type_mask = constants["KVM_STATS_TYPE_MASK"]
+        unit_mask = constants["KVM_STATS_UNIT_MASK"]
+        base_mask = constants["KVM_STATS_BASE_MASK"]
         descriptors = []
         for i in range(count):
             start = i * stride

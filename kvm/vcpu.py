@@ -264,12 +264,12 @@ class Vcpu(Attributes, VcpuBase):
     @needs("KVM_GET_ONE_REG")
     def get_one_reg(self, reg_id: int) -> int:
         """KVM_GET_ONE_REG: register `reg_id` (an arch's register id), an unsigned int of its size."""
-        return marshal.one_reg_get(self._ioctl, self._ffi, "KVM_GET_ONE_REG", reg_id)
+        return marshal.one_reg_get(self._ioctl, self._ffi, self._binding.CONSTANTS, "KVM_GET_ONE_REG", reg_id)
 
     @needs("KVM_SET_ONE_REG")
     def set_one_reg(self, reg_id: int, value: int) -> None:
         """KVM_SET_ONE_REG: set register `reg_id` to `value` (an unsigned int that fits its size)."""
-        marshal.one_reg_set(self._ioctl, self._ffi, "KVM_SET_ONE_REG", reg_id, value)
+        marshal.one_reg_set(self._ioctl, self._ffi, self._binding.CONSTANTS, "KVM_SET_ONE_REG", reg_id, value)
 
     @needs("KVM_GET_REG_LIST")
     def reg_list(self) -> list[int]:

@@ -36,7 +36,8 @@ def _check_backing_file(fd: int, end: int, name: object) -> None:
         raise ValueError(f"file {name!r} holds {info.st_size} bytes; the slot needs {end} (file_offset + size)")
 
 
-# KVM_MEM_MAX_NR_PAGES: a slot holds at most 2**31 - 1 pages
+# KVM_MEM_MAX_NR_PAGES (include/linux/kvm_host.h, kernel-internal, so not in any binding): a slot holds at
+# most 2**31 - 1 pages
 _MAX_SLOT_BYTES = ((1 << 31) - 1) * PAGE_SIZE
 
 

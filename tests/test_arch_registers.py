@@ -72,7 +72,7 @@ class FakeFd:
         call = Call(name, bytes(ffi.buffer(arg)) if isinstance(arg, ffi.CData) else b"")
         kind = ffi.typeof(arg).item.cname if isinstance(arg, ffi.CData) else None
         if kind in ("struct kvm_one_reg", "struct kvm_device_attr") and arg.addr:
-            size = marshal.reg_size(ffi, int(arg.id)) if kind == "struct kvm_one_reg" else marshal.ATTR_BYTES
+            size = marshal.reg_size(self._binding.CONSTANTS, int(arg.id)) if kind == "struct kvm_one_reg" else marshal.ATTR_BYTES
             call.addr, call.pointee = int(arg.addr), bytes(ffi.buffer(ffi.cast("char *", arg.addr), size))
         self.calls.append(call)
         if name in self.answers:
@@ -378,7 +378,7 @@ def test_arm64_core_register_names() -> None:
         assert arm64.core_reg_id(B, short) == arm64.core_reg_id(B, full)
     assert [arm64.x(B, n) for n in range(31)] == [arm64.core_reg_id(B, f"regs.regs[{n}]") for n in range(31)]
     assert arm64.vreg(B, 31) == arm64.core_reg_id(B, "fp_regs.vregs[31]")
-    sizes = {name: marshal.reg_size(B.ffi, arm64.core_reg_id(B, name)) for name in ("pc", "fp_regs.vregs[0]", "fp_regs.fpsr")}
+    sizes = {name: marshal.reg_size(B.CONSTANTS, arm64.core_reg_id(B, name)) for name in ("pc", "fp_regs.vregs[0]", "fp_regs.fpsr")}
     assert sizes == {"pc": 8, "fp_regs.vregs[0]": 16, "fp_regs.fpsr": 4}
     for bad, error in (("regs", "not one register"), ("fp_regs", "not one register"), ("fp_regs.vregs", "not one"),
                        ("regs[31]", "no element 31"), ("spsr[5]", "no element 5"), ("x0", "no member 'x0'"),
