@@ -244,7 +244,7 @@ class X86HypercallExit(HypercallExit):
     """HypercallExit on x86: `long_mode` says whether the guest made it in 64-bit mode."""
 
     __slots__ = ()
-    _fields = HypercallExit._fields + ("long_mode",)
+    _fields: tuple[str, ...] = HypercallExit._fields + ("long_mode",)
 
     @property
     def long_mode(self) -> bool:
@@ -257,7 +257,7 @@ class Arm64HypercallExit(HypercallExit):
     `flags`; `nr` is the SMCCC function id."""
 
     __slots__ = ()
-    _fields = HypercallExit._fields + ("smc", "is_16bit")
+    _fields: tuple[str, ...] = HypercallExit._fields + ("smc", "is_16bit")
 
     @property
     def smc(self) -> bool:
@@ -290,7 +290,7 @@ class X86DebugExit(DebugExit):
     """DebugExit on x86: the exception (1 #DB, 3 #BP), the guest rip, DR6 and DR7."""
 
     __slots__ = ()
-    _fields = DebugExit._fields + ("exception", "pc", "dr6", "dr7")
+    _fields: tuple[str, ...] = DebugExit._fields + ("exception", "pc", "dr6", "dr7")
 
     @property
     def exception(self) -> int:
@@ -318,7 +318,7 @@ class Arm64DebugExit(DebugExit):
     fault address `far` (valid for watchpoints)."""
 
     __slots__ = ()
-    _fields = DebugExit._fields + ("hsr", "hsr_high", "far")
+    _fields: tuple[str, ...] = DebugExit._fields + ("hsr", "hsr_high", "far")
 
     @property
     def hsr(self) -> int:
