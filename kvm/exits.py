@@ -213,7 +213,7 @@ class HypercallExit(Exit):
     """KVM_EXIT_HYPERCALL: hypercall `nr` with `args` (KVM_CAP_EXIT_HYPERCALL); `reply(ret)` returns a value."""
 
     __slots__ = ()
-    _fields = ("nr", "args", "ret", "flags")
+    _fields: tuple[str, ...] = ("nr", "args", "ret", "flags")
 
     @property
     def nr(self) -> int:
@@ -276,7 +276,7 @@ class DebugExit(Exit):
     dict; the arch's subclass (`X86DebugExit`, `Arm64DebugExit`) names its members."""
 
     __slots__ = ()
-    _fields = ("arch",)
+    _fields: tuple[str, ...] = ("arch",)
 
     @property
     def arch(self) -> dict[str, int]:
