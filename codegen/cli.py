@@ -6,6 +6,7 @@ import argparse
 import concurrent.futures
 import importlib.metadata
 import importlib.util
+import os
 import pathlib
 import sys
 import time
@@ -346,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("a command is required (fetch, generate, repin, summary, diff)")
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # the reader went away (`kvm-bindgen summary | head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except MissingExtra as e:
         print(e, file=sys.stderr)
         return 2

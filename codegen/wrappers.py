@@ -214,8 +214,8 @@ def _record_params(model: Model, record: Record, taken: set[str], skip: frozense
                 if m.inline is not None:
                     walk(m.inline)  # anonymous struct/union: cffi exposes its members directly
                 continue
-            if m.name in skip:
-                continue
+            if m.name in skip or m.name.startswith("__"):
+                continue  # (`__empty_x`: __DECLARE_FLEX_ARRAY's empty placeholder; a Python parameter would be mangled)
             annotation = _field_annotation(model, m.base, m.dims)
             if annotation is None:
                 continue

@@ -337,7 +337,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xab, struct kvm_one_reg) = 0x4010aeab
         returns: the register's value, an unsigned int of the size the id encodes (KVM_REG_SIZE)
         """
-        return _m.one_reg_get(self._ioctl, ffi, "KVM_GET_ONE_REG", reg_id)
+        return _m.one_reg_get(self._ioctl, ffi, _binding.CONSTANTS, "KVM_GET_ONE_REG", reg_id)
 
     def get_reg_list(self) -> list[int]:
         """KVM_GET_REG_LIST: This ioctl returns the guest registers that are supported for the KVM_GET_ONE_REG/KVM_SET_ONE_REG calls.
@@ -409,7 +409,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xac, struct kvm_one_reg) = 0x4010aeac
         returns: the ioctl's result
         """
-        return _m.one_reg_set(self._ioctl, ffi, "KVM_SET_ONE_REG", reg_id, value)
+        return _m.one_reg_set(self._ioctl, ffi, _binding.CONSTANTS, "KVM_SET_ONE_REG", reg_id, value)
 
     def set_signal_mask(self, signals: Iterable[int] | None = None) -> int:
         """KVM_SET_SIGNAL_MASK: Defines which signals are blocked during execution of KVM_RUN.

@@ -688,7 +688,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xab, struct kvm_one_reg) = 0x4010aeab
         returns: the register's value, an unsigned int of the size the id encodes (KVM_REG_SIZE)
         """
-        return _m.one_reg_get(self._ioctl, ffi, "KVM_GET_ONE_REG", reg_id)
+        return _m.one_reg_get(self._ioctl, ffi, _binding.CONSTANTS, "KVM_GET_ONE_REG", reg_id)
 
     def get_regs(self) -> CData:
         """KVM_GET_REGS: Reads the general purpose registers from the vcpu.
@@ -895,7 +895,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xac, struct kvm_one_reg) = 0x4010aeac
         returns: the ioctl's result
         """
-        return _m.one_reg_set(self._ioctl, ffi, "KVM_SET_ONE_REG", reg_id, value)
+        return _m.one_reg_set(self._ioctl, ffi, _binding.CONSTANTS, "KVM_SET_ONE_REG", reg_id, value)
 
     def set_regs(self, arg: CData | None = None, /, *, rax: int | None = None, rbx: int | None = None, rcx: int | None = None, rdx: int | None = None, rsi: int | None = None, rdi: int | None = None, rsp: int | None = None, rbp: int | None = None, r8: int | None = None, r9: int | None = None, r10: int | None = None, r11: int | None = None, r12: int | None = None, r13: int | None = None, r14: int | None = None, r15: int | None = None, rip: int | None = None, rflags: int | None = None) -> int:
         """KVM_SET_REGS: Writes the general purpose registers into the vcpu.

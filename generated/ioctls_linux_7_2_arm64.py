@@ -306,14 +306,14 @@ class VmIoctls(_Ioctls):
         """
         return _m.attr_set(self._ioctl, ffi, "KVM_SET_DEVICE_ATTR", group, attr, value, flags)
 
-    def set_gsi_routing(self, entries: Sequence[Any] | CData, /, *, flags: int | None = None, __empty_entries: CData | None = None) -> int:
+    def set_gsi_routing(self, entries: Sequence[Any] | CData, /, *, flags: int | None = None) -> int:
         """KVM_SET_GSI_ROUTING: Sets the GSI routing table entries, overwriting any previously set entries.
 
         capability: KVM_CAP_IRQ_ROUTING; fd: vm; arches: all; api.rst: section 4.52
         encoding: _IOW(0xae, 0x6a, struct kvm_irq_routing) = 0x4008ae6a
         returns: the ioctl's result; `entries` is a sequence of entries (cdata or dicts) or a ready cdata
         """
-        return _m.flex_set(self._ioctl, ffi, "KVM_SET_GSI_ROUTING", "struct kvm_irq_routing", "nr", "entries", entries, {"flags": flags, "__empty_entries": __empty_entries})
+        return _m.flex_set(self._ioctl, ffi, "KVM_SET_GSI_ROUTING", "struct kvm_irq_routing", "nr", "entries", entries, {"flags": flags})
 
     def set_user_memory_region(self, arg: CData | None = None, /, *, slot: int | None = None, flags: int | None = None, guest_phys_addr: int | None = None, memory_size: int | None = None, userspace_addr: int | None = None) -> int:
         """KVM_SET_USER_MEMORY_REGION: This ioctl allows the user to create, modify or delete a guest physical memory slot.
@@ -409,7 +409,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xab, struct kvm_one_reg) = 0x4010aeab
         returns: the register's value, an unsigned int of the size the id encodes (KVM_REG_SIZE)
         """
-        return _m.one_reg_get(self._ioctl, ffi, "KVM_GET_ONE_REG", reg_id)
+        return _m.one_reg_get(self._ioctl, ffi, _binding.CONSTANTS, "KVM_GET_ONE_REG", reg_id)
 
     def get_reg_list(self) -> list[int]:
         """KVM_GET_REG_LIST: This ioctl returns the guest registers that are supported for the KVM_GET_ONE_REG/KVM_SET_ONE_REG calls.
@@ -499,7 +499,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xac, struct kvm_one_reg) = 0x4010aeac
         returns: the ioctl's result
         """
-        return _m.one_reg_set(self._ioctl, ffi, "KVM_SET_ONE_REG", reg_id, value)
+        return _m.one_reg_set(self._ioctl, ffi, _binding.CONSTANTS, "KVM_SET_ONE_REG", reg_id, value)
 
     def set_signal_mask(self, signals: Iterable[int] | None = None) -> int:
         """KVM_SET_SIGNAL_MASK: Defines which signals are blocked during execution of KVM_RUN.

@@ -360,14 +360,14 @@ class VmIoctls(_Ioctls):
         """
         return _m.attr_set(self._ioctl, ffi, "KVM_SET_DEVICE_ATTR", group, attr, value, flags)
 
-    def set_gsi_routing(self, entries: Sequence[Any] | CData, /, *, flags: int | None = None, __empty_entries: CData | None = None) -> int:
+    def set_gsi_routing(self, entries: Sequence[Any] | CData, /, *, flags: int | None = None) -> int:
         """KVM_SET_GSI_ROUTING: Sets the GSI routing table entries, overwriting any previously set entries.
 
         capability: KVM_CAP_IRQ_ROUTING; fd: vm; arches: all; api.rst: section 4.52
         encoding: _IOW(0xae, 0x6a, struct kvm_irq_routing) = 0x8008ae6a
         returns: the ioctl's result; `entries` is a sequence of entries (cdata or dicts) or a ready cdata
         """
-        return _m.flex_set(self._ioctl, ffi, "KVM_SET_GSI_ROUTING", "struct kvm_irq_routing", "nr", "entries", entries, {"flags": flags, "__empty_entries": __empty_entries})
+        return _m.flex_set(self._ioctl, ffi, "KVM_SET_GSI_ROUTING", "struct kvm_irq_routing", "nr", "entries", entries, {"flags": flags})
 
     def set_user_memory_region(self, arg: CData | None = None, /, *, slot: int | None = None, flags: int | None = None, guest_phys_addr: int | None = None, memory_size: int | None = None, userspace_addr: int | None = None) -> int:
         """KVM_SET_USER_MEMORY_REGION: This ioctl allows the user to create, modify or delete a guest physical memory slot.
@@ -445,7 +445,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xab, struct kvm_one_reg) = 0x8010aeab
         returns: the register's value, an unsigned int of the size the id encodes (KVM_REG_SIZE)
         """
-        return _m.one_reg_get(self._ioctl, ffi, "KVM_GET_ONE_REG", reg_id)
+        return _m.one_reg_get(self._ioctl, ffi, _binding.CONSTANTS, "KVM_GET_ONE_REG", reg_id)
 
     def get_regs(self) -> CData:
         """KVM_GET_REGS: Reads the general purpose registers from the vcpu.
@@ -535,7 +535,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xac, struct kvm_one_reg) = 0x8010aeac
         returns: the ioctl's result
         """
-        return _m.one_reg_set(self._ioctl, ffi, "KVM_SET_ONE_REG", reg_id, value)
+        return _m.one_reg_set(self._ioctl, ffi, _binding.CONSTANTS, "KVM_SET_ONE_REG", reg_id, value)
 
     def set_regs(self, arg: CData | None = None, /, *, pc: int | None = None, cr: int | None = None, ctr: int | None = None, lr: int | None = None, xer: int | None = None, msr: int | None = None, srr0: int | None = None, srr1: int | None = None, pid: int | None = None, sprg0: int | None = None, sprg1: int | None = None, sprg2: int | None = None, sprg3: int | None = None, sprg4: int | None = None, sprg5: int | None = None, sprg6: int | None = None, sprg7: int | None = None, gpr: Sequence[int] | bytes | None = None) -> int:
         """KVM_SET_REGS: Writes the general purpose registers into the vcpu.

@@ -459,14 +459,14 @@ class VmIoctls(_Ioctls):
         """
         return _m.attr_set(self._ioctl, ffi, "KVM_SET_DEVICE_ATTR", group, attr, value, flags)
 
-    def set_gsi_routing(self, entries: Sequence[Any] | CData, /, *, flags: int | None = None, __empty_entries: CData | None = None) -> int:
+    def set_gsi_routing(self, entries: Sequence[Any] | CData, /, *, flags: int | None = None) -> int:
         """KVM_SET_GSI_ROUTING: Sets the GSI routing table entries, overwriting any previously set entries.
 
         capability: KVM_CAP_IRQ_ROUTING; fd: vm; arches: all; api.rst: section 4.52
         encoding: _IOW(0xae, 0x6a, struct kvm_irq_routing) = 0x4008ae6a
         returns: the ioctl's result; `entries` is a sequence of entries (cdata or dicts) or a ready cdata
         """
-        return _m.flex_set(self._ioctl, ffi, "KVM_SET_GSI_ROUTING", "struct kvm_irq_routing", "nr", "entries", entries, {"flags": flags, "__empty_entries": __empty_entries})
+        return _m.flex_set(self._ioctl, ffi, "KVM_SET_GSI_ROUTING", "struct kvm_irq_routing", "nr", "entries", entries, {"flags": flags})
 
     def set_identity_map_addr(self, value: int) -> int:
         """KVM_SET_IDENTITY_MAP_ADDR: This ioctl defines the physical address of a one-page region in the guest physical address space.
@@ -522,14 +522,14 @@ class VmIoctls(_Ioctls):
         """
         return _m.struct_in(self._ioctl, ffi, "KVM_SET_PIT2", "struct kvm_pit_state2", arg, {"channels": channels, "flags": flags, "reserved": reserved})
 
-    def set_pmu_event_filter(self, entries: Sequence[Any] | CData, /, *, action: int | None = None, fixed_counter_bitmap: int | None = None, flags: int | None = None, pad: Sequence[int] | bytes | None = None, __empty_events: CData | None = None) -> int:
+    def set_pmu_event_filter(self, entries: Sequence[Any] | CData, /, *, action: int | None = None, fixed_counter_bitmap: int | None = None, flags: int | None = None, pad: Sequence[int] | bytes | None = None) -> int:
         """KVM_SET_PMU_EVENT_FILTER: This ioctl restricts the set of PMU events the guest can program by limiting which event select and unit mask combinations are permitted.
 
         capability: KVM_CAP_PMU_EVENT_FILTER; fd: vm; arches: x86_64; api.rst: section 4.120
         encoding: _IOW(0xae, 0xb2, struct kvm_pmu_event_filter) = 0x4020aeb2
         returns: the ioctl's result; `entries` is a sequence of entries (cdata or dicts) or a ready cdata
         """
-        return _m.flex_set(self._ioctl, ffi, "KVM_SET_PMU_EVENT_FILTER", "struct kvm_pmu_event_filter", "nevents", "events", entries, {"action": action, "fixed_counter_bitmap": fixed_counter_bitmap, "flags": flags, "pad": pad, "__empty_events": __empty_events})
+        return _m.flex_set(self._ioctl, ffi, "KVM_SET_PMU_EVENT_FILTER", "struct kvm_pmu_event_filter", "nevents", "events", entries, {"action": action, "fixed_counter_bitmap": fixed_counter_bitmap, "flags": flags, "pad": pad})
 
     def set_tsc_khz(self, khz: int) -> int:
         """KVM_SET_TSC_KHZ: Specifies the tsc frequency for the virtual machine.
@@ -724,7 +724,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xab, struct kvm_one_reg) = 0x4010aeab
         returns: the register's value, an unsigned int of the size the id encodes (KVM_REG_SIZE)
         """
-        return _m.one_reg_get(self._ioctl, ffi, "KVM_GET_ONE_REG", reg_id)
+        return _m.one_reg_get(self._ioctl, ffi, _binding.CONSTANTS, "KVM_GET_ONE_REG", reg_id)
 
     def get_reg_list(self) -> list[int]:
         """KVM_GET_REG_LIST: This ioctl returns the guest registers that are supported for the KVM_GET_ONE_REG/KVM_SET_ONE_REG calls.
@@ -888,23 +888,23 @@ class VcpuIoctls(_Ioctls):
         """
         return self._ioctl("KVM_RUN", 0)
 
-    def set_cpuid(self, entries: Sequence[Any] | CData, /, *, padding: int | None = None, __empty_entries: CData | None = None) -> int:
+    def set_cpuid(self, entries: Sequence[Any] | CData, /, *, padding: int | None = None) -> int:
         """KVM_SET_CPUID: Defines the vcpu responses to the cpuid instruction.
 
         capability: none (basic API); fd: vcpu; arches: x86_64; api.rst: section 4.20
         encoding: _IOW(0xae, 0x8a, struct kvm_cpuid) = 0x4008ae8a
         returns: the ioctl's result; `entries` is a sequence of entries (cdata or dicts) or a ready cdata
         """
-        return _m.flex_set(self._ioctl, ffi, "KVM_SET_CPUID", "struct kvm_cpuid", "nent", "entries", entries, {"padding": padding, "__empty_entries": __empty_entries})
+        return _m.flex_set(self._ioctl, ffi, "KVM_SET_CPUID", "struct kvm_cpuid", "nent", "entries", entries, {"padding": padding})
 
-    def set_cpuid2(self, entries: Sequence[Any] | CData, /, *, padding: int | None = None, __empty_entries: CData | None = None) -> int:
+    def set_cpuid2(self, entries: Sequence[Any] | CData, /, *, padding: int | None = None) -> int:
         """KVM_SET_CPUID2: KVM_SET_CPUID2 (undocumented in api.rst).
 
         capability: KVM_CAP_EXT_CPUID; fd: vcpu; arches: x86_64; api.rst: not documented
         encoding: _IOW(0xae, 0x90, struct kvm_cpuid2) = 0x4008ae90
         returns: the ioctl's result; `entries` is a sequence of entries (cdata or dicts) or a ready cdata
         """
-        return _m.flex_set(self._ioctl, ffi, "KVM_SET_CPUID2", "struct kvm_cpuid2", "nent", "entries", entries, {"padding": padding, "__empty_entries": __empty_entries})
+        return _m.flex_set(self._ioctl, ffi, "KVM_SET_CPUID2", "struct kvm_cpuid2", "nent", "entries", entries, {"padding": padding})
 
     def set_debugregs(self, arg: CData | None = None, /, *, db: Sequence[int] | bytes | None = None, dr6: int | None = None, dr7: int | None = None, flags: int | None = None, reserved: Sequence[int] | bytes | None = None) -> int:
         """KVM_SET_DEBUGREGS: Writes debug registers into the vcpu.
@@ -985,7 +985,7 @@ class VcpuIoctls(_Ioctls):
         encoding: _IOW(0xae, 0xac, struct kvm_one_reg) = 0x4010aeac
         returns: the ioctl's result
         """
-        return _m.one_reg_set(self._ioctl, ffi, "KVM_SET_ONE_REG", reg_id, value)
+        return _m.one_reg_set(self._ioctl, ffi, _binding.CONSTANTS, "KVM_SET_ONE_REG", reg_id, value)
 
     def set_regs(self, arg: CData | None = None, /, *, rax: int | None = None, rbx: int | None = None, rcx: int | None = None, rdx: int | None = None, rsi: int | None = None, rdi: int | None = None, rsp: int | None = None, rbp: int | None = None, r8: int | None = None, r9: int | None = None, r10: int | None = None, r11: int | None = None, r12: int | None = None, r13: int | None = None, r14: int | None = None, r15: int | None = None, rip: int | None = None, rflags: int | None = None) -> int:
         """KVM_SET_REGS: Writes the general purpose registers into the vcpu.
@@ -1059,14 +1059,14 @@ class VcpuIoctls(_Ioctls):
         """
         return _m.struct_in(self._ioctl, ffi, "KVM_SET_XCRS", "struct kvm_xcrs", arg, {"nr_xcrs": nr_xcrs, "flags": flags, "xcrs": xcrs, "padding": padding})
 
-    def set_xsave(self, arg: CData | None = None, /, *, region: Sequence[int] | bytes | None = None, __empty_extra: CData | None = None) -> int:
+    def set_xsave(self, arg: CData | None = None, /, *, region: Sequence[int] | bytes | None = None) -> int:
         """KVM_SET_XSAVE: This ioctl would copy userspace's xsave struct to the kernel.
 
         capability: KVM_CAP_XSAVE; fd: vcpu; arches: x86_64; api.rst: section 4.43
         encoding: _IOW(0xae, 0xa5, struct kvm_xsave) = 0x5000aea5
         returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_xsave *` cdata, or keyword fields build one
         """
-        return _m.struct_in(self._ioctl, ffi, "KVM_SET_XSAVE", "struct kvm_xsave", arg, {"region": region, "__empty_extra": __empty_extra})
+        return _m.struct_in(self._ioctl, ffi, "KVM_SET_XSAVE", "struct kvm_xsave", arg, {"region": region})
 
     def smi(self) -> int:
         """KVM_SMI: Queues an SMI on the thread's vcpu.

@@ -37,9 +37,17 @@ on first use.
 
 from __future__ import annotations
 
-from . import arm64, generated, marshal, riscv64, stats, x86  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone: no generated
+try:
+    from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone: no generated
+except ImportError as exc:  # kvm/ of a source tree (a checkout, an unpacked sdist) first on sys.path
+    if "generated" not in str(exc):
+        raise
+    raise ImportError(f"{__path__[0]} is kvm's source, which holds no kvm.generated (installing maps generated/ "
+                      "there): `pip install -e .` in the checkout, or run from another directory (`python -m "
+                      "pytest` puts the current one first on sys.path; the `pytest` script does not)") from None
+from . import arm64, marshal, riscv64, stats, x86
 from .device import Device
-from .errors import (CapabilityError, ClosedError, DeviceError, ForkedError, GuestMemoryError, KvmError, StateError,
+from .errors import (CapabilityError, ClosedError, DeviceError, Error, ForkedError, GuestMemoryError, KvmError, StateError,
                      UnavailableError)
 from .exits import (
     ApResetHoldExit,
@@ -86,7 +94,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ApResetHoldExit", "Arm64DebugExit", "Arm64HypercallExit", "CapabilityError", "ClosedError", "CoalescedAccess", "CpuidEntry", "DebugExit", "Device",
-    "DeviceError",
+    "DeviceError", "Error",
     "DirtyGfn", "DirtyRingFullExit", "EventFd", "ExceptionExit", "Exit", "FailEntryExit", "ForkedError",
     "GuestMemfd", "GuestMemory", "GuestMemoryError", "HltExit", "HwUnknownExit", "HypercallExit", "HypervExit",
     "InternalErrorExit", "IntrExit", "IoExit", "IoapicEoiExit", "IrqWindowOpenExit", "IrqchipRoute", "Kvm",

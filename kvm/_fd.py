@@ -12,7 +12,7 @@ import os
 import weakref
 from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, overload
 
 from . import _sys, marshal
 from ._accel import ioctl as _ioctl_value
@@ -271,28 +271,42 @@ def absent_reason(binding: ModuleType, ioctl: str, fd_kind: str) -> str | None:
     return None
 
 
-def record_property(get_ioctl: str, set_ioctl: str, ctype: str, doc: str) -> property:
+class RecordProperty:
     """A register-set property over a get/set ioctl pair of `ctype` records.
 
     Reading gives a new `ctype *` the kernel filled. Assigning takes a `ctype` cdata or its exact bytes
     (copied), or a mapping of members (nested records as mappings) applied over the current state.
     """
 
-    @needs(get_ioctl)
-    def get(self: KvmFd) -> Any:
-        return marshal.struct_out(self._ioctl, self._binding.ffi, get_ioctl, ctype)
+    def __init__(self, get_ioctl: str, set_ioctl: str, ctype: str, doc: str) -> None:
+        self.get_ioctl, self.set_ioctl, self.ctype = get_ioctl, set_ioctl, ctype
+        self.__doc__ = doc
+        self.__kvm_ioctls__ = (get_ioctl, set_ioctl)  # see needs(): absent where either does not exist
 
-    def set(self: KvmFd, value: Any) -> None:
-        ffi = self._binding.ffi
-        if isinstance(value, Mapping):
-            record = get(self)
-        else:
-            record = ffi.new(ctype + " *")
-        marshal.fill(ffi, record, value, ctype)
-        marshal.struct_in(self._ioctl, ffi, set_ioctl, ctype, record)
+    def _get(self, owner: KvmFd) -> marshal.Record:
+        return marshal.struct_out(owner._ioctl, owner._binding.ffi, self.get_ioctl, self.ctype)  # type: ignore[no-any-return]
 
-    get.__kvm_ioctls__ = (get_ioctl, set_ioctl)  # type: ignore[attr-defined]
-    return property(get, set, doc=doc)
+    @overload
+    def __get__(self, owner: None, owner_type: type | None = None) -> RecordProperty: ...
+
+    @overload
+    def __get__(self, owner: KvmFd, owner_type: type | None = None) -> marshal.Record: ...
+
+    def __get__(self, owner: KvmFd | None, owner_type: type | None = None) -> RecordProperty | marshal.Record:
+        if owner is None:
+            return self
+        return self._get(owner)
+
+    def __set__(self, owner: KvmFd, value: marshal.Record | bytes | Mapping[str, Any]) -> None:
+        ffi = owner._binding.ffi
+        record = self._get(owner) if isinstance(value, Mapping) else ffi.new(self.ctype + " *")
+        marshal.fill(ffi, record, value, self.ctype)
+        marshal.struct_in(owner._ioctl, ffi, self.set_ioctl, self.ctype, record)
+
+
+def record_property(get_ioctl: str, set_ioctl: str, ctype: str, doc: str) -> RecordProperty:
+    """A register-set property (see RecordProperty) over `get_ioctl`/`set_ioctl` of `ctype` records."""
+    return RecordProperty(get_ioctl, set_ioctl, ctype, doc)
 
 
 class _BoundIoctls:

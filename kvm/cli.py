@@ -158,7 +158,9 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kvm", description="What this host's KVM offers.")
+    # (raw text: argparse would wrap the --version line)
+    parser = argparse.ArgumentParser(prog="python -m kvm", description="What this host's KVM offers.",
+                                     formatter_class=argparse.RawTextHelpFormatter)
     bundled = ", ".join(sorted({f"{k} ({r})" for k, r, _ in generated.BUNDLED}))
     version = importlib.metadata.version("kvm-bindgen-py")
     parser.add_argument("--version", action="version", version=f"kvm {version}; bundled kernels: {bundled}")

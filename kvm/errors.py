@@ -6,7 +6,12 @@ import errno as _errno
 import os
 
 
-class KvmError(OSError):
+class Error(Exception):
+    """The base of every exception kvm raises itself: `except kvm.Error` catches them all. Each also
+    derives from the builtin exception that fits it (OSError, ValueError, RuntimeError, IndexError)."""
+
+
+class KvmError(Error, OSError):
     """An ioctl failed: carries the ioctl's name, the kind of fd it was issued on, and errno.
 
     str(): ``KVM_CREATE_VCPU on vm fd: EINVAL (Invalid argument)``.
@@ -65,24 +70,24 @@ class UnavailableError(KvmError):
         return (type(self), (self.ioctl, self.fd_kind, self.reason))
 
 
-class DeviceError(OSError):
+class DeviceError(Error, OSError):
     """/dev/kvm (or the path given) cannot be used: the message says why and how to fix it."""
 
 
-class StateError(RuntimeError):
+class StateError(Error, RuntimeError):
     """The object is not set up for this call yet (e.g. the dirty ring was not enabled, the VM has no vCPU)."""
 
 
-class ClosedError(ValueError):
+class ClosedError(Error, ValueError):
     """An object (or the VM it belongs to) was used after close()."""
 
 
-class ForkedError(RuntimeError):
+class ForkedError(Error, RuntimeError):
     """A KVM object was used from a forked child: KVM fds inherited through fork() are not usable there."""
 
 
-class GuestMemoryError(IndexError):
+class GuestMemoryError(Error, IndexError):
     """A guest-physical access falls outside the guest memory it was made on."""
 
 
-__all__ = ["KvmError", "StateError", "DeviceError", "UnavailableError", "CapabilityError", "ClosedError", "ForkedError", "GuestMemoryError"]
+__all__ = ["Error", "KvmError", "StateError", "DeviceError", "UnavailableError", "CapabilityError", "ClosedError", "ForkedError", "GuestMemoryError"]

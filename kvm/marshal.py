@@ -26,11 +26,25 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from .errors import KvmError
 
 CData: TypeAlias = Any  # a cffi cdata (e.g. a `struct kvm_regs *`)
+
+
+class Record(Protocol):
+    """What type checkers know of a record the ergonomic layer returns, a cffi cdata such as a `struct
+    kvm_regs *`: members are read and written as attributes, elements by index (cffi carries no static
+    types, so the values are Any)."""
+
+    def __getattr__(self, name: str) -> Any: ...
+
+    def __setattr__(self, name: str, value: Any) -> None: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
 Ioctl = Callable[[str, Any], int]
 
 _PAGE_SIZE = mmap.PAGESIZE  # the unit of KVM's dirty bitmaps: one bit per page of the running kernel
@@ -468,8 +482,8 @@ def clear_dirty_log(ioctl: Ioctl, ffi: Any, name: str, slot: Any, first_page: An
 def reg_size(constants: Mapping[str, int], reg_id: Any) -> int:
     """The bytes of register `reg_id`: 2 to the power of its KVM_REG_SIZE field (1 for U8 up to 256 for
     U2048), read with the binding's KVM_REG_SIZE_MASK and KVM_REG_SIZE_SHIFT."""
-    reg_id = integer(reg_id, "reg_id", 0, (1 << 64) - 1)
-    return 1 << ((reg_id & constants["KVM_REG_SIZE_MASK"]) >> constants["KVM_REG_SIZE_SHIFT"])
+    number = integer(reg_id, "reg_id", 0, (1 << 64) - 1)
+    return 1 << ((number & constants["KVM_REG_SIZE_MASK"]) >> constants["KVM_REG_SIZE_SHIFT"])
 
 
 def one_reg_get(ioctl: Ioctl, ffi: Any, constants: Mapping[str, int], name: str, reg_id: Any) -> int:

@@ -70,6 +70,8 @@ def open_device(path: Any, binding: ModuleType) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError as exc:
+        if os.path.abspath(name) != "/dev/kvm":
+            raise DeviceError(exc.errno, f"{name} does not exist (KVM's device is normally /dev/kvm)") from None
         raise DeviceError(exc.errno, f"{name} does not exist: the kvm module is not loaded (`modprobe kvm_intel` "
                           "or `modprobe kvm_amd`), the CPU's virtualization extensions are off in the firmware, "
                           "or this is a virtual machine without nested virtualization") from None

@@ -79,8 +79,15 @@ def test_device_errors_say_what_is_wrong_and_how_to_fix_it(tmp_path) -> None:
 
     with pytest.raises(kvm.DeviceError, match="/dev/null is not a KVM device: it does not answer KVM_GET_API_VERSION"):
         kvm.Kvm("/dev/null")
-    with pytest.raises(kvm.DeviceError, match="does not exist: the kvm module is not loaded"):
-        kvm.Kvm(str(tmp_path / "kvm"))
+    with pytest.raises(kvm.DeviceError, match=r"kvm does not exist \(KVM's device is normally /dev/kvm\)"):
+        kvm.Kvm(str(tmp_path / "kvm"))  # a path the user typed wrong: no talk of kernel modules
+    # /dev/kvm itself missing, as on a host without KVM: a private mount namespace with an empty /dev
+    script = "import kvm\ntry:\n    kvm.Kvm()\nexcept kvm.DeviceError as e:\n    print(e.strerror)\n"
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", f"mount -t tmpfs none /dev && {sys.executable} -c '{script}'"],
+                          capture_output=True, text=True, timeout=60)
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"cannot make a mount namespace here: {done.stderr.strip()}")
+    assert done.stdout.startswith("/dev/kvm does not exist: the kvm module is not loaded"), done.stdout + done.stderr
     pid = os.fork()
     if pid == 0:  # an unprivileged user
         try:
@@ -100,7 +107,15 @@ def test_cli_device_option_version_and_closed_pipe() -> None:
     bad = subprocess.run([sys.executable, "-m", "kvm", "--device", "/dev/null", "info"], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a KVM device" in bad.stderr and "Traceback" not in bad.stderr
     version = subprocess.run([sys.executable, "-m", "kvm", "--version"], capture_output=True, text=True)
-    assert version.returncode == 0 and "7.2 (7.2." in version.stdout
+    assert version.returncode == 0 and "7.2 (7.2." in version.stdout and version.stdout.count("\n") == 1
     piped = subprocess.run(f"{sys.executable} -m kvm info | head -1", shell=True, capture_output=True, text=True)
     assert piped.stdout.startswith("kernel release:") and piped.stderr == ""
     assert "run loop: " in run("info")
+
+
+def test_kvm_bindgen_is_quiet_on_a_closed_pipe() -> None:
+    """`kvm-bindgen summary | head -1` and `diff ... | true`: no message, exit 0 (the reader went away)."""
+    for command in ("summary | head -1", "diff 6.1 6.12 --arch x86_64 | true"):
+        done = subprocess.run(f"set -o pipefail; {sys.executable} -m kvm_bindgen.cli {command}", shell=True,
+                              capture_output=True, text=True, executable="/bin/bash")
+        assert done.returncode == 0 and done.stderr == "", (command, done.returncode, done.stderr)

@@ -69,7 +69,8 @@ def wrong(system: SystemIoctls, vm: VmIoctls, vcpu: VcpuIoctls) -> None:
 
 
 def _source_tree(tmp_path: pathlib.Path) -> pathlib.Path:
-    """kvm/ with kvm/generated/ as installed (the package has no py.typed marker): a tree of symlinks."""
+    """kvm/ with kvm/generated/ as installed, a tree of symlinks (the wheel's own typing, py.typed included,
+    is checked from a real install in tests/test_packaging.py)."""
     src = tmp_path / "src"
     package = src / "kvm"
     package.mkdir(parents=True)  # src/ may exist already
@@ -113,6 +114,11 @@ def test_hand_written_layer_passes_the_project_config(tmp_path: pathlib.Path) ->
     assert status == 0, out + err
 
 
+def test_examples_pass_strict(tmp_path: pathlib.Path) -> None:
+    out, err, status = api.run(["--strict", "--cache-dir", str(tmp_path / "cache"), str(ROOT / "examples")])
+    assert status == 0, out + err
+
+
 ERGONOMIC_CODE = """\
 import kvm
 
@@ -120,6 +126,7 @@ with kvm.Kvm() as k, k.create_vm() as vm:
     mem = vm.add_memory(0, 0x10000)
     vcpu = vm.create_vcpu(0)
     exit = vcpu.run()
+    reveal_type(vcpu.regs)
     reveal_type(k)
     reveal_type(vm)
     reveal_type(mem)
@@ -142,5 +149,5 @@ def test_hand_written_layer_is_strict_and_its_main_calls_are_typed(tmp_path: pat
     (tmp_path / "src" / "first.py").write_text(ERGONOMIC_CODE)
     out, _ = _mypy(tmp_path, "-m", "first")
     revealed = [line.split("Revealed type is ", 1)[1] for line in out.splitlines() if "Revealed type is" in line]
-    assert revealed == ['"kvm.system.Kvm"', '"kvm.vm.Vm"', '"kvm.memory.GuestMemory"', '"kvm.vcpu.Vcpu"',
+    assert revealed == ['"kvm.marshal.Record"', '"kvm.system.Kvm"', '"kvm.vm.Vm"', '"kvm.memory.GuestMemory"', '"kvm.vcpu.Vcpu"',
                         '"kvm.exits.Exit"', '"int"', '"memoryview[int]"', '"bool"'], out

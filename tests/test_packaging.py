@@ -199,7 +199,7 @@ def test_wheel_metadata(built: Built) -> None:
         assert needed in classifiers
     assert meta.get_all("Project-URL")
     assert meta["Requires-Python"] == ">=3.11"
-    for name in ("kvm_bindgen/headers/manifest.toml", "kvm/generated/.kvm-bindgen-manifest",
+    for name in ("kvm/py.typed", "kvm_bindgen/headers/manifest.toml", "kvm/generated/.kvm-bindgen-manifest",
                  "kvm/generated/reports/6.12-7.2-x86_64.md", "kvm_bindgen/templates/binding.py.j2"):
         assert name in names, name
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
@@ -260,3 +260,32 @@ def test_the_sdist_is_complete_and_its_tests_collect(built: Built, tmp_path: pat
     assert collected > 400, done.stdout[-2000:]
     where = built.run(built.bin("python"), "-c", "import kvm, kvm_bindgen; print(kvm.__file__, kvm_bindgen.__file__)")
     assert str(ROOT) not in where.stdout and "site-packages" in where.stdout
+
+
+USER_PROGRAM = """\
+import kvm
+from kvm.x86 import X86Vcpu
+
+with kvm.Kvm() as k, k.create_vm() as vm:
+    vcpu = vm.create_vcpu(0)
+    exit = vcpu.run()
+    reveal_type(vcpu.run())
+    reveal_type(vcpu.regs)
+    if isinstance(exit, kvm.IoExit):
+        reveal_type(exit.port)
+    assert isinstance(vcpu, X86Vcpu)  # the arch's members: narrow to its mixin
+    reveal_type(vcpu.sregs)
+"""
+
+
+@pytest.mark.slow
+def test_users_type_check_against_the_installed_package(built: Built) -> None:
+    """`mypy --strict` on a user's program, seeing kvm only as the wheel installed it (py.typed)."""
+    mypy = pytest.importorskip("mypy.api")
+    program = built.home / "user_program.py"
+    program.write_text(USER_PROGRAM)
+    out, err, status = mypy.run(["--strict", "--python-executable", built.bin("python"), "--no-incremental",
+                                 "--cache-dir", os.devnull, str(program)])
+    revealed = [line.split("Revealed type is ", 1)[1] for line in out.splitlines() if "Revealed type is" in line]
+    assert status == 0 and revealed == ['"kvm.exits.Exit"', '"kvm.marshal.Record"', '"int"', '"kvm.marshal.Record"'], \
+        out + err
