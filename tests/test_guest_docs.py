@@ -34,3 +34,24 @@ def test_guide_snippets_run(system, capsys):
     out = capsys.readouterr().out
     assert "KVM_CREATE_VCPU on vm fd: EINVAL (Invalid argument)" in out
     assert "outside slot 0" in out
+
+
+def _quoted_lines(code: str) -> list[str]:
+    """A block's lines, joined where a call continues on the next line, whitespace collapsed."""
+    joined = re.sub(r",\n\s+", ", ", code.strip())
+    return [" ".join(line.split()) for line in joined.splitlines() if line.strip()]
+
+
+def test_one_ioctl_page_quotes_the_code_as_it_is():
+    """docs/one-ioctl.md quotes the generated wrapper and the ergonomic method's call: both still read so."""
+    page = (ROOT / "docs" / "one-ioctl.md").read_text()
+    sources = {
+        "## 4.": ROOT / "generated" / "ioctls_linux_7_2_x86_64.py",
+        "## 7.": ROOT / "kvm" / "vm.py",
+    }
+    for heading, source in sources.items():
+        section = page[page.index(heading):]
+        block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+        code = "\n".join(_quoted_lines(source.read_text()))
+        for line in _quoted_lines(block):
+            assert line in code, f"docs/one-ioctl.md {heading} quotes a line {source.name} no longer has: {line}"
