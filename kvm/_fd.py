@@ -184,10 +184,26 @@ class KvmFd:
             if result < 0:
                 raise KvmError(name, self.fd_kind, -result)
             return result
+        if spec.size and spec.direction != "none":
+            self._check_room(name, spec.size, arg)
         result = _raw_ioctl(fd, spec.number, arg)
         if result < 0:
             raise KvmError(name, self.fd_kind, _sys_ffi.errno)
         return result
+
+    def _check_room(self, name: str, size: int, arg: Any) -> None:
+        """The kernel reads or writes the `size` bytes the ioctl number encodes at `arg`: refuse a buffer
+        that holds fewer (it would read past it, or overwrite the heap), or that is not a cffi pointer."""
+        ffi = self._binding.ffi
+        if not isinstance(arg, ffi.CData):
+            raise TypeError(f"{name}: the argument must be a cffi pointer to {size} bytes, not {type(arg).__name__}")
+        if arg == ffi.NULL:
+            return  # (the kernel answers EFAULT, or takes NULL to mean none, as KVM_SET_SIGNAL_MASK does)
+        kind = ffi.typeof(arg).kind
+        room = ffi.sizeof(arg) if kind == "array" else len(ffi.buffer(arg)) if kind == "pointer" else 0
+        if room < size:
+            raise ValueError(f"{name}: the kernel uses {size} bytes at the argument, which holds {room} "
+                             f"({ffi.typeof(arg).cname})")
 
     @property
     def ioctls(self) -> Any:

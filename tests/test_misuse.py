@@ -87,6 +87,28 @@ def test_2_attribute_and_msr_filter_buffers(system, vm) -> None:
         vm.set_msr_filter(ranges)
 
 
+def test_2_a_buffer_smaller_than_the_ioctl_encodes_is_refused_unissued() -> None:
+    """Every ioctl goes through KvmFd._ioctl, which knows the size the ioctl number encodes: a buffer
+    holding less (through marshal with the wrong record, or a raw cdata) is refused before the kernel
+    writes past it (a heap overflow otherwise)."""
+    out = isolated("""
+        k = kvm.Kvm(); vm = k.create_vm(); v = vm.create_vcpu(0)
+        for call in (lambda: v._ioctl("KVM_GET_XSAVE", v.ffi.new("char[8]")),
+                     lambda: kvm.marshal.struct_out(v._ioctl, v.ffi, "KVM_GET_XSAVE", "struct kvm_regs"),
+                     lambda: kvm.marshal.struct_in(v._ioctl, v.ffi, "KVM_SET_SREGS", "struct kvm_regs", None, {})):
+            try:
+                call()
+                print("accepted")
+            except ValueError as exc:
+                print(exc)
+    """)
+    assert out.splitlines() == [
+        "KVM_GET_XSAVE: the kernel uses 4096 bytes at the argument, which holds 8 (char[8])",
+        "KVM_GET_XSAVE: the kernel uses 4096 bytes at the argument, which holds 144 (struct kvm_regs *)",
+        "KVM_SET_SREGS: the kernel uses 312 bytes at the argument, which holds 144 (struct kvm_regs *)",
+    ]
+
+
 def test_3_close_from_another_thread_while_run_is_in_the_guest() -> None:
     out = isolated("""
         k = kvm.Kvm()
