@@ -96,6 +96,7 @@ SPECIAL: dict[str, tuple[str, dict[str, object]]] = {
     "KVM_HAS_DEVICE_ATTR": ("attr_has", {}),
     "KVM_GET_NESTED_STATE": ("sized_get", {"size_field": "size"}),
     "KVM_GET_XSAVE2": ("xsave2", {}),
+    "KVM_SET_XSAVE": ("xsave_set", {}),
 }
 # Parameters and return annotation of each dedicated shape.
 SPECIAL_SIGNATURES: dict[str, tuple[list[str], str]] = {
@@ -115,6 +116,7 @@ SPECIAL_SIGNATURES: dict[str, tuple[list[str], str]] = {
     "attr_has": (["group: int", "attr: int", "flags: int = 0"], "bool"),
     "sized_get": (["size: int | None = None"], "CData"),
     "xsave2": (["size: int = 4096"], "CData"),
+    "xsave_set": (["xsave: CData | bytes", "size: int = 4096"], "int"),
 }
 SPECIAL_RETURNS = {
     "index_list": "the list the kernel returns (the buffer grows on E2BIG as the kernel asks)",
@@ -136,6 +138,8 @@ SPECIAL_RETURNS = {
     "attr_has": "whether the attribute exists (False when the kernel answers ENXIO)",
     "sized_get": "a new cdata of the size the kernel asks for (E2BIG protocol on `size`)",
     "xsave2": "a new cdata of `size` bytes (KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) on the VM fd)",
+    "xsave_set": "the ioctl's result; the kernel reads `size` bytes, the vCPU's XSAVE state: pass "
+                 "KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) on the VM fd where it exceeds 4096 (a shorter record is refused)",
 }
 # Names the generated bodies use, which a keyword field must not shadow.
 RESERVED = frozenset({"self", "ffi", "_m"})

@@ -1086,14 +1086,14 @@ class VcpuIoctls(_Ioctls):
         """
         return _m.struct_in(self._ioctl, ffi, "KVM_SET_XCRS", "struct kvm_xcrs", arg, {"nr_xcrs": nr_xcrs, "flags": flags, "xcrs": xcrs, "padding": padding})
 
-    def set_xsave(self, arg: CData | None = None, /, *, region: Sequence[int] | bytes | None = None) -> int:
+    def set_xsave(self, xsave: CData | bytes, size: int = 4096) -> int:
         """KVM_SET_XSAVE: This ioctl would copy userspace's xsave struct to the kernel.
 
         capability: KVM_CAP_XSAVE; fd: vcpu; arches: x86_64; api.rst: section 4.43
         encoding: _IOW(0xae, 0xa5, struct kvm_xsave) = 0x5000aea5
-        returns: the ioctl's (non-negative) result; `arg` is a `struct kvm_xsave *` cdata, or keyword fields build one
+        returns: the ioctl's result; the kernel reads `size` bytes, the vCPU's XSAVE state: pass KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) on the VM fd where it exceeds 4096 (a shorter record is refused)
         """
-        return _m.struct_in(self._ioctl, ffi, "KVM_SET_XSAVE", "struct kvm_xsave", arg, {"region": region})
+        return _m.xsave_set(self._ioctl, ffi, "KVM_SET_XSAVE", xsave, size)
 
     def smi(self) -> int:
         """KVM_SMI: Queues an SMI on the thread's vcpu.

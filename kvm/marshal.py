@@ -374,6 +374,28 @@ def xsave2(ioctl: Ioctl, ffi: Any, name: str, size: int) -> CData:
     return pointer
 
 
+def xsave_set(ioctl: Ioctl, ffi: Any, name: str, value: Any, size: int) -> int:
+    """KVM_SET_XSAVE of `value`, a `struct kvm_xsave` cdata (as KVM_GET_XSAVE(2) gives) or its bytes. The
+    kernel reads as many bytes as the vCPU's XSAVE state holds, `size` (KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)
+    on the VM fd; at most 4096 before AMX), not the 4096 the ioctl number says: a shorter record is
+    refused."""
+    base = ffi.sizeof("struct kvm_xsave")
+    size = count(size, "size", MAX_BYTES)
+    if isinstance(value, _BYTES):
+        data = bytes(value)
+        count(len(data), "len(xsave)", MAX_BYTES)
+        if len(data) < base:
+            raise ValueError(f"xsave must be at least {base} bytes, not {len(data)}")
+        record = ffi.new("struct kvm_xsave *", {"extra": (len(data) - base + 3) // 4})
+        ffi.memmove(record, data, len(data))
+    else:
+        record = record_pointer(ffi, "struct kvm_xsave", value, "xsave")
+    held = len(ffi.buffer(record))
+    if held < size:
+        raise ValueError(f"xsave: this vCPU's XSAVE state is {size} bytes (KVM_CAP_XSAVE2); the record holds {held}")
+    return ioctl(name, record)
+
+
 # -- MSRs -----------------------------------------------------------------------------------------
 
 def msrs_get(ioctl: Ioctl, ffi: Any, name: str, indices: Any) -> dict[int, int]:
@@ -593,6 +615,6 @@ __all__ = [
     "ATTR_BYTES", "MAX_BYTES", "MAX_ENTRIES", "ULONG_MAX", "CData", "Ioctl", "array_assign", "assign",
     "attr_get", "attr_has", "attr_set", "member_layout", "reg_size_bits", "bitmap_bytes", "build", "by_value", "clear_dirty_log", "count",
     "dirty_log", "fill", "memory_region", "flex_set", "grow", "index_list", "integer", "msrs_get", "msrs_set", "new_fd",
-    "one_reg_get", "one_reg_set", "record_pointer", "reg_size", "scalar_in", "scalar_inout", "scalar_out",
+    "one_reg_get", "one_reg_set", "xsave_set", "record_pointer", "reg_size", "scalar_in", "scalar_inout", "scalar_out",
     "signal_mask", "sized_get", "struct_in", "struct_inout", "struct_out", "xsave2",
 ]

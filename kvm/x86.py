@@ -242,23 +242,8 @@ class X86Vcpu(KvmFd):
 
     @xsave.setter
     def xsave(self, value: Any) -> None:
-        ffi = self.ffi
-        base = ffi.sizeof("struct kvm_xsave")
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            data = bytes(value)
-            marshal.count(len(data), "len(xsave)", marshal.MAX_BYTES)
-            if len(data) < base:
-                raise ValueError(f"xsave must be at least {base} bytes, not {len(data)}")
-            record = ffi.new("struct kvm_xsave *", {"extra": (len(data) - base + 3) // 4})
-            ffi.memmove(record, data, len(data))
-        else:
-            record = marshal.record_pointer(ffi, "struct kvm_xsave", value, "xsave")
-        # KVM_SET_XSAVE reads as many bytes as KVM_CAP_XSAVE2 reports: refuse a shorter record
-        size = self.vm.check_extension("KVM_CAP_XSAVE2")
-        if size > base and len(ffi.buffer(record)) < size:
-            raise ValueError(f"xsave: this vCPU's XSAVE state is {size} bytes (KVM_CAP_XSAVE2); "
-                             f"the record holds {len(ffi.buffer(record))}")
-        self._ioctl("KVM_SET_XSAVE", record)
+        marshal.xsave_set(self._ioctl, self.ffi, "KVM_SET_XSAVE", value,
+                          max(self.vm.check_extension("KVM_CAP_XSAVE2"), self.ffi.sizeof("struct kvm_xsave")))
 
     # -- MSRs ---------------------------------------------------------------------------------------
 

@@ -42,6 +42,14 @@ def test_ergonomic_and_generated_paths_agree_on_a_real_vcpu(system, vm):
     indices = system.msr_index_list()[:8]
     assert vcpu.get_msrs(indices) == raw.get_msrs(indices)
     assert vcpu.mp_state == raw.get_mp_state().mp_state
+    # XSAVE: both paths set it through marshal.xsave_set, which refuses a record shorter than the state
+    state = max(vm.check_extension("KVM_CAP_XSAVE2"), ffi.sizeof("struct kvm_xsave"))
+    blob = bytes(ffi.buffer(vcpu.xsave))
+    raw.set_xsave(blob, state)
+    assert bytes(ffi.buffer(vcpu.xsave)) == blob
+    for setter in (lambda short: raw.set_xsave(short, state + 4), lambda short: setattr(vcpu, "xsave", short[:100])):
+        with pytest.raises(ValueError, match="xsave"):
+            setter(blob)
 
 
 def test_attribute_paths_agree(system):
