@@ -21,6 +21,7 @@ id (`one_reg_*`), device attributes (`attr_*`) and returned file descriptors (`n
 from __future__ import annotations
 
 import errno
+import itertools
 import mmap
 import os
 import re
@@ -71,6 +72,17 @@ def integer(value: Any, what: str, low: int, high: int) -> int:
 def count(value: Any, what: str, limit: int) -> int:
     """A non-negative int of at most `limit`."""
     return integer(value, what, 0, limit)
+
+
+def items(values: Any, what: str, limit: int = MAX_ENTRIES) -> list[Any]:
+    """The items of iterable `values` as a list, reading at most `limit` + 1 of them: more than `limit`
+    (an endless iterator included) is refused, naming `what`, before any other work."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{what} must be an iterable, not {type(values).__name__}")
+    out = list(itertools.islice(values, limit + 1))
+    if len(out) > limit:
+        raise ValueError(f"{what} holds more than {limit} items, the most it may hold")
+    return out
 
 
 def _span(low: int, high: int) -> str:
@@ -288,12 +300,11 @@ def flex_set(ioctl: Ioctl, ffi: Any, name: str, ctype: str, count_field: str, ar
         return ioctl(name, pointer)
     if isinstance(entries, (str, bytes)) or not isinstance(entries, Iterable):
         raise TypeError(f"entries must be a sequence of entries or a {ctype} cdata, not {type(entries).__name__}")
-    items = list(entries)
-    count(len(items), "the number of entries", MAX_ENTRIES)
-    pointer = ffi.new(ctype + " *", {array: len(items)})
-    setattr(pointer, count_field, len(items))
+    rows = items(entries, "entries")
+    pointer = ffi.new(ctype + " *", {array: len(rows)})
+    setattr(pointer, count_field, len(rows))
     slots = getattr(pointer, array)
-    for i, item in enumerate(items):
+    for i, item in enumerate(rows):
         fill(ffi, ffi.addressof(slots, i), item, f"entries[{i}]")
     for key, value in fields.items():
         if value is not None:
@@ -404,8 +415,7 @@ def msrs_get(ioctl: Ioctl, ffi: Any, name: str, indices: Any) -> dict[int, int]:
     all were read (an index missing from the result and every one after it were not)."""
     if isinstance(indices, (str, bytes)) or not isinstance(indices, Iterable):
         raise TypeError(f"indices must be an iterable of MSR numbers, not {type(indices).__name__}")
-    wanted = [integer(index, f"indices[{i}]", 0, 0xFFFFFFFF) for i, index in enumerate(indices)]
-    count(len(wanted), "the number of MSRs", MAX_ENTRIES)
+    wanted = [integer(index, f"indices[{i}]", 0, 0xFFFFFFFF) for i, index in enumerate(items(indices, "indices"))]
     pointer = ffi.new("struct kvm_msrs *", {"nmsrs": len(wanted), "entries": [{"index": i} for i in wanted]})
     done = min(ioctl(name, pointer), len(wanted))
     return {int(pointer.entries[i].index): int(pointer.entries[i].data) for i in range(done)}
@@ -432,7 +442,7 @@ def signal_mask(ioctl: Ioctl, ffi: Any, name: str, signals: Any, sigset_bytes: i
     if isinstance(signals, (str, bytes)) or not isinstance(signals, Iterable):
         raise TypeError(f"signals must be an iterable of signal numbers, not {type(signals).__name__}")
     bits = 0
-    for sig in signals:
+    for sig in items(signals, "signals"):
         bits |= 1 << (integer(sig, "signal number", 1, sigset_bytes * 8) - 1)
     mask = list(bits.to_bytes(sigset_bytes, sys.byteorder))
     return ioctl(name, ffi.new("struct kvm_signal_mask *", {"len": sigset_bytes, "sigset": mask}))
@@ -613,7 +623,7 @@ def attr_set(ioctl: Ioctl, ffi: Any, name: str, group: Any, attr: Any, value: An
 
 __all__ = [
     "ATTR_BYTES", "MAX_BYTES", "MAX_ENTRIES", "ULONG_MAX", "CData", "Ioctl", "array_assign", "assign",
-    "attr_get", "attr_has", "attr_set", "member_layout", "reg_size_bits", "bitmap_bytes", "build", "by_value", "clear_dirty_log", "count",
+    "attr_get", "attr_has", "attr_set", "items", "member_layout", "reg_size_bits", "bitmap_bytes", "build", "by_value", "clear_dirty_log", "count",
     "dirty_log", "fill", "memory_region", "flex_set", "grow", "index_list", "integer", "msrs_get", "msrs_set", "new_fd",
     "one_reg_get", "one_reg_set", "xsave_set", "record_pointer", "reg_size", "scalar_in", "scalar_inout", "scalar_out",
     "signal_mask", "sized_get", "struct_in", "struct_inout", "struct_out", "xsave2",

@@ -289,12 +289,18 @@ class Vm(Attributes):
         owns_gmem = False
         if guest_memfd:
             flags |= self._binding.CONSTANTS["KVM_MEM_GUEST_MEMFD"]
-            if isinstance(guest_memfd, GuestMemfd):
-                if guest_memfd.vm is not self:
-                    raise ValueError("guest_memfd belongs to another VM")
-                gmem = guest_memfd
-            else:
-                gmem, owns_gmem = self.create_guest_memfd(size), True
+            try:
+                if isinstance(guest_memfd, GuestMemfd):
+                    if guest_memfd.vm is not self:
+                        raise ValueError("guest_memfd belongs to another VM")
+                    gmem = guest_memfd
+                else:
+                    gmem, owns_gmem = self.create_guest_memfd(size), True
+            except BaseException:  # (no guest_memfd to be had: release what was made for the slot)
+                mapping.close()
+                if owns_fd:
+                    os.close(fd)
+                raise
         mem = GuestMemory(self, slot, guest_addr, size, flags, mapping, fd=fd, file_offset=file_offset, owns_fd=owns_fd,
                           guest_memfd=gmem, guest_memfd_offset=guest_memfd_offset, owns_guest_memfd=owns_gmem)
         try:
@@ -407,7 +413,7 @@ class Vm(Attributes):
         """KVM_SET_GSI_ROUTING: replace the whole GSI routing table."""
         consts = self._binding.CONSTANTS
         entries: list[dict[str, Any]] = []
-        for i, route in enumerate(routes):
+        for i, route in enumerate(marshal.items(routes, "routes")):
             if isinstance(route, IrqchipRoute):
                 entries.append({"gsi": route.gsi, "type": consts["KVM_IRQ_ROUTING_IRQCHIP"],
                                 "u": {"irqchip": {"irqchip": route.irqchip, "pin": route.pin}}})

@@ -188,8 +188,7 @@ class X86Vm(KvmFd):
         `default_allow`. Each range's bitmap must hold at least `nmsrs` bits."""
         ffi = self.ffi
         consts = self._binding.CONSTANTS
-        rows = list(ranges)
-        marshal.count(len(rows), "the number of ranges", consts["KVM_MSR_FILTER_MAX_RANGES"])
+        rows = marshal.items(ranges, "ranges", consts["KVM_MSR_FILTER_MAX_RANGES"])
         request = ffi.new("struct kvm_msr_filter *")
         request.flags = consts["KVM_MSR_FILTER_DEFAULT_ALLOW" if default_allow else "KVM_MSR_FILTER_DEFAULT_DENY"]
         bitmaps = []  # alive until the ioctl has read them
@@ -289,7 +288,7 @@ class X86Vcpu(KvmFd):
         if isinstance(entries, (str, bytes)) or not isinstance(entries, Iterable):
             raise TypeError(f"entries must be an iterable of CpuidEntry, not {type(entries).__name__}")
         rows = []
-        for i, entry in enumerate(entries):
+        for i, entry in enumerate(marshal.items(entries, "entries")):
             if not isinstance(entry, tuple) or not 1 <= len(entry) <= len(CpuidEntry._fields):
                 raise TypeError(f"entries[{i}] must be a CpuidEntry (or a tuple in its order), not {entry!r}")
             rows.append(CpuidEntry(*entry)._asdict())
@@ -316,7 +315,7 @@ class X86Vcpu(KvmFd):
                 control |= consts["KVM_GUESTDBG_SINGLESTEP"]
             if sw_breakpoints:
                 control |= consts["KVM_GUESTDBG_USE_SW_BP"]
-            addresses = list(hw_breakpoints)
+            addresses = marshal.items(hw_breakpoints, "hw_breakpoints", MAX_HW_BREAKPOINTS + 1)
             if len(addresses) > MAX_HW_BREAKPOINTS:
                 raise ValueError(f"hw_breakpoints: x86 has {MAX_HW_BREAKPOINTS} hardware breakpoints, not {len(addresses)}")
             if addresses:

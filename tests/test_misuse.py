@@ -227,6 +227,14 @@ def test_9_failed_calls_leak_nothing(system, vm) -> None:
         with pytest.raises((TypeError, ValueError), match="size"):
             vm.add_memory(0, size, memfd=True)
     assert fds() == before
+    # a guest_memfd that cannot be had (another VM's, or none on this host) releases the slot's memfd
+    with system.create_vm() as other:
+        foreign = other.create_guest_memfd(0x1000) if other.check_extension("GUEST_MEMFD") else None
+        before = fds()
+        for _ in range(3):
+            with pytest.raises((kvm.CapabilityError, ValueError)):
+                vm.add_memory(0, 0x1000, memfd=True, guest_memfd=foreign if foreign is not None else True)
+        assert fds() == before
     signum = kvm.vcpu.KICK_SIGNAL
     with pytest.raises(ValueError, match="signum 99999"):
         kvm.install_kick_handler(99999)
@@ -288,6 +296,24 @@ def test_11_values_are_never_masked_or_truncated(system, vm) -> None:
         exit.reply(1)
 
 
+def test_13_endless_iterables_are_refused_after_a_bounded_read(system, vm) -> None:
+    """Every argument that is an iterable of entries is read up to its limit, never to its end."""
+    import itertools
+
+    vcpu = vm.create_vcpu(0)
+    for call, what in ((lambda: vcpu.get_msrs(itertools.count()), "indices"),
+                       (lambda: vcpu.set_cpuid(itertools.repeat((0, 0))), "entries"),
+                       (lambda: vm.set_gsi_routing(itertools.repeat(kvm.MsiRoute(0, 0, 0))), "routes"),
+                       (lambda: vcpu.set_signal_mask(itertools.repeat(5)), "signals"),
+                       (lambda: vm.set_msr_filter(itertools.repeat(kvm.MsrFilterRange(1, 0, 8, b"\0"))), "ranges")):
+        started = time.monotonic()
+        with pytest.raises(ValueError, match=f"{what} holds more than"):
+            call()
+        assert time.monotonic() - started < 5
+    with pytest.raises(TypeError, match="routes must be an iterable"):
+        vm.set_gsi_routing(5)  # type: ignore[arg-type]
+
+
 def test_13_sizes_are_bounded_before_any_work(vm) -> None:
     mem = vm.add_memory(0, 0x1000)
     start = time.monotonic()
@@ -295,7 +321,7 @@ def test_13_sizes_are_bounded_before_any_work(vm) -> None:
         mem.write_int(0, 1, size=2**31)
     with pytest.raises(ValueError, match="size must be 1, 2, 4 or 8"):
         vm.set_attr(0, 0, 1, size=2**31)
-    with pytest.raises(ValueError, match="the number of entries must be in 0..65536"):
+    with pytest.raises(ValueError, match="entries holds more than 65536 items"):
         kvm.marshal.flex_set(lambda *a: 0, vm.ffi, "KVM_SET_GSI_ROUTING", "struct kvm_irq_routing", "nr",
                              "entries", range(2**20))
     assert time.monotonic() - start < 1
