@@ -320,11 +320,6 @@ class RecordProperty:
         marshal.struct_in(owner._ioctl, ffi, self.set_ioctl, self.ctype, record)
 
 
-def record_property(get_ioctl: str, set_ioctl: str, ctype: str, doc: str) -> RecordProperty:
-    """A register-set property (see RecordProperty) over `get_ioctl`/`set_ioctl` of `ctype` records."""
-    return RecordProperty(get_ioctl, set_ioctl, ctype, doc)
-
-
 class _BoundIoctls:
     """The generated wrappers of one fd kind, issuing their ioctls through a KvmFd (see `KvmFd.ioctls`)."""
 

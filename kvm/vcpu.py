@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _sys, marshal
 from ._accel import Runner, VcpuBase
-from ._fd import KvmFd, needs, record_property
+from ._fd import KvmFd, RecordProperty, needs
 from .device import Attributes
 from .errors import KvmError, StateError
 from .exits import Exit, IntrExit, MemoryFaultExit, UnknownExit, dispatch_table, reason_names
@@ -241,11 +241,11 @@ class Vcpu(Attributes, VcpuBase):
 
     # -- register state common to several arches --------------------------------------------------
 
-    regs = record_property("KVM_GET_REGS", "KVM_SET_REGS", "struct kvm_regs",
-                           "General purpose registers (`struct kvm_regs`).")
-    fpu = record_property("KVM_GET_FPU", "KVM_SET_FPU", "struct kvm_fpu", "FPU state (`struct kvm_fpu`).")
-    vcpu_events = record_property("KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS", "struct kvm_vcpu_events",
-                                  "Pending exceptions, interrupts, NMIs, SMM state (`struct kvm_vcpu_events`).")
+    regs = RecordProperty("KVM_GET_REGS", "KVM_SET_REGS", "struct kvm_regs",
+                          "General purpose registers (`struct kvm_regs`).")
+    fpu = RecordProperty("KVM_GET_FPU", "KVM_SET_FPU", "struct kvm_fpu", "FPU state (`struct kvm_fpu`).")
+    vcpu_events = RecordProperty("KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS", "struct kvm_vcpu_events",
+                                 "Pending exceptions, interrupts, NMIs, SMM state (`struct kvm_vcpu_events`).")
 
     @property
     @needs("KVM_GET_MP_STATE", "KVM_SET_MP_STATE")

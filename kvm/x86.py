@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from . import marshal
-from ._fd import KvmFd, needs, record_property
+from ._fd import KvmFd, RecordProperty, needs
 
 CR0_PE = 1 << 0
 CR0_MP = 1 << 1
@@ -172,8 +172,8 @@ class X86Vm(KvmFd):
         """KVM_SET_IRQCHIP: a `struct kvm_irqchip` (as get_irqchip returns it, changed)."""
         marshal.struct_in(self._ioctl, self.ffi, "KVM_SET_IRQCHIP", "struct kvm_irqchip", chip)
 
-    pit2 = record_property("KVM_GET_PIT2", "KVM_SET_PIT2", "struct kvm_pit_state2",
-                           "The PIT's `struct kvm_pit_state2` (get and set).")
+    pit2 = RecordProperty("KVM_GET_PIT2", "KVM_SET_PIT2", "struct kvm_pit_state2",
+                          "The PIT's `struct kvm_pit_state2` (get and set).")
 
     # -- MSR exits and filtering ------------------------------------------------------------------
 
@@ -217,16 +217,16 @@ class X86Vcpu(KvmFd):
 
     vm: Any
 
-    sregs = record_property("KVM_GET_SREGS", "KVM_SET_SREGS", "struct kvm_sregs",
-                            "Special registers: segments, control registers, EFER, APIC base (`struct kvm_sregs`).")
-    sregs2 = record_property("KVM_GET_SREGS2", "KVM_SET_SREGS2", "struct kvm_sregs2",
-                             "`struct kvm_sregs2` (KVM_CAP_SREGS2): sregs plus the PDPTRs.")
-    lapic = record_property("KVM_GET_LAPIC", "KVM_SET_LAPIC", "struct kvm_lapic_state",
-                            "Local APIC registers (`struct kvm_lapic_state`, needs an in-kernel irqchip).")
-    xcrs = record_property("KVM_GET_XCRS", "KVM_SET_XCRS", "struct kvm_xcrs",
-                           "Extended control registers (`struct kvm_xcrs`).")
-    debugregs = record_property("KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "struct kvm_debugregs",
-                                "Debug registers dr0-3, dr6, dr7 (`struct kvm_debugregs`).")
+    sregs = RecordProperty("KVM_GET_SREGS", "KVM_SET_SREGS", "struct kvm_sregs",
+                           "Special registers: segments, control registers, EFER, APIC base (`struct kvm_sregs`).")
+    sregs2 = RecordProperty("KVM_GET_SREGS2", "KVM_SET_SREGS2", "struct kvm_sregs2",
+                            "`struct kvm_sregs2` (KVM_CAP_SREGS2): sregs plus the PDPTRs.")
+    lapic = RecordProperty("KVM_GET_LAPIC", "KVM_SET_LAPIC", "struct kvm_lapic_state",
+                           "Local APIC registers (`struct kvm_lapic_state`, needs an in-kernel irqchip).")
+    xcrs = RecordProperty("KVM_GET_XCRS", "KVM_SET_XCRS", "struct kvm_xcrs",
+                          "Extended control registers (`struct kvm_xcrs`).")
+    debugregs = RecordProperty("KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "struct kvm_debugregs",
+                               "Debug registers dr0-3, dr6, dr7 (`struct kvm_debugregs`).")
 
     @property
     @needs("KVM_GET_XSAVE", "KVM_SET_XSAVE")
