@@ -7,12 +7,14 @@ ioctl, come from the binding in use (`kvm.generated` by default), never from thi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
-from typing import Any, Self, TypeVar, overload
+from typing import Any, NoReturn, Self, TypeVar, overload
 
 from . import _sys, marshal
 from ._accel import ioctl as _ioctl_value
@@ -37,6 +39,7 @@ if hasattr(os, "register_at_fork"):
 
 _raw_ioctl = _sys.raw_ioctl()
 _sys_ffi = _sys.ffi
+_thread_id = _sys.thread_id
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -58,6 +61,9 @@ class KvmFd:
     """Owns one KVM fd. Subclasses set `fd_kind` ("system", "vm", "vcpu", "device")."""
 
     fd_kind = "system"
+    # ioctls that `obj.ioctls` issues through a method of the object rather than `_ioctl` (Vcpu: KVM_RUN
+    # through its Runner, which kick() and close() can interrupt)
+    _routed_ioctls: Mapping[str, str] = {}
 
     def __init__(self, fd: int, binding: ModuleType, parent: KvmFd | None = None) -> None:
         self._fd = fd
@@ -71,6 +77,10 @@ class KvmFd:
         self._caps: dict[int, int] = {}  # KVM_CHECK_EXTENSION answers of this fd
         self._slot_pages: dict[int, int] = {}  # VM fds: slot -> pages registered (see marshal.memory_region)
         self._gate_ok: set[str] = set()  # ioctl names whose capability was found present
+        # The threads (by thread_id) inside a call that uses the fd number: close() waits for them, so
+        # that the number cannot be reused (by a new VM, say) under a call that read it before the close.
+        self._users: list[int] = []
+        self._closing_fd = -1  # closed by the last user to leave, when close() ran inside a call of its own thread
         if parent is not None:
             parent._children[id(self)] = self
         _LIVE.add(self)
@@ -90,27 +100,68 @@ class KvmFd:
         return self._fd == _CLOSED
 
     def close(self) -> None:
-        """Close the fd (and every child object first). Idempotent."""
+        """Close the fd (and every child object first). Idempotent; a call using the fd in another thread
+        is waited for (a vCPU's run() is kicked first), and calls made from now on raise ClosedError."""
         fd = self._fd
         if fd == _CLOSED:
             return
+        forked = fd == _FORKED or self._pid != _sys.pid()
         if fd == _FORKED:
             fd = self._inherited_fd
         for child in list(self._children.values()):
             child.close()
+        self._fd = _CLOSED
         try:
-            self._release()
+            if forked:
+                self._release_in_child()
+            else:
+                self._release()
+                self._wait_for_users()
         finally:
-            self._fd = _CLOSED
             self._children.clear()
             if self._parent is not None:
                 self._parent._children.pop(id(self), None)
             _LIVE.discard(self)
             if fd >= 0:
-                os.close(fd)
+                if self._users and not forked:
+                    self._closing_fd = fd  # (this thread is inside a call on it: see _leave)
+                else:
+                    os.close(fd)
+
+    def _wait_for_users(self) -> None:
+        """Wait until no other thread is inside a call that read the fd number (they are short: KVM_RUN,
+        the one call that can last, goes through a vCPU's Runner, which close() stops first)."""
+        me = _thread_id()
+        while any(user != me for user in self._users):
+            time.sleep(0.0002)  # (releases the GIL, which those threads need to finish)
+
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[int]:
+        """The open fd, which close() in another thread does not close before the block ends: for
+        mmap(), read() and write() on the fd, and for passing the fd to another ioctl."""
+        me = _thread_id()
+        self._users.append(me)
+        try:
+            yield self._check_open()
+        finally:
+            self._leave(me)
+
+    def _leave(self, me: int) -> None:
+        users = self._users
+        users.remove(me)
+        if self._closing_fd >= 0 and not users:
+            self._close_deferred()
+
+    def _close_deferred(self) -> None:
+        fd, self._closing_fd = self._closing_fd, -1
+        os.close(fd)
 
     def _release(self) -> None:
         """Subclass hook: free what the object maps or owns besides its fd (called before the fd closes)."""
+
+    def _release_in_child(self) -> None:
+        """Subclass hook, instead of _release() in a forked child: drop this process's copies without
+        touching what it shares with the parent (the kvm_run page, guest memory)."""
 
     def __enter__(self) -> Self:
         return self
@@ -125,7 +176,7 @@ class KvmFd:
         except Exception:
             pass
 
-    def _raise_unusable(self) -> None:
+    def _raise_unusable(self) -> NoReturn:
         if self._fd == _FORKED or self._pid != _sys.pid():
             raise ForkedError(
                 f"this {type(self).__name__} ({self.fd_kind} fd) was created in process {self._pid} and is used "
@@ -171,25 +222,33 @@ class KvmFd:
         `arg` is an int passed by value (-2**63 to 2**64 - 1) or a cffi pointer/buffer. Raises KvmError (with the ioctl's name,
         this fd's kind and errno), or CapabilityError without issuing the ioctl.
         """
-        fd = self._fd
-        if fd < 0:
-            self._raise_unusable()
-        spec = self._ioctls.get(name)
-        if spec is None:
-            spec = self._spec(name)
-        if name not in self._gate_ok:
-            self._check_gate(name, spec.capability_for(self.fd_kind))
-        if isinstance(arg, int):  # by value (an int, or an IntEnum member such as a Cap)
-            result: int = _ioctl_value(fd, spec.number, arg)
+        users = self._users
+        me = _thread_id()
+        users.append(me)
+        try:
+            fd = self._fd
+            if fd < 0:
+                self._raise_unusable()
+            spec = self._ioctls.get(name)
+            if spec is None:
+                spec = self._spec(name)
+            if name not in self._gate_ok:
+                self._check_gate(name, spec.capability_for(self.fd_kind))
+            if isinstance(arg, int):  # by value (an int, or an IntEnum member such as a Cap)
+                result: int = _ioctl_value(fd, spec.number, arg)
+                if result < 0:
+                    raise KvmError(name, self.fd_kind, -result)
+                return result
+            if spec.size and spec.direction != "none":
+                self._check_room(name, spec.size, arg)
+            result = _raw_ioctl(fd, spec.number, arg)
             if result < 0:
-                raise KvmError(name, self.fd_kind, -result)
+                raise KvmError(name, self.fd_kind, _sys_ffi.errno)
             return result
-        if spec.size and spec.direction != "none":
-            self._check_room(name, spec.size, arg)
-        result = _raw_ioctl(fd, spec.number, arg)
-        if result < 0:
-            raise KvmError(name, self.fd_kind, _sys_ffi.errno)
-        return result
+        finally:
+            users.remove(me)  # (inline _leave: this is every ioctl's path)
+            if self._closing_fd >= 0 and not users:
+                self._close_deferred()
 
     def _check_room(self, name: str, size: int, arg: Any) -> None:
         """The kernel reads or writes the `size` bytes the ioctl number encodes at `arg`: refuse a buffer
@@ -250,8 +309,8 @@ class KvmFd:
     def _query_cap(self, value: int) -> int:
         cached = self._caps.get(value)
         if cached is None:
-            fd = self._check_open()
-            result = _ioctl_value(fd, self._ioctls["KVM_CHECK_EXTENSION"].number, value)
+            with self._holding() as fd:
+                result = _ioctl_value(fd, self._ioctls["KVM_CHECK_EXTENSION"].number, value)
             if result < 0:
                 raise KvmError("KVM_CHECK_EXTENSION", self.fd_kind, -result)
             cached = self._caps[value] = result
@@ -334,7 +393,11 @@ class _BoundIoctls:
         return self._owner
 
     def _ioctl(self, name: str, arg: Any = 0) -> int:
-        return self._owner._ioctl(name, arg)
+        owner = self._owner
+        routed = owner._routed_ioctls.get(name)
+        if routed is not None:
+            return getattr(owner, routed)()  # type: ignore[no-any-return]
+        return owner._ioctl(name, arg)
 
     @property
     def _slot_pages(self) -> dict[int, int]:

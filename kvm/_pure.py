@@ -100,6 +100,7 @@ class Runner:
         self.reason_offset = reason_offset
         self.generation = _fork_generation[0]
         self.tid = 0
+        self._claim = threading.Lock()
 
     @property
     def closed(self) -> bool:
@@ -110,20 +111,36 @@ class Runner:
         self.vcpu = self.on_error = self.on_unknown = None
         self.exits = [None] * len(self.classes)
 
-    def __call__(self) -> Any:
+    def _enter(self) -> int:
+        """KVM_RUN once: the ioctl's result or -errno; raises through on_unusable when it cannot run
+        (closed, forked, in run() in another thread) or was closed meanwhile."""
         fd = self.fd
         if fd < 0 or self.generation != _fork_generation[0]:
-            return self.on_unusable()
-        tid = _thread.__dict__.get("tid")
-        if tid is None:
-            tid = _thread.tid = _native_id()
-        self.tid = tid
-        result = _raw_ioctl(fd, self.request, _NULL)
-        self.tid = 0
+            return self.on_unusable()  # type: ignore[no-any-return]
+        if not self._claim.acquire(False):  # (one thread at a time: the check and the claim in one step)
+            return self.on_unusable(self.tid)  # type: ignore[no-any-return]
+        try:
+            tid = _thread.__dict__.get("tid")
+            if tid is None:
+                tid = _thread.tid = _native_id()
+            self.tid = tid
+            result = _raw_ioctl(fd, self.request, _NULL)
+            err = _sys_ffi.errno
+            self.tid = 0
+        finally:
+            self._claim.release()
         if self.fd < 0:  # closed by another thread meanwhile: kvm_run may be a stale copy by now
-            return self.on_unusable()
+            return self.on_unusable()  # type: ignore[no-any-return]
+        return int(result) if result >= 0 else -err
+
+    def raw(self) -> int:
+        """KVM_RUN once: the ioctl's result, or -errno (no exit decoded)."""
+        return self._enter()
+
+    def __call__(self) -> Any:
+        result = self._enter()
         if result < 0:
-            return self.on_error(_sys_ffi.errno)
+            return self.on_error(-result)
         reason = _unpack_u32(self.view, self.reason_offset)[0]
         classes = self.classes
         cls = classes[reason] if reason < len(classes) else None

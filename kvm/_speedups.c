@@ -65,7 +65,7 @@ typedef struct {
     Py_ssize_t n_exits;
     PyObject *on_error;        /* vcpu._run_failed(errno): an exit for EINTR, else raises */
     PyObject *on_unknown;      /* called with the reason when `classes` has no class for it */
-    PyObject *on_unusable;     /* raises ClosedError / ForkedError */
+    PyObject *on_unusable;     /* raises ClosedError / ForkedError; with a thread id, StateError (busy) */
     Py_ssize_t reason_offset;  /* offset of kvm_run.exit_reason */
     pid_t tid;                 /* the thread inside KVM_RUN, 0 when none */
     vectorcallfunc vectorcall;
@@ -125,13 +125,41 @@ fail:
     return NULL;
 }
 
-/* The answer of a closed or forked Runner: on_unusable() raises ClosedError or ForkedError. */
-static PyObject *runner_unusable(RunnerObject *self) {
+/* The answer of a Runner that cannot enter KVM_RUN: on_unusable() raises ClosedError or ForkedError
+ * (closed, forked), on_unusable(tid) raises StateError (thread `tid` is inside KVM_RUN on it already). */
+static PyObject *runner_unusable(RunnerObject *self, pid_t busy) {
     if (self->on_unusable == NULL) {
         PyErr_SetString(PyExc_ValueError, "this Runner was cleared");
         return NULL;
     }
+    if (busy)
+        return PyObject_CallFunction(self->on_unusable, "i", (int)busy);
     return PyObject_CallNoArgs(self->on_unusable);
+}
+
+/* KVM_RUN once, the GIL released. Returns NULL with *result set to the ioctl's result, or -errno; when
+ * the Runner cannot run (closed, forked, running in another thread) or was closed meanwhile (kvm_run may
+ * be a stale copy by now), the answer of runner_unusable. One thread at a time: the check and the
+ * claim of `tid` happen under the GIL, and kick() signals the one thread inside. */
+static PyObject *runner_enter(RunnerObject *self, int *result) {
+    int fd = self->fd;
+    if (fd < 0 || self->generation != fork_generation)
+        return runner_unusable(self, 0);
+    if (self->tid != 0)
+        return runner_unusable(self, self->tid);
+    if (thread_tid == 0)
+        thread_tid = (pid_t)syscall(SYS_gettid);
+    self->tid = thread_tid;
+    int r, err;
+    Py_BEGIN_ALLOW_THREADS
+    r = ioctl(fd, self->request, 0);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    self->tid = 0;
+    if (self->fd < 0)
+        return runner_unusable(self, 0);
+    *result = r < 0 ? -err : r;
+    return NULL;
 }
 
 static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
@@ -141,22 +169,12 @@ static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, si
         PyErr_SetString(PyExc_TypeError, "run() takes no arguments");
         return NULL;
     }
-    int fd = self->fd;
-    if (fd < 0 || self->generation != fork_generation)
-        return runner_unusable(self);
-    if (thread_tid == 0)
-        thread_tid = (pid_t)syscall(SYS_gettid);
-    self->tid = thread_tid;
-    int result, err;
-    Py_BEGIN_ALLOW_THREADS
-    result = ioctl(fd, self->request, 0);
-    err = errno;
-    Py_END_ALLOW_THREADS
-    self->tid = 0;
-    if (self->fd < 0)  /* closed by another thread meanwhile: kvm_run may be a stale copy by now */
-        return runner_unusable(self);
+    int result;
+    PyObject *refused = runner_enter(self, &result);
+    if (refused != NULL || PyErr_Occurred())
+        return refused;
     if (result < 0) {
-        PyObject *code = PyLong_FromLong(err);
+        PyObject *code = PyLong_FromLong(-result);
         if (code == NULL)
             return NULL;
         PyObject *exit = PyObject_CallOneArg(self->on_error, code);
@@ -187,6 +205,18 @@ static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, si
         return NULL;
     Py_INCREF(exit);
     return exit;
+}
+
+/* raw(): KVM_RUN once as the generated wrapper issues it (`vcpu.ioctls.run()`): the ioctl's result or
+ * -errno, no exit decoded; kick() and close() reach it as they reach run(). */
+static PyObject *runner_raw(RunnerObject *self, PyObject *unused) {
+    int result;
+    Py_INCREF(self);  /* (another thread may drop the vCPU's reference while this one is in KVM_RUN) */
+    PyObject *refused = runner_enter(self, &result);
+    Py_DECREF(self);
+    if (refused != NULL || PyErr_Occurred())
+        return refused;
+    return PyLong_FromLong(result);
 }
 
 static void runner_drop_exits(RunnerObject *self) {
@@ -319,6 +349,8 @@ static PyObject *runner_get_closed(RunnerObject *self, void *unused) {
 static PyMethodDef runner_methods[] = {
     {"close", (PyCFunction)runner_close, METH_NOARGS,
      "Stop running (the next call raises through on_unusable); exits made so far stay readable."},
+    {"raw", (PyCFunction)runner_raw, METH_NOARGS,
+     "KVM_RUN once: the ioctl's result, or -errno (no exit decoded)."},
     {NULL},
 };
 

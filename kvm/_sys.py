@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap as _mmap_module
 import os
+import threading
 import weakref
 from typing import Any
 
@@ -65,6 +66,9 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+thread_id = threading.get_ident  # (pthread_self: no system call, unlike threading.get_native_id)
 
 
 def pid() -> int:
@@ -186,6 +190,20 @@ def memfd_create(name: str, flags: int = MFD_CLOEXEC) -> int:
     if fd < 0:
         _raise_errno("memfd_create")
     return int(fd)
+
+
+_signal = _function("void *(*)(int, void *)", "signal")
+# A handler that does nothing, which any thread can install (Python's signal.signal() works in the main
+# thread only): libc's getpid(), async-signal-safe, whose caller's argument (the signal number) every
+# Linux calling convention lets it ignore.
+_NOOP_HANDLER = _cast(_void_p, _function("int(*)(void)", "getpid"))
+_SIG_ERR = _cast(_void_p, -1)
+
+
+def set_noop_handler(sig: int) -> None:
+    """Make `sig` interrupt blocking system calls (KVM_RUN returns EINTR) and do nothing else."""
+    if _signal(sig, _NOOP_HANDLER) == _SIG_ERR:
+        _raise_errno(f"signal({sig})")
 
 
 def tgkill(tid: int, sig: int) -> bool:

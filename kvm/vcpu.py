@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -33,46 +34,53 @@ _MEMORY_FAULT_ERRNOS = (_errno.EFAULT, EHWPOISON)
 # -- kick: a no-op handler on a real-time signal, so that a signal interrupts KVM_RUN with EINTR ------
 
 KICK_SIGNAL: int = int(signal.SIGRTMIN) + 2 if hasattr(signal, "SIGRTMIN") else int(signal.SIGUSR1)
-_kick_handler_installed = False
 
 
 def _noop_handler(signum: int, frame: Any) -> None:
     pass
 
 
-def install_kick_handler(signum: int | None = None) -> bool:
-    """Install the no-op handler `Vcpu.kick()` relies on (must run in the main thread; idempotent).
+def _kick_signals() -> frozenset[int]:
+    """The signals fit to kick with: those with no other meaning (SIGUSR1, SIGUSR2, the real-time ones)."""
+    signals = {int(signal.SIGUSR1), int(signal.SIGUSR2)}
+    if hasattr(signal, "SIGRTMIN"):
+        signals.update(range(int(signal.SIGRTMIN), int(signal.SIGRTMAX) + 1))
+    return frozenset(signals)
 
-    Returns whether a handler is in place. Called automatically when a vCPU is created in the main
-    thread. A handler someone else installed on the signal is kept.
+
+def install_kick_handler(signum: int | None = None) -> bool:
+    """Make `signum` (default: the current `KICK_SIGNAL`) the signal `Vcpu.kick()` sends, with a handler
+    that does nothing, so that it interrupts KVM_RUN. Works from any thread; returns True.
+
+    A Python handler someone else installed on the signal is kept. `signum` must be SIGUSR1, SIGUSR2 or a
+    real-time signal (a signal with another meaning would change what the process does on it).
     """
-    global _kick_handler_installed, KICK_SIGNAL
-    if signum is not None and signum != KICK_SIGNAL:
+    global KICK_SIGNAL
+    if signum is not None:
         if signum.__class__ is not int and not isinstance(signum, signal.Signals):
             raise TypeError(f"signum must be an int, not {type(signum).__name__}")
-        if signum not in signal.valid_signals() or signum in (signal.SIGKILL, signal.SIGSTOP):
-            raise ValueError(f"signum {signum} is not a signal that can have a handler")
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("install_kick_handler(signum) must run in the main thread")
-        signal.signal(signum, _noop_handler)
+        if int(signum) not in _kick_signals():
+            raise ValueError(f"signum {signum} cannot be the kick signal: use SIGUSR1, SIGUSR2 or a real-time "
+                             f"signal (SIGRTMIN..SIGRTMAX)")
         KICK_SIGNAL = int(signum)
-        _kick_handler_installed = True
-        return True
-    if _kick_handler_installed:
-        return True
-    current = signal.getsignal(KICK_SIGNAL)
-    if callable(current):
-        _kick_handler_installed = True
-        return True
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    signal.signal(KICK_SIGNAL, _noop_handler)
-    _kick_handler_installed = True
+    _ensure_kick_handler(KICK_SIGNAL)
     return True
 
 
-if threading.current_thread() is threading.main_thread():
-    install_kick_handler()  # so that kick() works from any thread, whichever thread made the vCPU
+def _ensure_kick_handler(signum: int) -> None:
+    if callable(signal.getsignal(signum)):
+        return
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signum, _noop_handler)
+    else:  # (signal.signal() is for the main thread only)
+        _sys.set_noop_handler(signum)
+
+
+def _kick_thread(tid: int) -> None:
+    """Interrupt KVM_RUN in thread `tid` (a kernel thread id) with KICK_SIGNAL, making sure first that
+    the signal has a handler (someone may have set SIG_IGN or SIG_DFL on it since)."""
+    _ensure_kick_handler(KICK_SIGNAL)
+    _sys.tgkill(tid, KICK_SIGNAL)
 
 
 class CoalescedAccess(NamedTuple):
@@ -100,6 +108,7 @@ class Vcpu(Attributes, VcpuBase):
     """
 
     fd_kind = "vcpu"
+    _routed_ioctls = {"KVM_RUN": "_run_raw"}
 
     if TYPE_CHECKING:
         def run(self) -> Exit:
@@ -116,7 +125,7 @@ class Vcpu(Attributes, VcpuBase):
         # `run()` (of VcpuBase) calls it: no Python frame between `vcpu.run()` and KVM_RUN
         self._runner = Runner(fd, binding.IOCTLS["KVM_RUN"].number, mapping.view, self,
                               dispatch_table(binding), self._run_failed, self._unknown_exit,
-                              self._raise_unusable, ffi.offsetof("struct kvm_run", "exit_reason"))
+                              self._run_refused, ffi.offsetof("struct kvm_run", "exit_reason"))
         self._kicked = False
         self._stats: StatsFd | None = None
         self._dirty_ring: _sys.FileMapping | None = None
@@ -133,45 +142,75 @@ class Vcpu(Attributes, VcpuBase):
         if runner is not None:
             runner.close()  # first: a run() called from now on raises ClosedError without entering KVM_RUN
             self._stop_runner(runner)
-            self._runner = None
-            del runner
-        if self._stats is not None:
-            self._stats.close()
-            self._stats = None
-        self._run = None
         # Exits, views and the `kvm_run` pointer may outlive the vCPU: detaching leaves them a private copy
         # of the pages (unmapped when the last of them goes), so that closing the fd frees the vCPU (and,
         # with its VM's fd, the VM) right now, and nothing a user holds points into unmapped memory.
         for mapping in (self._mapping, self._dirty_ring):
             if mapping is not None:
                 mapping.detach()
+        self._release_in_child()
+
+    def _release_in_child(self) -> None:
+        # (in a forked child the mappings are private copies already: see kvm/_sys.py)
+        self._runner = None
+        if self._stats is not None:
+            self._stats.close()
+            self._stats = None
+        self._run = None
         self._mapping = self._dirty_ring = None
 
     # -- running ----------------------------------------------------------------------------------
 
     def _stop_runner(self, runner: Any) -> None:
         """Before the fd closes (and after the Runner was closed): make a `run()` in progress in another
-        thread return (it then raises ClosedError), and wait until it has left KVM_RUN."""
+        thread return (it then raises ClosedError), and wait until it has left KVM_RUN. A thread that
+        does not leave (it blocks KICK_SIGNAL) is warned about, and the fd closed under it anyway: it
+        holds the vCPU until KVM_RUN returns, and its run() then raises ClosedError."""
         if not runner.tid or runner.tid == threading.get_native_id():
             return
+        self._run.immediate_exit = 1
         deadline = time.monotonic() + _STOP_TIMEOUT
         while runner.tid:
-            self.kick()  # again each round: a signal can land just before the thread enters KVM_RUN
+            tid = runner.tid
+            if tid:
+                _kick_thread(tid)  # again each round: a signal can land just before the thread enters KVM_RUN
             time.sleep(0.001)  # (releases the GIL, which the running thread needs to return)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"vCPU {self.id}: the thread in run() did not leave KVM_RUN within "
-                                   f"{_STOP_TIMEOUT} s of being kicked; not closing under it")
+                warnings.warn(f"vCPU {self.id}: the thread in run() did not leave KVM_RUN within {_STOP_TIMEOUT} s "
+                              f"of being kicked (does it block signal {KICK_SIGNAL}?); closing the vCPU anyway",
+                              RuntimeWarning, stacklevel=4)
+                return
+
+    def _run_refused(self, busy_tid: int | None = None) -> Any:
+        """The Runner's answer when it cannot enter KVM_RUN: closed, forked, or already running."""
+        if busy_tid is None:
+            self._raise_unusable()
+        raise StateError(f"vCPU {self.id} is in run() in another thread (kernel thread id {busy_tid}): a vCPU runs "
+                         "in one thread at a time")
+
+    def _run_raw(self) -> int:
+        """KVM_RUN as `vcpu.ioctls.run()` issues it: through the Runner, so that kick() and close() reach it."""
+        runner = self._runner
+        if runner is None:
+            self._raise_unusable()
+        result: int = runner.raw()
+        if result < 0:
+            raise KvmError("KVM_RUN", "vcpu", -result)
+        return result
 
     def _run_failed(self, err: int) -> Any:
         """The Runner's answer to a failed KVM_RUN: an IntrExit for EINTR, a MemoryFaultExit when KVM
         reports a memory fault (EFAULT or EHWPOISON with exit reason KVM_EXIT_MEMORY_FAULT), else KvmError."""
+        run = self._run
+        if run is None:  # closed by another thread since KVM_RUN returned
+            self._raise_unusable()
         if err == _EINTR:
             if self._kicked:
                 self._kicked = False
-                self._run.immediate_exit = 0
+                run.immediate_exit = 0
             return IntrExit(self)
-        if err in _MEMORY_FAULT_ERRNOS and self._run is not None:
-            if int(self._run.exit_reason) == self._binding.CONSTANTS.get("KVM_EXIT_MEMORY_FAULT", -1):
+        if err in _MEMORY_FAULT_ERRNOS:
+            if int(run.exit_reason) == self._binding.CONSTANTS.get("KVM_EXIT_MEMORY_FAULT", -1):
                 return MemoryFaultExit(self)
         raise KvmError("KVM_RUN", "vcpu", err)
 
@@ -195,10 +234,7 @@ class Vcpu(Attributes, VcpuBase):
         run.immediate_exit = 1
         tid = runner.tid
         if tid:
-            if not install_kick_handler():
-                raise RuntimeError(f"kick() needs a handler for signal {KICK_SIGNAL}, which only the main "
-                                   "thread can install: call kvm.install_kick_handler() there once")
-            _sys.tgkill(tid, KICK_SIGNAL)
+            _kick_thread(tid)
 
     @property
     def immediate_exit(self) -> bool:
@@ -230,10 +266,11 @@ class Vcpu(Attributes, VcpuBase):
     def synced(self) -> Any:
         """kvm_run.s.regs: the synced `struct kvm_sync_regs` (live view: .regs, .sregs, .events). It keeps
         the page mapped while it lives (after close, a copy of its last contents)."""
-        self._check_open()
-        assert self._mapping is not None  # (open)
+        mapping = self._mapping
+        if mapping is None or self._fd < 0:
+            self._raise_unusable()
         ffi = self._ffi
-        return self._mapping.record(ffi, "struct kvm_sync_regs", ffi.offsetof("struct kvm_run", "s", "regs"))
+        return mapping.record(ffi, "struct kvm_sync_regs", ffi.offsetof("struct kvm_run", "s", "regs"))
 
     def mark_synced_dirty(self, flags: int) -> None:
         """kvm_dirty_regs: KVM loads these sets from kvm_run.s on the next run()."""
@@ -284,7 +321,13 @@ class Vcpu(Attributes, VcpuBase):
 
     @needs("KVM_SET_SIGNAL_MASK")
     def set_signal_mask(self, signals: Iterable[int] | None) -> None:
-        """KVM_SET_SIGNAL_MASK: the signals blocked while the guest runs (None: no mask)."""
+        """KVM_SET_SIGNAL_MASK: the signals blocked while the guest runs (None: no mask). KICK_SIGNAL is
+        refused: blocked, it could no longer interrupt run() for kick() and close()."""
+        if signals is not None:
+            signals = marshal.items(signals, "signals", 1024)
+            if KICK_SIGNAL in signals:
+                raise ValueError(f"signals: {KICK_SIGNAL} is KICK_SIGNAL, which kick() and close() interrupt run() "
+                                 "with: it cannot be blocked while the guest runs")
         self.ioctls.set_signal_mask(signals)  # the generated wrapper knows the arch's sizeof(sigset_t)
 
 

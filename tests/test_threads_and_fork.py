@@ -278,3 +278,150 @@ def test_a_runner_taken_before_fork_refuses_in_the_child(vm):
     os.waitpid(pid, 0)
     assert outcome == b"refused"
     assert isinstance(run(), kvm.HltExit)  # the parent's vCPU is unaffected
+
+
+def _spinning_in_thread(vcpu, call):
+    """Start `call()` (a run of a spinning guest) in a thread; returns the thread and its result dict."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = call()
+        except BaseException as exc:  # (reported to the test)
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    time.sleep(0.2)
+    assert thread.is_alive()
+    return thread, result
+
+
+def test_close_racing_a_call_in_another_thread_never_reaches_a_new_vms_vcpu(system):
+    """A call that read the fd number before another thread's close() must not land on a new object
+    that got the same number: close() waits for calls in flight; calls after it raise ClosedError."""
+    import sys
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, between any two bytecodes
+    misdirected, unexpected = 0, []
+    try:
+        for _ in range(150):
+            vm = system.create_vm()
+            first = vm.create_vcpu(0)
+            go = threading.Event()
+
+            def hammer():
+                go.wait()
+                for _ in range(30):
+                    try:
+                        first.regs = {"rax": 0xDEADBEEF}
+                    except kvm.ClosedError:
+                        pass
+                    except Exception as exc:  # (any other type is a finding)
+                        unexpected.append(repr(exc))
+
+            thread = threading.Thread(target=hammer)
+            thread.start()
+            go.set()
+            vm.close()
+            with system.create_vm() as vm2:
+                second = vm2.create_vcpu(0)
+                thread.join()
+                misdirected += second.regs.rax == 0xDEADBEEF
+    finally:
+        sys.setswitchinterval(old)
+    assert (misdirected, unexpected) == (0, [])
+
+
+def test_a_second_thread_cannot_run_a_running_vcpu_and_close_still_stops_the_first(vm):
+    require_cap(vm, "IMMEDIATE_EXIT")
+    _, vcpu = real_mode_guest(vm, SPIN)
+    thread, result = _spinning_in_thread(vcpu, vcpu.run)
+    with pytest.raises(kvm.StateError, match="in run\\(\\) in another thread"):
+        vcpu.run()
+    with pytest.raises(kvm.StateError):
+        vcpu.ioctls.run()
+    started = time.monotonic()
+    vm.close()
+    thread.join(5)
+    assert not thread.is_alive() and time.monotonic() - started < 3
+    assert isinstance(result["error"], kvm.ClosedError)
+
+
+def test_the_generated_run_wrapper_is_kicked_and_stopped_like_run(vm):
+    require_cap(vm, "IMMEDIATE_EXIT")
+    _, vcpu = real_mode_guest(vm, SPIN)
+    thread, result = _spinning_in_thread(vcpu, vcpu.ioctls.run)
+    vcpu.kick()
+    thread.join(5)
+    assert not thread.is_alive(), "kick() did not interrupt vcpu.ioctls.run()"
+    assert result["error"].errno == errno.EINTR  # the raw wrapper reports KVM_RUN's EINTR as it is
+    vcpu.immediate_exit = False
+    thread, result = _spinning_in_thread(vcpu, vcpu.ioctls.run)
+    vm.close()
+    thread.join(5)
+    assert not thread.is_alive(), "close() did not stop vcpu.ioctls.run()"
+    assert isinstance(result["error"], kvm.ClosedError)
+
+
+def test_kick_restores_a_handler_that_was_replaced_by_sig_ign(vm):
+    import signal
+    require_cap(vm, "IMMEDIATE_EXIT")
+    _, vcpu = real_mode_guest(vm, SPIN)
+    previous = signal.signal(kvm.vcpu.KICK_SIGNAL, signal.SIG_IGN)
+    try:
+        thread, result = _spinning_in_thread(vcpu, vcpu.run)
+        vcpu.kick()
+        thread.join(5)
+        assert not thread.is_alive(), "kick() with SIG_IGN on the kick signal did not interrupt run()"
+        assert isinstance(result["value"], kvm.IntrExit)
+    finally:
+        signal.signal(kvm.vcpu.KICK_SIGNAL, previous)
+
+
+def test_the_kick_signal_cannot_be_masked_while_the_guest_runs(vm):
+    vcpu = vm.create_vcpu(0)
+    with pytest.raises(ValueError, match="signals: .*KICK_SIGNAL"):
+        vcpu.set_signal_mask([kvm.vcpu.KICK_SIGNAL])
+    vcpu.set_signal_mask([int(__import__("signal").SIGUSR1)])  # another signal is fine
+
+
+@pytest.mark.parametrize("signum", ["SIGSEGV", "SIGINT", "SIGCHLD", "SIGBUS"])
+def test_install_kick_handler_refuses_signals_with_another_meaning(signum):
+    import signal
+    before = kvm.vcpu.KICK_SIGNAL
+    with pytest.raises(ValueError, match="cannot be the kick signal"):
+        kvm.install_kick_handler(getattr(signal, signum))
+    assert kvm.vcpu.KICK_SIGNAL == before
+
+
+def test_kick_and_close_work_when_kvm_was_first_imported_in_another_thread():
+    """Python's signal.signal() works in the main thread only: the kick handler must not depend on it."""
+    import subprocess
+    import sys
+    script = r"""
+import threading, time, signal
+state = {}
+def work():
+    import kvm
+    from guests import real_mode_guest
+    vm = kvm.Kvm().create_vm()
+    _, vcpu = real_mode_guest(vm, bytes([0xEB, 0xFE]))
+    state["vm"], state["vcpu"] = vm, vcpu
+    t = threading.Thread(target=lambda: state.setdefault("exit", vcpu.run()))
+    t.start(); time.sleep(0.3)
+    vcpu.kick(); t.join(5)
+    assert not t.is_alive(), "kick did not interrupt run()"
+    assert type(state["exit"]).__name__ == "IntrExit", state["exit"]
+    t = threading.Thread(target=lambda: state.setdefault("second", vcpu.run()))
+    t.start(); time.sleep(0.3)
+    vm.close(); t.join(5)
+    assert not t.is_alive() and vm.closed, "close did not stop run()"
+    state["ok"] = True
+w = threading.Thread(target=work); w.start(); w.join(30)
+assert state.get("ok"), state
+print("ok")
+"""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
