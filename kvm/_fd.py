@@ -29,6 +29,8 @@ _LIVE: weakref.WeakSet[KvmFd] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for obj in list(_LIVE):
+        obj._users = []  # (the threads that held its fd are the parent's)
+        obj._closing_fd = -1
         if obj._fd >= 0:
             obj._inherited_fd = obj._fd
             obj._fd = _FORKED
@@ -57,7 +59,54 @@ def needs(*ioctls: str) -> Callable[[_F], _F]:
     return mark
 
 
-class KvmFd:
+class FdHolders:
+    """Which threads are inside a call that uses an object's fd number (the ioctls of a KvmFd, and
+    `hold_fd()` blocks), so that close() in another thread never frees the number under them: a new
+    object could be given the same number, and the call would land on it."""
+
+    def __init__(self) -> None:
+        self._users: list[int] = []  # thread ids, one entry per call in progress
+        self._closing_fd = -1  # see _close_number
+
+    def fileno(self) -> int:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def hold_fd(self) -> Iterator[int]:
+        """The open fd (ClosedError once closed), which close() in another thread does not close before
+        the block ends: `with vm.hold_fd() as fd: os.fstat(fd)`."""
+        me = _thread_id()
+        self._users.append(me)
+        try:
+            yield self.fileno()
+        finally:
+            self._leave(me)
+
+    def _leave(self, me: int) -> None:
+        users = self._users
+        users.remove(me)
+        if self._closing_fd >= 0 and not users:
+            self._close_deferred()
+
+    def _close_deferred(self) -> None:
+        fd, self._closing_fd = self._closing_fd, -1
+        os.close(fd)
+
+    def _close_number(self, fd: int) -> None:
+        """Close `fd` (the object is marked closed already, so no call takes it any more) once no other
+        thread's call holds it: those calls are short (KVM_RUN, which is not, is stopped before). When
+        this thread holds it itself (close() from a signal handler that interrupted a call), the last
+        holder closes it on leaving."""
+        me = _thread_id()
+        while any(user != me for user in self._users):
+            time.sleep(0.0002)  # (releases the GIL, which those threads need to finish)
+        if self._users:
+            self._closing_fd = fd
+        else:
+            os.close(fd)
+
+
+class KvmFd(FdHolders):
     """Owns one KVM fd. Subclasses set `fd_kind` ("system", "vm", "vcpu", "device")."""
 
     fd_kind = "system"
@@ -77,10 +126,7 @@ class KvmFd:
         self._caps: dict[int, int] = {}  # KVM_CHECK_EXTENSION answers of this fd
         self._slot_pages: dict[int, int] = {}  # VM fds: slot -> pages registered (see marshal.memory_region)
         self._gate_ok: set[str] = set()  # ioctl names whose capability was found present
-        # The threads (by thread_id) inside a call that uses the fd number: close() waits for them, so
-        # that the number cannot be reused (by a new VM, say) under a call that read it before the close.
-        self._users: list[int] = []
-        self._closing_fd = -1  # closed by the last user to leave, when close() ran inside a call of its own thread
+        FdHolders.__init__(self)
         if parent is not None:
             parent._children[id(self)] = self
         _LIVE.add(self)
@@ -116,45 +162,16 @@ class KvmFd:
                 self._release_in_child()
             else:
                 self._release()
-                self._wait_for_users()
         finally:
             self._children.clear()
             if self._parent is not None:
                 self._parent._children.pop(id(self), None)
             _LIVE.discard(self)
             if fd >= 0:
-                if self._users and not forked:
-                    self._closing_fd = fd  # (this thread is inside a call on it: see _leave)
+                if forked:
+                    os.close(fd)  # (the child's copy; the threads that held it are the parent's)
                 else:
-                    os.close(fd)
-
-    def _wait_for_users(self) -> None:
-        """Wait until no other thread is inside a call that read the fd number (they are short: KVM_RUN,
-        the one call that can last, goes through a vCPU's Runner, which close() stops first)."""
-        me = _thread_id()
-        while any(user != me for user in self._users):
-            time.sleep(0.0002)  # (releases the GIL, which those threads need to finish)
-
-    @contextlib.contextmanager
-    def _holding(self) -> Iterator[int]:
-        """The open fd, which close() in another thread does not close before the block ends: for
-        mmap(), read() and write() on the fd, and for passing the fd to another ioctl."""
-        me = _thread_id()
-        self._users.append(me)
-        try:
-            yield self._check_open()
-        finally:
-            self._leave(me)
-
-    def _leave(self, me: int) -> None:
-        users = self._users
-        users.remove(me)
-        if self._closing_fd >= 0 and not users:
-            self._close_deferred()
-
-    def _close_deferred(self) -> None:
-        fd, self._closing_fd = self._closing_fd, -1
-        os.close(fd)
+                    self._close_number(fd)
 
     def _release(self) -> None:
         """Subclass hook: free what the object maps or owns besides its fd (called before the fd closes)."""
@@ -309,7 +326,7 @@ class KvmFd:
     def _query_cap(self, value: int) -> int:
         cached = self._caps.get(value)
         if cached is None:
-            with self._holding() as fd:
+            with self.hold_fd() as fd:
                 result = _ioctl_value(fd, self._ioctls["KVM_CHECK_EXTENSION"].number, value)
             if result < 0:
                 raise KvmError("KVM_CHECK_EXTENSION", self.fd_kind, -result)

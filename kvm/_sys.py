@@ -161,12 +161,17 @@ class FileMapping:
 _MAPPINGS: weakref.WeakSet[FileMapping] = weakref.WeakSet()  # detached in a forked child
 
 
-def remap_private(address: int, length: int, fd: int, offset: int) -> None:
+def remap_private(address: int, length: int, fd: int, offset: int) -> bool:
     """Replace the shared mapping of `fd` at `address` by a private (copy-on-write) one of the same file:
-    the contents stay, writes no longer reach the file or anyone else mapping it."""
+    the contents stay, writes no longer reach the file or anyone else mapping it. Where that fails, by
+    zero-filled anonymous memory (returns False): never shared, never unmapped under a view."""
     fixed = _mmap(_cast(_void_p, address), length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, offset)
+    if int(_cast("uintptr_t", fixed)) != MAP_FAILED:
+        return True
+    fixed = _mmap(_cast(_void_p, address), length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
     if int(_cast("uintptr_t", fixed)) == MAP_FAILED:
         _raise_errno("mmap (a forked child's private copy of guest memory)")
+    return False
 
 
 def _unmapper(length: int) -> Any:

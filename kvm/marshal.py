@@ -69,6 +69,14 @@ def integer(value: Any, what: str, low: int, high: int) -> int:
     return checked
 
 
+def boolean(value: Any, what: str) -> bool:
+    """`value` when it is a bool, else TypeError naming `what` (a truthy string or None is not a yes or no)."""
+    if value.__class__ is not bool:
+        raise TypeError(f"{what} must be a bool, not {type(value).__name__} ({value!r})")
+    checked: bool = value
+    return checked
+
+
 def count(value: Any, what: str, limit: int) -> int:
     """A non-negative int of at most `limit`."""
     return integer(value, what, 0, limit)

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import _sys
 from .errors import ClosedError, ForkedError, GuestMemoryError
-from .marshal import integer
+from .marshal import boolean, integer
 
 PAGE_SIZE = _mmap.PAGESIZE
 _UINTPTR = _sys.ffi.typeof("uintptr_t")
@@ -26,8 +26,11 @@ def _after_fork_in_child() -> None:
     # Views a forked child inherited of file- or memfd-backed guest RAM would write into the parent's
     # guest: the child's mappings become private copies (anonymous slots are copy-on-write already).
     for memory in list(_SHARED):
-        if not memory.closed:
-            _sys.remap_private(memory.host_addr, memory.size, memory.fd, memory.file_offset)
+        if not memory.closed:  # (every slot, whatever happens to one)
+            try:
+                _sys.remap_private(memory.host_addr, memory.size, memory.fd, memory.file_offset)
+            except OSError:
+                pass
 
 
 class GuestMemory:
@@ -44,7 +47,6 @@ class GuestMemory:
         *,
         fd: int = -1,
         file_offset: int = 0,
-        owns_fd: bool = False,
         guest_memfd: Any = None,
         guest_memfd_offset: int = 0,
         owns_guest_memfd: bool = False,
@@ -59,7 +61,6 @@ class GuestMemory:
         self._view: memoryview | None = memoryview(mapping)
         self._fd = fd
         self._file_offset = file_offset
-        self._owns_fd = owns_fd
         self.guest_memfd = guest_memfd
         self.guest_memfd_offset = guest_memfd_offset
         self._owns_guest_memfd = owns_guest_memfd
@@ -92,7 +93,8 @@ class GuestMemory:
 
     @property
     def fd(self) -> int:
-        """The file (memfd or user file) backing the slot, or -1 for anonymous memory."""
+        """The slot's own fd of the file backing it (the memfd it made, or a duplicate of the user's fd or
+        the file it opened), or -1 for anonymous memory; closed when the slot is."""
         return self._fd
 
     @property
@@ -138,7 +140,7 @@ class GuestMemory:
             except BufferError:
                 # A memoryview from view() is still alive: the pages stay mapped until it is dropped.
                 pass
-        if self._owns_fd and self._fd >= 0:
+        if self._fd >= 0:
             os.close(self._fd)
         self._fd = -1
         if self.guest_memfd is not None and self._owns_guest_memfd:
@@ -222,11 +224,12 @@ class GuestMemory:
     def read_int(self, address: int, size: int = 8, *, signed: bool = False) -> int:
         """An integer of `size` bytes (1 to 8) in the host byte order (the guest's, for KVM)."""
         size = integer(size, "size", 1, 8)
-        return int.from_bytes(self.read(address, size), sys.byteorder, signed=signed)
+        return int.from_bytes(self.read(address, size), sys.byteorder, signed=boolean(signed, "signed"))
 
     def write_int(self, address: int, value: int, size: int = 8, *, signed: bool = False) -> None:
         """Store `value`, which must fit `size` bytes (1 to 8; unsigned unless `signed`), at `address`."""
         size = integer(size, "size", 1, 8)
+        signed = boolean(signed, "signed")
         bits = 8 * size
         low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
         value = integer(value, "value", low, high)

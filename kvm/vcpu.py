@@ -243,7 +243,8 @@ class Vcpu(Attributes, VcpuBase):
 
     @immediate_exit.setter
     def immediate_exit(self, value: bool) -> None:
-        self.kvm_run.immediate_exit = 1 if value else 0
+        run = self.kvm_run
+        run.immediate_exit = 1 if marshal.boolean(value, "immediate_exit") else 0
 
     @property
     def kvm_run(self) -> Any:

@@ -5,6 +5,7 @@ What every arch's VM has; the arch's own methods come from the mixin kvm/arches.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap as _mmap
 import os
@@ -14,10 +15,10 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from . import _sys, marshal
-from ._fd import KvmFd, needs
+from ._fd import FdHolders, KvmFd, needs
 from .arches import for_binding
 from .device import Attributes, Device
-from .errors import CapabilityError, ClosedError, StateError
+from .errors import CapabilityError, ClosedError, ForkedError, StateError
 from .memory import PAGE_SIZE, GuestMemory
 from .stats import StatsFd
 from .vcpu import CoalescedAccess, Vcpu
@@ -34,6 +35,18 @@ def _check_backing_file(fd: int, end: int, name: object) -> None:
         raise ValueError(f"file {name!r} is not a regular file or a memfd (mode {stat.filemode(info.st_mode)})")
     if info.st_size < end:
         raise ValueError(f"file {name!r} holds {info.st_size} bytes; the slot needs {end} (file_offset + size)")
+
+
+def _seal_against_shrinking(fd: int) -> None:
+    """Seal a memfd (a user's too) so that it cannot shrink under the guest: an access past its end would be
+    a SIGBUS. A regular file, or a memfd made without MFD_ALLOW_SEALING, cannot be sealed: whoever
+    truncates it while it backs guest RAM crashes the process (docs/guide.md says so)."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        return  # not a memfd
+    if not seals & (fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL):
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
 
 
 # KVM_MEM_MAX_NR_PAGES (include/linux/kvm_host.h, kernel-internal, so not in any binding): a slot holds at
@@ -62,19 +75,36 @@ class MsiRoute(NamedTuple):
 _EVENTFD_MAX = 2**64 - 2  # the largest value an eventfd counter holds
 
 
-class EventFd:
-    """An eventfd (close-on-exec) as used by irqfd and ioeventfd."""
+def _is_eventfd(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+    except OSError:
+        return False
+
+
+class EventFd(FdHolders):
+    """An eventfd (close-on-exec) as used by irqfd and ioeventfd. `EventFd(fd)` adopts an eventfd the
+    caller made (and closes it on close()); anything else is refused."""
 
     def __init__(self, fd: int | None = None, *, nonblocking: bool = True) -> None:
+        super().__init__()
+        self._fd = -1
+        nonblocking = marshal.boolean(nonblocking, "nonblocking")
         if fd is None:
             flags = _sys.EFD_CLOEXEC | (_sys.EFD_NONBLOCK if nonblocking else 0)
             fd = _sys.eventfd(0, flags)
         else:
-            fd = marshal.integer(fd, "fd", 0, (1 << 31) - 1)  # an eventfd the caller made (and hands over)
+            fd = marshal.integer(fd, "fd", 0, (1 << 31) - 1)
+            if not _is_eventfd(fd):
+                raise ValueError(f"fd {fd} is not an open eventfd")
         self._fd = fd
+        self._pid = _sys.pid()
 
     def fileno(self) -> int:
-        """The eventfd's fd (ClosedError once closed)."""
+        """The eventfd's fd (ClosedError once closed, ForkedError in a forked child)."""
+        if self._pid != _sys.pid():
+            raise ForkedError("this eventfd was made before fork(): the child shares it with the parent's VM; "
+                              "make a new one in the child")
         if self._fd < 0:
             raise ClosedError("eventfd is closed")
         return self._fd
@@ -89,7 +119,8 @@ class EventFd:
         counter would pass its maximum, StateError (nothing is added); a blocking one waits for a read()."""
         value = marshal.integer(value, "value", 1, _EVENTFD_MAX)
         try:
-            os.write(self.fileno(), value.to_bytes(8, sys.byteorder))
+            with self.hold_fd() as fd:
+                os.write(fd, value.to_bytes(8, sys.byteorder))
         except BlockingIOError:
             raise StateError(f"the eventfd's counter would pass its maximum ({_EVENTFD_MAX}) if {value} were "
                              "added to it: read() it first") from None
@@ -97,15 +128,19 @@ class EventFd:
     def read(self) -> int:
         """Read and reset the counter (0 when nothing was signalled on a non-blocking eventfd)."""
         try:
-            return int.from_bytes(os.read(self.fileno(), 8), sys.byteorder)
+            with self.hold_fd() as fd:
+                return int.from_bytes(os.read(fd, 8), sys.byteorder)
         except BlockingIOError:
             return 0
 
     def close(self) -> None:
-        """Close the eventfd. Idempotent."""
+        """Close the eventfd (after a notify() or read() in progress in another thread). Idempotent."""
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
-            os.close(fd)
+            if self._pid != _sys.pid():
+                os.close(fd)  # (the child's copy)
+            else:
+                self._close_number(fd)
 
     def __enter__(self) -> EventFd:
         return self
@@ -144,7 +179,8 @@ class GuestMemfd(KvmFd):
                              "can be mapped: its pages would be private, and touching one is a SIGBUS")
         offset = marshal.integer(offset, "offset", 0, self.size)
         length = self.size - offset if length is None else marshal.integer(length, "length", 1, self.size - offset)
-        return _mmap.mmap(self.fileno(), length, _mmap.MAP_SHARED, offset=offset)
+        with self.hold_fd() as fd:
+            return _mmap.mmap(fd, length, _mmap.MAP_SHARED, offset=offset)
 
 
 class Vm(Attributes):
@@ -201,6 +237,7 @@ class Vm(Attributes):
 
     def memory_at(self, guest_addr: int) -> GuestMemory:
         """The slot covering guest-physical `guest_addr` (LookupError when none does)."""
+        self._check_open()
         guest_addr = marshal.integer(guest_addr, "guest_addr", 0, (1 << 64) - 1)
         for mem in self._memory.values():
             if guest_addr in mem:
@@ -256,38 +293,49 @@ class Vm(Attributes):
         file_offset = marshal.integer(file_offset, "file_offset", 0, (1 << 63) - 1 - size)
         if file_offset % PAGE_SIZE:
             raise ValueError(f"file_offset must be a multiple of the page size ({PAGE_SIZE}), not {file_offset}")
-        fd, owns_fd = -1, False
+        if marshal.boolean(memfd, "memfd") and file is not None:
+            raise ValueError("memfd=True makes a new memfd: it cannot be combined with file=")
+        if not (isinstance(guest_memfd, (bool, GuestMemfd))):
+            raise TypeError(f"guest_memfd must be a bool or a GuestMemfd, not {type(guest_memfd).__name__}")
+        guest_memfd_offset = marshal.integer(guest_memfd_offset, "guest_memfd_offset", 0, (1 << 63) - 1)
+        if guest_memfd_offset and guest_memfd is False:
+            raise ValueError("guest_memfd_offset is an offset in the slot's guest_memfd: give guest_memfd too")
+        # The slot's fd is always one of its own (a user's fd is duplicated): the user may close theirs, and
+        # a forked child still remaps the slot privately from it (see kvm/memory.py).
+        fd = -1
         if memfd:
-            fd, owns_fd = _sys.memfd_create(f"kvm-slot-{slot}", _sys.MFD_CLOEXEC | _sys.MFD_ALLOW_SEALING), True
+            fd = _sys.memfd_create(f"kvm-slot-{slot}", _sys.MFD_CLOEXEC | _sys.MFD_ALLOW_SEALING)
+        elif isinstance(file, (str, os.PathLike)):
+            fd = os.open(file, os.O_RDWR | os.O_CLOEXEC)
         elif file is not None:
-            if isinstance(file, (str, os.PathLike)):
-                fd, owns_fd = os.open(file, os.O_RDWR | os.O_CLOEXEC), True
-            else:
-                fd = marshal.integer(file, "file", 0, (1 << 31) - 1)
+            user_fd = marshal.integer(file, "file", 0, (1 << 31) - 1)
+            try:
+                fd = fcntl.fcntl(user_fd, fcntl.F_DUPFD_CLOEXEC, 0)
+            except OSError as exc:
+                raise ValueError(f"file {file!r} is not an open file descriptor ({exc.strerror})") from None
         try:
             if memfd:
                 os.ftruncate(fd, size)
-                # the guest's RAM cannot shrink under it (an access past the end would be SIGBUS)
-                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
             elif fd >= 0:
                 _check_backing_file(fd, file_offset + size, file)
             if fd >= 0:
+                _seal_against_shrinking(fd)
                 mapping = _mmap.mmap(fd, size, _mmap.MAP_SHARED, offset=file_offset)
             else:
                 mapping = _mmap.mmap(-1, size, _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS)
         except OSError as exc:
-            if owns_fd:
+            if fd >= 0:
                 os.close(fd)
             backing = "a memfd" if memfd else f"file {file!r}" if file is not None else "anonymous memory"
             raise type(exc)(exc.errno, f"add_memory: cannot map size={size:#x} bytes of {backing} for the guest: "
                                        f"{exc.strerror}") from None
         except BaseException:
-            if owns_fd:
+            if fd >= 0:
                 os.close(fd)
             raise
         gmem: GuestMemfd | None = None
         owns_gmem = False
-        if guest_memfd:
+        if guest_memfd is not False:
             flags |= self._binding.CONSTANTS["KVM_MEM_GUEST_MEMFD"]
             try:
                 if isinstance(guest_memfd, GuestMemfd):
@@ -298,14 +346,14 @@ class Vm(Attributes):
                     gmem, owns_gmem = self.create_guest_memfd(size), True
             except BaseException:  # (no guest_memfd to be had: release what was made for the slot)
                 mapping.close()
-                if owns_fd:
+                if fd >= 0:
                     os.close(fd)
                 raise
-        mem = GuestMemory(self, slot, guest_addr, size, flags, mapping, fd=fd, file_offset=file_offset, owns_fd=owns_fd,
+        mem = GuestMemory(self, slot, guest_addr, size, flags, mapping, fd=fd, file_offset=file_offset,
                           guest_memfd=gmem, guest_memfd_offset=guest_memfd_offset, owns_guest_memfd=owns_gmem)
         try:
-            self._set_region(slot, flags, guest_addr, size, mem.host_addr,
-                             gmem.fileno() if gmem is not None else -1, guest_memfd_offset)
+            with gmem.hold_fd() if gmem is not None else contextlib.nullcontext(-1) as gmem_fd:
+                self._set_region(slot, flags, guest_addr, size, mem.host_addr, gmem_fd, guest_memfd_offset)
         except BaseException:
             mem.unmap()
             raise
@@ -379,7 +427,7 @@ class Vm(Attributes):
 
     def create_device(self, type: int, *, test: bool = False) -> Device | None:
         """KVM_CREATE_DEVICE: a `Device` (with `test=True`, only check it could be created; returns None)."""
-        flags = self._binding.CONSTANTS["KVM_CREATE_DEVICE_TEST"] if test else 0
+        flags = self._binding.CONSTANTS["KVM_CREATE_DEVICE_TEST"] if marshal.boolean(test, "test") else 0
         request = marshal.struct_inout(self._ioctl, self._ffi, "KVM_CREATE_DEVICE", "struct kvm_create_device",
                                        None, {"type": type, "flags": flags})
         if test:
@@ -427,26 +475,42 @@ class Vm(Attributes):
         marshal.flex_set(self._ioctl, self._ffi, "KVM_SET_GSI_ROUTING", "struct kvm_irq_routing", "nr", "entries",
                          entries)
 
+    @staticmethod
+    def _eventfd(eventfd: Any, name: str) -> EventFd:
+        if eventfd is None:
+            return EventFd()
+        if not isinstance(eventfd, EventFd):
+            raise TypeError(f"{name} must be a kvm.EventFd (or None for a new one), not {type(eventfd).__name__}")
+        return eventfd
+
     def _irqfd(self, eventfd: EventFd, gsi: int, flags: int, resample: EventFd | None = None) -> None:
-        fields = {"fd": eventfd.fileno(), "gsi": gsi, "flags": flags}
-        if resample is not None:
-            fields["resamplefd"] = resample.fileno()
-        marshal.struct_in(self._ioctl, self._ffi, "KVM_IRQFD", "struct kvm_irqfd", None, fields)
+        gsi = marshal.integer(gsi, "gsi", 0, 0xFFFFFFFF)
+        with eventfd.hold_fd() as fd, (resample.hold_fd() if resample is not None else contextlib.nullcontext(-1)) as rfd:
+            fields = {"fd": fd, "gsi": gsi, "flags": flags}
+            if resample is not None:
+                fields["resamplefd"] = rfd
+            marshal.struct_in(self._ioctl, self._ffi, "KVM_IRQFD", "struct kvm_irqfd", None, fields)
 
     @needs("KVM_IRQFD")
     def irqfd(self, gsi: int, eventfd: EventFd | None = None, *, resample: EventFd | None = None) -> EventFd:
         """KVM_IRQFD: signalling the returned eventfd raises GSI `gsi` in the guest."""
-        eventfd = eventfd or EventFd()
-        flags = self._binding.CONSTANTS["KVM_IRQFD_FLAG_RESAMPLE"] if resample is not None else 0
+        eventfd = self._eventfd(eventfd, "eventfd")
+        flags = 0
+        if resample is not None:
+            resample = self._eventfd(resample, "resample")
+            flags = self._binding.CONSTANTS["KVM_IRQFD_FLAG_RESAMPLE"]
         self._irqfd(eventfd, gsi, flags, resample)
         return eventfd
 
     @needs("KVM_IRQFD")
     def irqfd_remove(self, eventfd: EventFd, gsi: int) -> None:
         """KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN: `eventfd` no longer raises GSI `gsi`."""
+        if not isinstance(eventfd, EventFd):
+            raise TypeError(f"eventfd must be a kvm.EventFd, not {type(eventfd).__name__}")
         self._irqfd(eventfd, gsi, self._binding.CONSTANTS["KVM_IRQFD_FLAG_DEASSIGN"])
 
-    def _ioeventfd(self, address: int, length: int, datamatch: int | None, pio: bool, fd: int, deassign: bool) -> None:
+    def _ioeventfd(self, address: int, length: int, datamatch: int | None, pio: bool, eventfd: EventFd,
+                   deassign: bool) -> None:
         consts = self._binding.CONSTANTS
         address = marshal.integer(address, "address", 0, (1 << 64) - 1)
         length = marshal.integer(length, "length", 0, 8)
@@ -455,30 +519,34 @@ class Vm(Attributes):
         flags = 0
         if datamatch is not None:
             flags |= consts["KVM_IOEVENTFD_FLAG_DATAMATCH"]
-        if pio:
+        if marshal.boolean(pio, "pio"):
             flags |= consts["KVM_IOEVENTFD_FLAG_PIO"]
         if deassign:
             flags |= consts["KVM_IOEVENTFD_FLAG_DEASSIGN"]
-        marshal.struct_in(self._ioctl, self._ffi, "KVM_IOEVENTFD", "struct kvm_ioeventfd", None, {
-            "addr": address, "len": length, "fd": fd, "flags": flags, "datamatch": datamatch})
+        with eventfd.hold_fd() as fd:
+            marshal.struct_in(self._ioctl, self._ffi, "KVM_IOEVENTFD", "struct kvm_ioeventfd", None, {
+                "addr": address, "len": length, "fd": fd, "flags": flags, "datamatch": datamatch})
 
     def ioeventfd(self, address: int, length: int = 4, *, datamatch: int | None = None, pio: bool = False,
                   eventfd: EventFd | None = None) -> EventFd:
         """KVM_IOEVENTFD: a guest write of `length` bytes to `address` (port if `pio`) signals the eventfd
         instead of exiting to user space."""
-        eventfd = eventfd or EventFd()
-        self._ioeventfd(address, length, datamatch, pio, eventfd.fileno(), False)
+        eventfd = self._eventfd(eventfd, "eventfd")
+        self._ioeventfd(address, length, datamatch, pio, eventfd, False)
         return eventfd
 
     def ioeventfd_remove(self, eventfd: EventFd, address: int, length: int = 4, *, datamatch: int | None = None,
                          pio: bool = False) -> None:
         """KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN: the same address, length and match as given to
         ioeventfd()."""
-        self._ioeventfd(address, length, datamatch, pio, eventfd.fileno(), True)
+        if not isinstance(eventfd, EventFd):
+            raise TypeError(f"eventfd must be a kvm.EventFd, not {type(eventfd).__name__}")
+        self._ioeventfd(address, length, datamatch, pio, eventfd, True)
 
     # -- dirty logging ----------------------------------------------------------------------------
 
     def _own_slot(self, memory: GuestMemory) -> GuestMemory:
+        self._check_open()
         if not isinstance(memory, GuestMemory):
             raise TypeError(f"memory must be a GuestMemory, not {type(memory).__name__}")
         if self._memory.get(memory.slot) is not memory:
@@ -499,7 +567,7 @@ class Vm(Attributes):
         """KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: KVM_GET_DIRTY_LOG stops re-protecting; use clear_dirty_log."""
         consts = self._binding.CONSTANTS
         flags = consts["KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE"]
-        if initially_set:
+        if marshal.boolean(initially_set, "initially_set"):
             flags |= consts["KVM_DIRTY_LOG_INITIALLY_SET"]
         self.enable_cap("KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2", flags)
 
@@ -520,7 +588,7 @@ class Vm(Attributes):
 
     def enable_dirty_ring(self, size_bytes: int, *, acq_rel: bool = False) -> None:
         """Enable the per-vCPU dirty ring of `size_bytes` (before creating vCPUs)."""
-        cap = "KVM_CAP_DIRTY_LOG_RING_ACQ_REL" if acq_rel else "KVM_CAP_DIRTY_LOG_RING"
+        cap = "KVM_CAP_DIRTY_LOG_RING_ACQ_REL" if marshal.boolean(acq_rel, "acq_rel") else "KVM_CAP_DIRTY_LOG_RING"
         size_bytes = marshal.integer(size_bytes, "size_bytes", 0, (1 << 64) - 1)
         self.enable_cap(cap, size_bytes)
         self._dirty_ring_bytes = size_bytes

@@ -188,6 +188,7 @@ class X86Vm(KvmFd):
         `default_allow`. Each range's bitmap must hold at least `nmsrs` bits."""
         ffi = self.ffi
         consts = self._binding.CONSTANTS
+        default_allow = marshal.boolean(default_allow, "default_allow")
         rows = marshal.items(ranges, "ranges", consts["KVM_MSR_FILTER_MAX_RANGES"])
         request = ffi.new("struct kvm_msr_filter *")
         request.flags = consts["KVM_MSR_FILTER_DEFAULT_ALLOW" if default_allow else "KVM_MSR_FILTER_DEFAULT_DENY"]
@@ -308,6 +309,9 @@ class X86Vcpu(KvmFd):
         local enables). Exits come back as `DebugExit`. `enable=False` turns guest debugging off."""
         consts = self._binding.CONSTANTS
         control = marshal.integer(flags, "flags", 0, 0xFFFFFFFF)
+        enable = marshal.boolean(enable, "enable")
+        single_step = marshal.boolean(single_step, "single_step")
+        sw_breakpoints = marshal.boolean(sw_breakpoints, "sw_breakpoints")
         debugreg = [0] * 8
         if enable:
             control |= consts["KVM_GUESTDBG_ENABLE"]
@@ -414,7 +418,7 @@ class X86Vcpu(KvmFd):
         self._own_memory(memory)
         entry = marshal.integer(entry, "entry", 0, (1 << 64) - 1)
         identity_size = marshal.integer(identity_size, "identity_size", 1, 512 << 30)
-        if set_cpuid and not self.cpuid_set:
+        if marshal.boolean(set_cpuid, "set_cpuid") and not self.cpuid_set:
             self.set_cpuid(self.vm.system.supported_cpuid())
         cr3 = build_identity_page_tables(memory, page_table_addr, identity_size)
         table = bytes(8) + gdt_entry(0, 0xFFFFF, 0x9B, 0xA) + gdt_entry(0, 0xFFFFF, 0x93, 0xC)

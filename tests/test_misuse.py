@@ -363,3 +363,126 @@ def test_7_views_a_forked_child_inherited_do_not_write_into_the_parent(vm) -> No
             os._exit(0)
     os.waitpid(pid, 0)
     assert data[0] != 0x99 and not run.immediate_exit and bytes(view[:5]) == bytes(5)
+
+
+def test_4_a_users_memfd_is_sealed_against_shrinking_and_the_slot_keeps_its_own_fd(vm) -> None:
+    user = os.memfd_create("guest-ram", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+    os.ftruncate(user, 0x2000)
+    mem = vm.add_memory(0, 0x2000, file=user)
+    os.close(user)  # the slot holds a duplicate: closing ours changes nothing for it
+    with pytest.raises(PermissionError):
+        os.ftruncate(mem.fd, 0)
+    mem.write(0x1FF8, b"12345678")
+    assert mem.read(0x1FF8, 8) == b"12345678"
+    with pytest.raises(ValueError, match="not an open file descriptor"):
+        vm.add_memory(0x10000, 0x1000, file=user)  # (closed now)
+
+
+def test_7_a_slot_whose_user_fd_was_closed_before_fork_is_private_in_the_child(vm) -> None:
+    user = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
+    os.ftruncate(user, 0x1000)
+    first = vm.add_memory(0, 0x1000, file=user)
+    os.close(user)
+    second = vm.add_memory(0x1000, 0x1000, memfd=True)
+    views = first.view(), second.view()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for view in views:
+                view[:5] = b"child"
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert [bytes(view[:5]) for view in views] == [bytes(5), bytes(5)]
+
+
+def test_7_an_eventfd_made_before_fork_is_refused_in_the_child(vm) -> None:
+    eventfd = kvm.EventFd()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        for attempt in (eventfd.notify, eventfd.read):
+            try:
+                attempt()
+                code = 1
+            except kvm.ForkedError:
+                pass
+            except BaseException:
+                code = 2
+        eventfd.close()  # (the child's copy)
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert eventfd.read() == 0 and not eventfd.closed
+
+
+def test_7_close_in_a_child_forked_during_run_closes_its_copies() -> None:
+    out = isolated("""
+        vm = kvm.Kvm().create_vm()
+        mem, vcpu = real_mode_guest(vm, bytes([0xEB, 0xFE]))
+        t = threading.Thread(target=lambda: kvm.ClosedError and _swallow(vcpu.run))
+        def _swallow(call):
+            try:
+                call()
+            except kvm.ClosedError:
+                pass
+        t.start()
+        time.sleep(0.2)
+        pid = os.fork()
+        if pid == 0:
+            started = time.monotonic()
+            try:
+                vm.close()
+                ok = vm.closed and vcpu.closed and time.monotonic() - started < 1
+            except BaseException as exc:
+                ok = repr(exc)
+            os._exit(0 if ok is True else 3)
+        _, status = os.waitpid(pid, 0)
+        vm.close()
+        t.join(5)
+        print(os.waitstatus_to_exitcode(status), t.is_alive())
+    """)
+    assert out.split() == ["0", "False"]
+
+
+def test_11_flags_are_bools_not_truthy_values(vm) -> None:
+    vcpu = vm.create_vcpu(0)
+    for call, name in ((lambda: vm.add_memory(0, 0x1000, memfd="no"), "memfd"),
+                       (lambda: vm.ioeventfd(0x10, pio="x"), "pio"),
+                       (lambda: setattr(vcpu, "immediate_exit", None), "immediate_exit"),
+                       (lambda: vm.create_device(1, test=1), "test"),
+                       (lambda: kvm.EventFd(nonblocking=0), "nonblocking")):
+        with pytest.raises(TypeError, match=f"{name} must be a bool"):
+            call()
+    assert not vm.memory
+
+
+def test_11_add_memory_refuses_arguments_that_would_be_ignored(vm) -> None:
+    with pytest.raises(ValueError, match="cannot be combined with file="):
+        vm.add_memory(0, 0x1000, memfd=True, file="/dev/zero")
+    with pytest.raises(ValueError, match="guest_memfd_offset"):
+        vm.add_memory(0, 0x1000, guest_memfd_offset=4096)
+    with pytest.raises(ValueError, match="guest_memfd_offset must be in"):
+        vm.add_memory(0, 0x1000, guest_memfd=True, guest_memfd_offset=-1)
+    with pytest.raises(TypeError, match="guest_memfd must be a bool or a GuestMemfd"):
+        vm.add_memory(0, 0x1000, guest_memfd="yes")
+    assert not vm.memory
+
+
+def test_12_eventfds_are_checked(vm) -> None:
+    with pytest.raises(ValueError, match="fd 0 is not an open eventfd"):
+        kvm.EventFd(0)
+    with pytest.raises(TypeError, match="eventfd must be a kvm.EventFd"):
+        vm.ioeventfd(0x10, 1, pio=True, eventfd=5)
+    with pytest.raises(TypeError, match="eventfd must be a kvm.EventFd"):
+        vm.irqfd(0, eventfd=5)
+    os.fstat(0)  # (stdin was not adopted, so not closed)
+
+
+def test_12_a_closed_vm_says_closed(vm) -> None:
+    mem = vm.add_memory(0, 0x1000)
+    vm.close()
+    with pytest.raises(kvm.ClosedError):
+        vm.memory_at(0)
+    with pytest.raises(kvm.ClosedError):
+        vm.get_dirty_log(mem)
