@@ -50,8 +50,8 @@ def ioctl(fd: int, request: int, value: int) -> int:
 
 
 class ValueIoctl:
-    """Called with an int: ioctl(fd, request, value) and its result; anything else (another argument
-    type, a failure, a closed or forked fd) is fallback(*args)."""
+    """Called with an int in 0..2**63-1 (not a bool): ioctl(fd, request, value) and its result; anything
+    else (another argument, a failure, a closed or forked fd) is fallback(*args)."""
 
     def __init__(self, fd: int, request: int, fallback: Any) -> None:
         if not callable(fallback):
@@ -65,8 +65,8 @@ class ValueIoctl:
         self.fd = -1
 
     def __call__(self, *args: Any) -> Any:
-        if (len(args) == 1 and isinstance(args[0], int) and -(1 << 63) <= args[0] < (1 << 64) and self.fd >= 0
-                and self.generation == _fork_generation[0]):
+        if (len(args) == 1 and isinstance(args[0], int) and not isinstance(args[0], bool)
+                and 0 <= args[0] < (1 << 63) and self.fd >= 0 and self.generation == _fork_generation[0]):
             result = ioctl(self.fd, self.request, args[0])
             if result >= 0:
                 return result

@@ -931,11 +931,13 @@ static PyObject *value_ioctl_vectorcall(PyObject *callable, PyObject *const *arg
                                         PyObject *kwnames) {
     ValueIoctlObject *self = (ValueIoctlObject *)callable;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs == 1 && kwnames == NULL && PyLong_Check(args[0]) && self->fd >= 0 &&
+    if (nargs == 1 && kwnames == NULL && PyLong_Check(args[0]) && !PyBool_Check(args[0]) && self->fd >= 0 &&
         self->generation == fork_generation) {
-        unsigned long value;
-        if (as_ioctl_value(args[0], &value) == 0) {
-            int result = ioctl(self->fd, self->request, value);
+        int overflow;
+        long long value = PyLong_AsLongLongAndOverflow(args[0], &overflow);
+        if (!overflow && value >= 0) {
+            /* (the GIL is kept: the call is short, and no other thread can close the fd meanwhile) */
+            int result = ioctl(self->fd, self->request, (unsigned long)value);
             if (result >= 0)
                 return PyLong_FromLong(result);
         }
@@ -1012,8 +1014,8 @@ static PyTypeObject ValueIoctlType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "kvm._speedups.ValueIoctl",
     .tp_doc = "ValueIoctl(fd, request, fallback)\n\n"
-              "Called with an int: ioctl(fd, request, value) and its result; anything else (another argument\n"
-              "type, a failure, a closed or forked fd) is fallback(*args).",
+              "Called with an int in 0..2**63-1 (not a bool): ioctl(fd, request, value) and its result;\n"
+              "anything else (another argument, a failure, a closed or forked fd) is fallback(*args).",
     .tp_basicsize = sizeof(ValueIoctlObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_new = value_ioctl_new,

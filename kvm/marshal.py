@@ -191,9 +191,15 @@ def array_assign(ffi: Any, target: CData, ctype: Any, value: Any, what: str) -> 
     elif item.kind in ("struct", "union"):
         for i, element in enumerate(value):
             fill(ffi, ffi.addressof(target, i), element, f"{what}[{i}]")
+    elif item.kind == "array":
+        for i, element in enumerate(value):
+            array_assign(ffi, target[i], item, element, f"{what}[{i}]")
     else:
         for i, element in enumerate(value):
-            target[i] = element
+            try:
+                target[i] = element
+            except (TypeError, OverflowError, ValueError, IndexError) as exc:
+                raise TypeError(f"{what}[{i}] ({item.cname}): {exc}") from None
 
 
 def fill(ffi: Any, target: CData, value: Any, what: str) -> None:

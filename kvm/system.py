@@ -123,6 +123,9 @@ class Kvm(ReadableAttributes):
         binding = DEFAULT_BINDING if binding is None else binding
         if not isinstance(binding, ModuleType) or not all(hasattr(binding, n) for n in _BINDING_NAMES):
             raise TypeError(f"binding must be a generated binding module (kvm.generated.load(...)), not {binding!r}")
+        if binding.ARCH != DEFAULT_BINDING.ARCH:
+            raise ValueError(f"binding is for {binding.ARCH}; this host's KVM is {DEFAULT_BINDING.ARCH}'s "
+                             f"(kvm.generated.load(version) picks this arch's)")
         return object.__new__(for_binding(cls, binding))
 
     def __init__(self, path: str = "/dev/kvm", *, binding: ModuleType | None = None) -> None:

@@ -486,3 +486,30 @@ def test_12_a_closed_vm_says_closed(vm) -> None:
         vm.memory_at(0)
     with pytest.raises(kvm.ClosedError):
         vm.get_dirty_log(mem)
+
+
+def test_11_a_binding_of_another_arch_is_refused(system) -> None:
+    other = "arm64" if system.arch != "arm64" else "x86_64"
+    before = fds()
+    with pytest.raises(ValueError, match=f"binding is for {other}"):
+        kvm.Kvm(binding=kvm.generated.load(None, other))
+    assert fds() == before
+
+
+@pytest.mark.parametrize("cap", [-1, True, 2**63, 1.0])
+def test_11_capability_numbers_are_checked_on_every_fd_kind(system, vm, cap) -> None:
+    for obj in (system, vm, vm.create_vcpu(0) if not vm.vcpus else vm.vcpus[0]):
+        with pytest.raises((TypeError, ValueError), match="cap must be"):
+            obj.check_extension(cap)
+
+
+def test_12_nested_array_members_name_the_element(vm) -> None:
+    vcpu = vm.create_vcpu(0)
+    if not hasattr(vcpu, "fpu"):
+        pytest.skip("this arch's vCPU has no struct kvm_fpu (KVM_GET_FPU is x86 and ppc)")
+    with pytest.raises(ValueError, match=r"struct kvm_fpu.fpr\[0\] holds 16 items, not 100"):
+        vcpu.fpu = {"fpr": [[1] * 100]}
+    with pytest.raises(ValueError, match=r"fpr\[1\]\[0\] must be in 0..255, not -1"):
+        vcpu.fpu = {"fpr": [[0], [-1]]}
+    vcpu.fpu = {"fpr": [[1, 2]]}
+    assert list(vcpu.fpu.fpr[0])[:3] == [1, 2, 0]
