@@ -71,6 +71,10 @@ def _cpp(tree: HeadersTree, extra: list[str], source: str) -> str:
             more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
             raise HeaderError(f"{what}{more}", file=file, line=int(line))
         raise HeaderError(f"preprocessing {tree.origin} failed:\n{stderr}")
+    # gcc drops NUL bytes with a warning: a header holding them is damaged, whatever the rest parses to
+    nul = re.search(r"^(.+?):(\d+):(?:\d+:)? warning: null character\(s\) ignored", stderr, re.M)
+    if nul:
+        raise HeaderError("NUL bytes in the header (a damaged file?)", file=nul.group(1), line=int(nul.group(2)))
     return proc.stdout.decode(errors="replace")  # bytes that are not UTF-8 fail in the parser, at their line
 
 

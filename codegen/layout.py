@@ -287,6 +287,7 @@ class Layout:
         if size > MAX_OBJECT_SIZE:
             raise HeaderError(f"{name or 'a record'} is {size} bytes, larger than any object can be", *_coord(node))
         fields = tuple(_flatten(members, "", 0))
+        _refuse_duplicates(node, name, fields)
         return Record(_kind(node), name, size, align, fields, tuple(members), attrs.packed,
                       self.record_file.get(name, ""))
 
@@ -304,6 +305,18 @@ class Layout:
             spelled = (target.base or "struct {...}") + "".join(f"[{d}]" for d in target.dims)
             out[name] = Typedef(name, spelled, info.size, info.align)
         return out
+
+
+def _refuse_duplicates(node: c_ast.Node, name: str, fields: tuple[Field, ...]) -> None:
+    """Two members of one name (directly, or through anonymous members) are an error to gcc: pycparser
+    lets them through, and the binding would not load."""
+    seen: set[str] = set()
+    for field in fields:
+        if field.name in seen:
+            clashes = [decl for decl in node.decls or [] if decl.name == field.name]
+            where = clashes[-1] if len(clashes) > 1 else node
+            raise HeaderError(f"duplicate member {field.name!r} in {name or 'a record'}", *_coord(where))
+        seen.add(field.name)
 
 
 def _coord(node: c_ast.Node) -> tuple[str | None, int | None]:

@@ -150,8 +150,22 @@ def wide_bitfield(tree: pathlib.Path) -> tuple[int | None, str]:
     return insert_member(tree, "\t__u32 bits : 40;"), "'bits'.*width 40.*32-bit"
 
 
+def duplicate_member(tree: pathlib.Path) -> tuple[int | None, str]:
+    # (inserted first in the struct: the error names the later declaration, the header's own `slot`, as gcc does)
+    return insert_member(tree, "\t__u32 slot;") + 1, "duplicate member 'slot' in struct kvm_userspace_memory_region"
+
+
+def nul_bytes(tree: pathlib.Path) -> tuple[int | None, str]:
+    lines = kvm_h(tree).read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("struct kvm_userspace_memory_region {"))
+    lines[at + 1] += "\0\0"
+    kvm_h(tree).write_text("\n".join(lines) + "\n")
+    return at + 2, "NUL"
+
+
 @pytest.mark.parametrize("breakage", [random_bytes, empty, without_kvm_run, undefined_macro_in_ioctl, negative_array,
-                                      huge_array, huge_unsigned_array, ioctl_argument_too_big, wide_bitfield], ids=lambda f: f.__name__)
+                                      huge_array, huge_unsigned_array, ioctl_argument_too_big, wide_bitfield,
+                                      duplicate_member, nul_bytes], ids=lambda f: f.__name__)
 def test_broken_headers_are_refused_at_their_line(breakage: Callable[[pathlib.Path], tuple[int | None, str]],
                                                   tree: pathlib.Path, out: pathlib.Path) -> None:
     line, what = breakage(tree)
