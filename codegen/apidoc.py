@@ -82,6 +82,7 @@ class CapDoc:
     arches: frozenset[str] | None
     parameters: str  # what args[] of struct kvm_enable_cap mean, where the text says so
     summary: str
+    body: tuple[str, ...] = dataclasses.field(default=(), compare=False)  # the section's lines (codegen/caps.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,6 +295,7 @@ def _cap_docs(section: _Section, names: list[str]) -> list[CapDoc]:
             arches=parse_arches(fields.get("architectures", "all")),
             parameters=fields.get("parameters", ""),
             summary=_summary(section.lines),
+            body=tuple(section.lines),
         )
         for name in names
     ]

@@ -8,7 +8,8 @@ from . import cparse
 from .cexpr import ExprError, tokenize
 from .inputs import HeadersTree, InputError
 from .layout import Layout
-from .model import CapInfo, EnumGroup, Ioctl, Model, Record, Typedef
+from .caps import build_caps
+from .model import EnumGroup, Ioctl, Model, Record, Typedef
 
 _IOCTL_MACRO = re.compile(r"^_IO(R|W|WR)?\s*\((.*)\)$", re.S)
 _DIRECTIONS = {None: "none", "R": "read", "W": "write", "WR": "readwrite"}
@@ -205,7 +206,5 @@ def _annotate(model: Model, api_rst: str) -> None:
                                       "capability_on_fd": tuple(sorted(meta.capability_on_fd.items())),
                                       "arches": tuple(sorted(meta.arches)) if meta.arches else None,
                                       "section": meta.section, "summary": meta.summary})
-    for cap, enable_on in apidoc.enable_caps(doc).items():
-        if cap in model.constants:
-            model.caps[cap] = CapInfo(cap, tuple(sorted(enable_on)), doc.caps[cap].section, doc.caps[cap].summary)
+    model.caps = build_caps(model.constants, doc.caps)
     model.apidoc_fixes = apidoc_fixes.table_size()[0]

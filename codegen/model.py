@@ -92,11 +92,38 @@ class EnumGroup:
 
 
 @dataclasses.dataclass(frozen=True)
+class FlagSet:
+    """Named bits of a capability: its KVM_CHECK_EXTENSION value, or an argument of KVM_ENABLE_CAP."""
+
+    name: str  # Python IntFlag class name, e.g. "X2apicApi"
+    members: tuple[tuple[str, str, int], ...]  # (member name, header constant, bit value), by value
+    source: str  # "api.rst" (its #define block or table) or "table" (codegen/caps_table.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class CapParam:
+    """One keyword argument of a capability's enable(): where it goes in args[] and what it holds."""
+
+    name: str
+    kind: str  # "flags" (the capability's FlagSet), "int", "bool" (sent as 1/0), "fd"
+    index: int  # args[index]
+    shift: int = 0  # bits below it in args[index] (KVM_CAP_X86_NOTIFY_VMEXIT packs two values)
+    width: int = 64  # bits it may use
+    at_most_check: bool = False  # not above the KVM_CHECK_EXTENSION value (flags: a subset of it)
+    source: str = "api.rst"  # "api.rst" (read from :Parameters:) or "table"
+
+
+@dataclasses.dataclass(frozen=True)
 class CapInfo:
     name: str
     enable_on: tuple[str, ...]  # subset of ("vcpu", "vm") with KVM_ENABLE_CAP
     section: str | None = None
-    summary: str = ""
+    summary: str = ""  # ours (codegen/caps_prose.py), not api.rst's
+    arches: tuple[str, ...] | None = None  # arches api.rst or the table names (None: all)
+    check: str = "bool"  # what KVM_CHECK_EXTENSION answers: "bool", "int" (a count or size) or "flags"
+    flags: FlagSet | None = None  # the named bits of a "flags" check or of "flags" parameters
+    params: tuple[CapParam, ...] = ()  # enable()'s arguments, in args[] order
+    sources: tuple[tuple[str, str], ...] = ()  # (fact, "api.rst" | "table"): check, flags, params, enable_on
 
 
 @dataclasses.dataclass

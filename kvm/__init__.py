@@ -45,7 +45,7 @@ except ImportError as exc:  # kvm/ of a source tree (a checkout, an unpacked sdi
     raise ImportError(f"{__path__[0]} is kvm's source, which holds no kvm.generated (installing maps generated/ "
                       "there): `pip install -e .` in the checkout, or run from another directory (`python -m "
                       "pytest` puts the current one first on sys.path; the `pytest` script does not)") from None
-from . import arm64, marshal, riscv64, stats, x86
+from . import arm64, caps, marshal, riscv64, stats, x86
 from .device import Device
 from .errors import (CapabilityError, ClosedError, DeviceError, Error, ForkedError, GuestMemoryError, KvmError, StateError,
                      UnavailableError)
@@ -101,6 +101,6 @@ __all__ = [
     "KvmError", "MemoryFaultExit", "MmioExit", "MsiRoute", "MsrFilterRange", "NmiExit", "NotifyExit", "RdmsrExit",
     "SetTprExit", "ShutdownExit", "StateError", "SystemEventExit", "TdxExit", "TprAccessExit", "Translation", "UnknownExit",
     "UnavailableError", "Vcpu", "Vm", "WrmsrExit", "X86BusLockExit", "X86DebugExit", "X86HypercallExit", "XenExit", "install_kick_handler",
-    "arm64", "device", "errors", "exits", "generated", "marshal", "memory", "riscv64", "stats", "system", "vcpu",
+    "arm64", "caps", "device", "errors", "exits", "generated", "marshal", "memory", "riscv64", "stats", "system", "vcpu",
     "vm", "x86",
 ]

@@ -291,6 +291,18 @@ class KvmFd(FdHolders):
         """
         return _bound_ioctls_class(self._binding, self.fd_kind)(self)
 
+    @property
+    def caps(self) -> Any:
+        """Every KVM_CAP_* of the binding, typed (kvm/caps.py), bound to this object: `SystemCaps`, `VmCaps`
+        or `VcpuCaps` of the binding's `caps_*` module. `vm.caps.x2apic_api.check()` decodes
+        KVM_CHECK_EXTENSION; `vm.caps.x2apic_api.enable(features=...)` checks its arguments, then issues
+        KVM_ENABLE_CAP, where the capability is enabled on this kind of fd."""
+        package, _, module = self._binding.__name__.rpartition(".")
+        by_fd_kind = importlib.import_module(f"{package}.caps_{module}").BY_FD_KIND
+        if self.fd_kind not in by_fd_kind:
+            raise AttributeError(f"{self.fd_kind} fds do not answer KVM_CHECK_EXTENSION")
+        return by_fd_kind[self.fd_kind](self)
+
     # -- capabilities -----------------------------------------------------------------------------
 
     def _cap_owner(self) -> KvmFd:

@@ -52,3 +52,12 @@ class CapSpec(NamedTuple):
     ioctls: tuple[str, ...]  # the ioctls it gates
     section: str | None
     summary: str
+    # How it is typed (generated caps_* modules, kvm/caps.py): what KVM_CHECK_EXTENSION answers ("bool",
+    # "int", "flags"), the bits' (member, header constant, value), enable()'s (name, kind, args index,
+    # shift, width, at most the check answer), the arches api.rst names (None: all), and where each of
+    # these facts came from: (fact, "api.rst" | "table").
+    check: str = "bool"
+    flags: tuple[tuple[str, str, int], ...] = ()
+    params: tuple[tuple[str, str, int, int, int, bool], ...] = ()
+    arches: frozenset[str] | None = None
+    sources: tuple[tuple[str, str], ...] = ()

@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("marshal",),
     ("_pure", "_speedups", "_accel"),
     ("_fd",),
-    ("memory", "stats", "device"),
+    ("memory", "stats", "device", "caps"),
     ("exits",),
     ("x86", "arm64", "riscv64"),
     ("arches",),

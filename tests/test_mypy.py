@@ -68,6 +68,38 @@ def wrong(system: SystemIoctls, vm: VmIoctls, vcpu: VcpuIoctls) -> None:
 """
 
 
+CAPS_CODE = f"""\
+from __future__ import annotations
+
+from kvm.generated.caps_{HOST} import SystemCaps, VcpuCaps, VmCaps, X2apicApi, X86DisableExits
+
+
+def configure(system: SystemCaps, vm: VmCaps, vcpu: VcpuCaps) -> int:
+    vcpus: int = system.max_vcpus.check()
+    present: bool = vm.irqchip.check()
+    features: X2apicApi = vm.x2apic_api.check()
+    vm.x2apic_api.enable(features=features & X2apicApi.USE_32BIT_IDS)
+    vm.x86_disable_exits.enable(exits=X86DisableExits.HLT | X86DisableExits.PAUSE)
+    vm.dirty_log_ring.enable(size=1 << 16)
+    vm.exception_payload.enable()
+    vm.vm_copy_enc_context_from.enable(fd=vm.owner)
+    vcpu.enforce_pv_feature_cpuid.enable(enable=False)
+    names = [cap.NAME for cap in vm if cap.check()]
+    return vcpus if present and names else 0
+"""
+
+WRONG_CAPS_CODE = f"""\
+from kvm.generated.caps_{HOST} import SystemCaps, VcpuCaps, VmCaps
+
+
+def wrong(system: SystemCaps, vm: VmCaps, vcpu: VcpuCaps) -> None:
+    vcpu.x2apic_api.enable(features=1)
+    vm.x2apic_api.enable(features="1")
+    vm.dirty_log_ring.enable()
+    flag: bool = system.max_vcpus.check()
+"""
+
+
 def _source_tree(tmp_path: pathlib.Path) -> pathlib.Path:
     """kvm/ with kvm/generated/ as installed, a tree of symlinks (the wheel's own typing, py.typed included,
     is checked from a real install in tests/test_packaging.py)."""
@@ -95,6 +127,25 @@ def test_generated_wrappers_and_user_code_pass_strict(tmp_path: pathlib.Path) ->
     modules = [f"kvm.generated.{p.stem}" for p in sorted((ROOT / "generated").glob("ioctls_*.py"))] + ["user_code"]
     out, status = _mypy(tmp_path, *[arg for module in modules for arg in ("-m", module)])
     assert status == 0, out
+
+
+def test_generated_caps_and_user_code_pass_strict(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "caps_code.py").write_text(CAPS_CODE)
+    modules = [f"kvm.generated.{p.stem}" for p in sorted((ROOT / "generated").glob("caps_*.py"))] + ["caps_code"]
+    out, status = _mypy(tmp_path, *[arg for module in modules for arg in ("-m", module)])
+    assert status == 0, out
+
+
+def test_strict_catches_capability_misuse(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "wrong_caps.py").write_text(WRONG_CAPS_CODE)
+    out, status = _mypy(tmp_path, "-m", "wrong_caps")
+    assert status == 1
+    assert '"X2apicApiCap" has no attribute "enable"' in out  # a VM capability: no enable() on a vCPU
+    assert 'Argument "features" to "enable" of "X2apicApiVmCap" has incompatible type "str"' in out
+    assert 'Missing named argument "size" for "enable" of "DirtyLogRingVmCap"' in out
+    assert 'Incompatible types in assignment (expression has type "int", variable has type "bool")' in out
 
 
 def test_strict_catches_misuse(tmp_path: pathlib.Path) -> None:
