@@ -84,6 +84,15 @@ RULES: dict[str, Rule] = _rules(
     ("capability.value", "changed", BREAK, "number changed",
      "a KVM_CAP_*'s number changed",
      "KVM_CHECK_EXTENSION and KVM_ENABLE_CAP from old programs ask for a different capability"),
+    ("capability.flags", "changed", COMPATIBLE, "flag set changed",
+     "the named bits of a capability's KVM_CHECK_EXTENSION answer or enable() argument changed (compared only "
+     "when both sides have api.rst data)",
+     "the bits are constants, compared as such; only the typed wrapper's IntFlag follows"),
+    ("capability.params", "changed", COMPATIBLE, "parameters changed",
+     "what a capability's KVM_CHECK_EXTENSION answers (bool, int, bits), the fds KVM_ENABLE_CAP takes it on, or "
+     "its args[] (name, kind, place) changed, by api.rst or codegen/caps_table.py (compared only when both "
+     "sides have api.rst data)",
+     "documentation metadata; the numbers passed are unchanged, the typed wrapper's keywords follow it"),
     ("exit_reason.added", "added", ADDITION, "added",
      "a KVM_EXIT_* reason is defined that was not",
      "old programs do not see it unless they enable what produces it"),

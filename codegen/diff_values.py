@@ -10,7 +10,9 @@ import dataclasses
 import enum
 import re
 import types
+from typing import Any
 
+from .diff_ioctls import _annotated
 from .diff_rules import Comparison
 
 
@@ -38,6 +40,9 @@ def compare(found: Comparison) -> None:
             else:
                 added = found.add(f"{kind}.value", name, va, vb, f"{_num(va)} -> {_num(vb)}")
             by_name[(name, added.change)] = len(found.changes) - 1
+    if _annotated(old) and _annotated(new):
+        for name in sorted(set(old.CAPS) & set(new.CAPS)):
+            _compare_typing(found, name, old.CAPS[name], new.CAPS[name])
     for i, c in enumerate(found.changes):
         if c.kind == "ioctl" and c.rule in ("ioctl.added", "ioctl.removed", "ioctl.number"):
             by_name[(c.name, c.change)] = i
@@ -57,6 +62,37 @@ def compare(found: Comparison) -> None:
         va, vb = (ma[0] if ma else None), (mb[0] if mb else None)
         detail = (f"was {_num(va)}" if vb is None else f"= {_num(vb)}" if va is None else f"{_num(va)} -> {_num(vb)}")
         found.add(rule, member, va, vb, f"{detail} (for {backing})")
+
+
+def _compare_typing(found: Comparison, name: str, a: Any, b: Any) -> None:
+    """A capability's named bits, and what check() answers and enable() takes (kvm/caps.py), as api.rst and
+    codegen/caps_table.py give them."""
+    bits_a, bits_b = [m[0] for m in a.flags], [m[0] for m in b.flags]
+    if bits_a != bits_b:
+        gained = [m for m in bits_b if m not in bits_a]
+        lost = [m for m in bits_a if m not in bits_b]
+        detail = "; ".join(part for part in (f"+ {', '.join(gained)}" if gained else "",
+                                             f"- {', '.join(lost)}" if lost else "") if part)
+        found.add("capability.flags", name, bits_a, bits_b, detail or "bits renamed or reordered")
+    typing_a, typing_b = _typing(a), _typing(b)
+    if typing_a != typing_b:
+        detail = "; ".join(f"{key} {_shown(typing_a[key])} -> {_shown(typing_b[key])}"
+                           for key in typing_a if typing_a[key] != typing_b[key])
+        found.add("capability.params", name, typing_a, typing_b, detail)
+
+
+def _typing(cap: Any) -> dict[str, Any]:
+    return {"check": cap.check, "enable_on": sorted(cap.enable_on),
+            "params": [{"name": p[0], "kind": p[1], "index": p[2], "shift": p[3], "width": p[4], "at_most_check": p[5]}
+                       for p in cap.params]}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return "(" + ", ".join(f"{p['name']}: {p['kind']} in args[{p['index']}]" for p in value) + ")"
+    if isinstance(value, list):
+        return "(" + ", ".join(value) + ")" if value else "none"
+    return str(value)
 
 
 def _num(value: int | None) -> str:

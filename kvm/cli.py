@@ -1,7 +1,7 @@
 """`python -m kvm`: what this host's KVM offers, through the bundled binding.
 
-    python -m kvm [--device PATH] caps [--json] [--all]   capabilities: name, value, enable-able on vm/vcpu,
-                                                        ioctls gated
+    python -m kvm [--device PATH] caps [--json] [--all]   capabilities: name, value (bits by name),
+                                                        enable-able on vm/vcpu, ioctls gated
     python -m kvm [--device PATH] info [--json]           kernel, API version, the binding chosen and why,
                                                         the run loop in use, every capability the host
                                                         reports (numbers the binding does not name: unknown)
@@ -14,6 +14,7 @@ KVM_CAP_CHECK_EXTENSION_VM, which answers for that VM; else on /dev/kvm), throug
 from __future__ import annotations
 
 import argparse
+import enum
 import importlib.metadata
 import json
 import os
@@ -23,6 +24,7 @@ from types import ModuleType
 from typing import Any, TextIO
 
 from . import _accel, generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone: no generated
+from .caps import Capability, format_value
 from .errors import DeviceError, KvmError
 from .system import Kvm
 from .vm import Vm
@@ -61,14 +63,23 @@ def _binding() -> ModuleType:
     return binding
 
 
+def _typed(cap: Capability) -> dict[str, Any]:
+    """check() decoded: "typed" as text (flag names), and "flags" (the names) where the answer is bits."""
+    value = cap.check()
+    if isinstance(value, enum.IntFlag):
+        return {"typed": format_value(value), "flags": format_value(value).split("|") if value else []}
+    return {"typed": value}
+
+
 def caps_rows(host: Host, include_absent: bool = True) -> list[dict[str, Any]]:
     """One row per capability of the binding (and per unknown number the host reports)."""
     b = host.binding
     rows = []
+    typed = {cap.NAME: cap for cap in (host.vm or host.system).caps}
     for name, cap in sorted(b.CAPS.items(), key=lambda kv: kv[1].value):
         value = host.check(cap.value)
         if value or include_absent:
-            rows.append({"name": name, "number": cap.value, "value": value,
+            rows.append({"name": name, "number": cap.value, "value": value, **_typed(typed[name]),
                          "enable_on": sorted(cap.enable_on), "ioctls": list(cap.ioctls), "known": True})
     known = {cap.value for cap in b.CAPS.values()}
     for number in range(PROBE_MAX + 1):
@@ -98,7 +109,8 @@ def cmd_caps(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     table = [["CAPABILITY", "NUMBER", "VALUE", "ENABLE ON", "IOCTLS GATED"]]
     for r in rows:
-        table.append([r["name"], str(r["number"]), str(r["value"]), ",".join(r["enable_on"]) or "-",
+        value = f"{r['value']} ({r['typed']})" if r.get("flags") else str(r["value"])  # bits: their names too
+        table.append([r["name"], str(r["number"]), value, ",".join(r["enable_on"]) or "-",
                       ", ".join(r["ioctls"]) or "-"])
     _table(table, out)
     present = sum(1 for r in rows if r["value"])

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import kvm
 from kvm import cli
 from kvm.generated import load
 
@@ -39,6 +40,19 @@ def test_caps_json_matches_check_extension() -> None:
     enable = rows["KVM_CAP_DIRTY_LOG_RING"]["enable_on"]
     assert enable == sorted(binding.CAPS["KVM_CAP_DIRTY_LOG_RING"].enable_on)
     assert "KVM_CREATE_IRQCHIP" in rows["KVM_CAP_IRQCHIP"]["ioctls"]
+
+
+def test_caps_shows_the_typed_value() -> None:
+    """Bits by name in the table and in --json, ints and bools as check() types them."""
+    with kvm.Kvm() as k, k.create_vm() as vm:
+        x2apic = vm.caps.x2apic_api.check()
+    names = kvm.caps.format_value(x2apic)
+    line = next(line for line in run("caps").splitlines() if line.startswith("KVM_CAP_X2APIC_API "))
+    assert f"{int(x2apic)} ({names})" in line
+    rows = {r["name"]: r for r in json.loads(run("caps", "--json"))["capabilities"]}
+    assert rows["KVM_CAP_X2APIC_API"]["typed"] == names and rows["KVM_CAP_X2APIC_API"]["flags"] == names.split("|")
+    assert rows["KVM_CAP_MAX_VCPUS"]["typed"] == rows["KVM_CAP_MAX_VCPUS"]["value"] > 1
+    assert rows["KVM_CAP_IRQCHIP"]["typed"] is True and "flags" not in rows["KVM_CAP_IRQCHIP"]
 
 
 def test_info_json() -> None:

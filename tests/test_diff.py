@@ -69,6 +69,20 @@ def test_6_1_to_6_12_on_x86_64() -> None:
     assert text.index("ABI breaks (") < text.index("Additions (") < text.index("Compatible changes (")
 
 
+def test_capability_flags_and_parameters_changes() -> None:
+    """The typed wrappers' facts (kvm/caps.py): a flag set that grew, a capability that became enable-able."""
+    report = diff.diff(diff.bundled("6.1", "x86_64"), diff.bundled("7.2", "x86_64"))
+    x2apic = _changes(report, "capability.flags", "KVM_CAP_X2APIC_API")[0]
+    assert x2apic.detail == "+ ENABLE_SUPPRESS_EOI_BROADCAST, DISABLE_SUPPRESS_EOI_BROADCAST"
+    assert x2apic.old == ["USE_32BIT_IDS", "DISABLE_BROADCAST_QUIRK"] and x2apic.classification == COMPATIBLE
+    assert "KVM_CAP_X86_DISABLE_EXITS" in _names(report, "capability.flags")
+    older = diff.diff(diff.bundled("5.10", "x86_64"), diff.bundled("6.1", "x86_64"))
+    max_id = _changes(older, "capability.params", "KVM_CAP_MAX_VCPU_ID")[0]
+    assert max_id.detail == "enable_on none -> (vm); params none -> (max_id: int in args[0])"
+    assert max_id.new["params"][0] == {"name": "max_id", "kind": "int", "index": 0, "shift": 0, "width": 64,
+                                       "at_most_check": True}
+
+
 def test_arches_compared_with_vs_arch() -> None:
     report = diff.diff(diff.bundled("6.12", "x86_64"), diff.bundled("6.12", "arm64"))
     assert report.mode == "arches"
