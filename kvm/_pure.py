@@ -10,6 +10,7 @@ import os
 import struct
 import sys
 import threading
+import weakref
 from typing import Any
 
 from . import _sys
@@ -74,10 +75,11 @@ class ValueIoctl:
 
 
 class Runner:
-    """Calling it issues KVM_RUN and returns the exit: an instance of classes[exit_reason], or
-    on_unknown(reason); a failure returns on_error(errno)."""
+    """runner(vcpu) issues KVM_RUN and returns the exit: an instance of classes[exit_reason], or
+    on_unknown(vcpu, reason); a failure returns on_error(vcpu, errno). It holds no reference to the
+    vCPU (which holds it), nor do its exits (weakly)."""
 
-    def __init__(self, fd: int, request: int, view: memoryview, vcpu: Any, classes: tuple[Any, ...],
+    def __init__(self, fd: int, request: int, view: memoryview, classes: tuple[Any, ...],
                  on_error: Any, on_unknown: Any, on_unusable: Any, reason_offset: int) -> None:
         for i, cls in enumerate(classes):
             if cls is not None and not (isinstance(cls, type) and issubclass(cls, ExitBase)):
@@ -91,7 +93,6 @@ class Runner:
         self.fd = fd
         self.request = request
         self.view = memoryview(view)  # a view of its own: the mapping stays while this Runner or its exits live
-        self.vcpu = vcpu
         self.classes = classes
         self.exits: list[Any] = [None] * len(classes)
         self.on_error = on_error
@@ -108,17 +109,17 @@ class Runner:
 
     def close(self) -> None:
         self.fd = -1
-        self.vcpu = self.on_error = self.on_unknown = None
+        self.on_error = self.on_unknown = None
         self.exits = [None] * len(self.classes)
 
-    def _enter(self) -> int:
+    def _enter(self, vcpu: Any) -> int:
         """KVM_RUN once: the ioctl's result or -errno; raises through on_unusable when it cannot run
         (closed, forked, in run() in another thread) or was closed meanwhile."""
         fd = self.fd
         if fd < 0 or self.generation != _fork_generation[0]:
-            return self.on_unusable()  # type: ignore[no-any-return]
+            return self.on_unusable(vcpu)  # type: ignore[no-any-return]
         if not self._claim.acquire(False):  # (one thread at a time: the check and the claim in one step)
-            return self.on_unusable(self.tid)  # type: ignore[no-any-return]
+            return self.on_unusable(vcpu, self.tid)  # type: ignore[no-any-return]
         try:
             tid = _thread.__dict__.get("tid")
             if tid is None:
@@ -130,26 +131,26 @@ class Runner:
         finally:
             self._claim.release()
         if self.fd < 0:  # closed by another thread meanwhile: kvm_run may be a stale copy by now
-            return self.on_unusable()  # type: ignore[no-any-return]
+            return self.on_unusable(vcpu)  # type: ignore[no-any-return]
         return int(result) if result >= 0 else -err
 
-    def raw(self) -> int:
+    def raw(self, vcpu: Any) -> int:
         """KVM_RUN once: the ioctl's result, or -errno (no exit decoded)."""
-        return self._enter()
+        return self._enter(vcpu)
 
-    def __call__(self) -> Any:
-        result = self._enter()
+    def __call__(self, vcpu: Any) -> Any:
+        result = self._enter(vcpu)
         if result < 0:
-            return self.on_error(-result)
+            return self.on_error(vcpu, -result)
         reason = _unpack_u32(self.view, self.reason_offset)[0]
         classes = self.classes
         cls = classes[reason] if reason < len(classes) else None
         if cls is None:
-            return self.on_unknown(reason)
+            return self.on_unknown(vcpu, reason)
         # One exit object per reason serves every run: its values are decoded anew each time.
         exit = self.exits[reason]
         if exit is None:
-            exit = self.exits[reason] = cls(self.vcpu)  # (decodes its values)
+            exit = self.exits[reason] = cls(vcpu)  # (decodes its values)
         elif exit._decoders:
             exit._decode()
         return exit
@@ -169,7 +170,7 @@ class VcpuBase:
         """
         runner = getattr(self, "_runner", None)
         if isinstance(runner, Runner):
-            return runner()
+            return runner(self)
         return self._raise_unusable()  # the subclass raises ClosedError or ForkedError
 
     def _raise_unusable(self) -> Any:
@@ -190,9 +191,9 @@ class ExitBase:
     """ExitBase(vcpu): the base of every exit; its class's _decoders fill its decoded members (see
     decoded_member) at each exit, Field descriptors read the rest of its payload from kvm_run."""
 
-    __slots__ = ("vcpu", "_page", "_values", "_plan")
+    __slots__ = ("_vcpu_ref", "_page", "_values", "_plan")
     _decoders: tuple[Any, ...] = ()
-    vcpu: Any
+    _vcpu_ref: Any
     _page: memoryview
     _values: list[Any]
     _plan: Any  # see _decoding_plan
@@ -205,13 +206,18 @@ class ExitBase:
         if not isinstance(decoders, tuple) or len(decoders) > _EXIT_VALUES:
             raise TypeError(f"{cls.__name__}._decoders must be a tuple of at most {_EXIT_VALUES} Fields")
         self = object.__new__(cls)
-        self.vcpu = vcpu
+        self._vcpu_ref = weakref.ref(vcpu)  # (the Runner keeps its exits, and the vCPU its Runner)
         self._page = runner.view
         self._values = [_UNSET] * len(decoders)
         self._plan = _decoding_plan(cls.__name__, decoders)
         if decoders:
             self._decode()
         return self
+
+    @property
+    def vcpu(self) -> Any:
+        """The Vcpu this exit came from (None once that object is gone)."""
+        return self._vcpu_ref()
 
     def _decode(self) -> None:
         """Decode the payload values from kvm_run again (after a reply changed it)."""

@@ -59,11 +59,11 @@ typedef struct {
     unsigned long generation;  /* fork_generation when made */
     Py_buffer page;            /* export held on the kvm_run mapping for the Runner's whole life */
     PyObject *view;            /* the memoryview of the mapping (exits slice their spans from it) */
-    PyObject *vcpu;
     PyObject *classes;         /* tuple indexed by exit reason: an ExitBase subclass or None */
     PyObject **exits;          /* the exit object of each reason, made on first use and then reused */
     Py_ssize_t n_exits;
-    PyObject *on_error;        /* vcpu._run_failed(errno): an exit for EINTR, else raises */
+    /* The callbacks take the vCPU first (the Runner holds no reference to it: the vCPU holds the Runner) */
+    PyObject *on_error;        /* Vcpu._run_failed(vcpu, errno): an exit for EINTR, else raises */
     PyObject *on_unknown;      /* called with the reason when `classes` has no class for it */
     PyObject *on_unusable;     /* raises ClosedError / ForkedError; with a thread id, StateError (busy) */
     Py_ssize_t reason_offset;  /* offset of kvm_run.exit_reason */
@@ -82,14 +82,14 @@ typedef struct {
     const char *run;           /* kvm_run, valid while `owner` lives */
     Py_ssize_t size;           /* bytes of the mapping */
     PyObject *owner;           /* the Runner (holding the export), or NULL for a detached exit */
-    PyObject *vcpu;
+    PyObject *vcpu_ref;        /* a weak reference to the vCPU: the Runner keeps its exits, the vCPU its Runner */
     PyObject *decoders;        /* the class's `_decoders`: the Field giving each of values[i], or NULL */
     PyObject *values[EXIT_VALUES];  /* read through READONLY member descriptors (see decoded_member) */
 } ExitObject;
 
 static int exit_decode(ExitObject *exit);
 
-static PyObject *make_exit(PyTypeObject *cls, RunnerObject *runner) {
+static PyObject *make_exit(PyTypeObject *cls, RunnerObject *runner, PyObject *vcpu) {
     ExitObject *exit = (ExitObject *)cls->tp_alloc(cls, 0);
     if (exit == NULL)
         return NULL;
@@ -97,8 +97,9 @@ static PyObject *make_exit(PyTypeObject *cls, RunnerObject *runner) {
     exit->size = runner->page.len;
     Py_INCREF(runner);
     exit->owner = (PyObject *)runner;
-    Py_XINCREF(runner->vcpu);
-    exit->vcpu = runner->vcpu;
+    exit->vcpu_ref = PyWeakref_NewRef(vcpu, NULL);
+    if (exit->vcpu_ref == NULL)
+        goto fail;
     PyObject *decoders = PyObject_GetAttrString((PyObject *)cls, "_decoders");
     if (decoders == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError))
@@ -127,26 +128,26 @@ fail:
 
 /* The answer of a Runner that cannot enter KVM_RUN: on_unusable() raises ClosedError or ForkedError
  * (closed, forked), on_unusable(tid) raises StateError (thread `tid` is inside KVM_RUN on it already). */
-static PyObject *runner_unusable(RunnerObject *self, pid_t busy) {
+static PyObject *runner_unusable(RunnerObject *self, PyObject *vcpu, pid_t busy) {
     if (self->on_unusable == NULL) {
         PyErr_SetString(PyExc_ValueError, "this Runner was cleared");
         return NULL;
     }
     if (busy)
-        return PyObject_CallFunction(self->on_unusable, "i", (int)busy);
-    return PyObject_CallNoArgs(self->on_unusable);
+        return PyObject_CallFunction(self->on_unusable, "Oi", vcpu, (int)busy);
+    return PyObject_CallOneArg(self->on_unusable, vcpu);
 }
 
 /* KVM_RUN once, the GIL released. Returns NULL with *result set to the ioctl's result, or -errno; when
  * the Runner cannot run (closed, forked, running in another thread) or was closed meanwhile (kvm_run may
  * be a stale copy by now), the answer of runner_unusable. One thread at a time: the check and the
  * claim of `tid` happen under the GIL, and kick() signals the one thread inside. */
-static PyObject *runner_enter(RunnerObject *self, int *result) {
+static PyObject *runner_enter(RunnerObject *self, PyObject *vcpu, int *result) {
     int fd = self->fd;
     if (fd < 0 || self->generation != fork_generation)
-        return runner_unusable(self, 0);
+        return runner_unusable(self, vcpu, 0);
     if (self->tid != 0)
-        return runner_unusable(self, self->tid);
+        return runner_unusable(self, vcpu, self->tid);
     if (thread_tid == 0)
         thread_tid = (pid_t)syscall(SYS_gettid);
     self->tid = thread_tid;
@@ -157,27 +158,22 @@ static PyObject *runner_enter(RunnerObject *self, int *result) {
     Py_END_ALLOW_THREADS
     self->tid = 0;
     if (self->fd < 0)
-        return runner_unusable(self, 0);
+        return runner_unusable(self, vcpu, 0);
     *result = r < 0 ? -err : r;
     return NULL;
 }
 
-static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
-                                   PyObject *kwnames) {
-    RunnerObject *self = (RunnerObject *)callable;
-    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
-        PyErr_SetString(PyExc_TypeError, "run() takes no arguments");
-        return NULL;
-    }
+/* KVM_RUN until the next exit of `vcpu` (whose Runner this is): its exit object (see the module's comment). */
+static PyObject *runner_run(RunnerObject *self, PyObject *vcpu) {
     int result;
-    PyObject *refused = runner_enter(self, &result);
+    PyObject *refused = runner_enter(self, vcpu, &result);
     if (refused != NULL || PyErr_Occurred())
         return refused;
     if (result < 0) {
         PyObject *code = PyLong_FromLong(-result);
         if (code == NULL)
             return NULL;
-        PyObject *exit = PyObject_CallOneArg(self->on_error, code);
+        PyObject *exit = PyObject_CallFunctionObjArgs(self->on_error, vcpu, code, NULL);
         Py_DECREF(code);
         return exit;
     }
@@ -189,14 +185,14 @@ static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, si
         PyObject *number = PyLong_FromUnsignedLong(reason);
         if (number == NULL)
             return NULL;
-        PyObject *exit = PyObject_CallOneArg(self->on_unknown, number);
+        PyObject *exit = PyObject_CallFunctionObjArgs(self->on_unknown, vcpu, number, NULL);
         Py_DECREF(number);
         return exit;
     }
     /* One exit object per reason serves every run: its values are decoded anew each time. */
     PyObject *exit = self->exits[reason];
     if (exit == NULL) {
-        exit = make_exit((PyTypeObject *)cls, self);
+        exit = make_exit((PyTypeObject *)cls, self, vcpu);
         if (exit == NULL)
             return NULL;
         self->exits[reason] = exit;
@@ -207,12 +203,24 @@ static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, si
     return exit;
 }
 
-/* raw(): KVM_RUN once as the generated wrapper issues it (`vcpu.ioctls.run()`): the ioctl's result or
- * -errno, no exit decoded; kick() and close() reach it as they reach run(). */
-static PyObject *runner_raw(RunnerObject *self, PyObject *unused) {
+static PyObject *runner_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames) {
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "a Runner is called with the vCPU it runs");
+        return NULL;
+    }
+    Py_INCREF(callable);  /* (another thread may drop the vCPU's reference while this one is in KVM_RUN) */
+    PyObject *exit = runner_run((RunnerObject *)callable, args[0]);
+    Py_DECREF(callable);
+    return exit;
+}
+
+/* raw(vcpu): KVM_RUN once as the generated wrapper issues it (`vcpu.ioctls.run()`): the ioctl's result
+ * or -errno, no exit decoded; kick() and close() reach it as they reach run(). */
+static PyObject *runner_raw(RunnerObject *self, PyObject *vcpu) {
     int result;
     Py_INCREF(self);  /* (another thread may drop the vCPU's reference while this one is in KVM_RUN) */
-    PyObject *refused = runner_enter(self, &result);
+    PyObject *refused = runner_enter(self, vcpu, &result);
     Py_DECREF(self);
     if (refused != NULL || PyErr_Occurred())
         return refused;
@@ -225,18 +233,18 @@ static void runner_drop_exits(RunnerObject *self) {
 }
 
 static int runner_init(RunnerObject *self, PyObject *args, PyObject *kwds) {
-    static char *keywords[] = {"fd", "request", "view", "vcpu", "classes", "on_error", "on_unknown",
-                               "on_unusable", "reason_offset", NULL};
+    static char *keywords[] = {"fd", "request", "view", "classes", "on_error", "on_unknown", "on_unusable",
+                               "reason_offset", NULL};
     int fd;
     unsigned long request;
-    PyObject *view, *vcpu, *classes, *on_error, *on_unknown, *on_unusable;
+    PyObject *view, *classes, *on_error, *on_unknown, *on_unusable;
     Py_ssize_t reason_offset;
     if (self->exits != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Runner is already initialized");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ikOOO!OOOn:Runner", keywords, &fd, &request, &view,
-                                     &vcpu, &PyTuple_Type, &classes, &on_error, &on_unknown,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ikOO!OOOn:Runner", keywords, &fd, &request, &view,
+                                     &PyTuple_Type, &classes, &on_error, &on_unknown,
                                      &on_unusable, &reason_offset))
         return -1;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(classes); i++) {
@@ -273,8 +281,6 @@ static int runner_init(RunnerObject *self, PyObject *args, PyObject *kwds) {
     self->reason_offset = reason_offset;
     Py_INCREF(view);
     self->view = view;
-    Py_INCREF(vcpu);
-    self->vcpu = vcpu;
     Py_INCREF(classes);
     self->classes = classes;
     Py_INCREF(on_error);
@@ -299,7 +305,6 @@ static PyObject *runner_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
 static PyObject *runner_close(RunnerObject *self, PyObject *unused) {
     self->fd = -1;
     runner_drop_exits(self);
-    Py_CLEAR(self->vcpu);
     Py_CLEAR(self->on_error);
     Py_CLEAR(self->on_unknown);
     Py_RETURN_NONE;
@@ -309,7 +314,6 @@ static int runner_traverse(RunnerObject *self, visitproc visit, void *arg) {
     for (Py_ssize_t i = 0; i < self->n_exits; i++)
         Py_VISIT(self->exits[i]);
     Py_VISIT(self->view);
-    Py_VISIT(self->vcpu);
     Py_VISIT(self->classes);
     Py_VISIT(self->on_error);
     Py_VISIT(self->on_unknown);
@@ -320,7 +324,6 @@ static int runner_traverse(RunnerObject *self, visitproc visit, void *arg) {
 static int runner_clear(RunnerObject *self) {
     self->fd = -1;
     runner_drop_exits(self);
-    Py_CLEAR(self->vcpu);
     Py_CLEAR(self->classes);
     Py_CLEAR(self->on_error);
     Py_CLEAR(self->on_unknown);
@@ -349,8 +352,8 @@ static PyObject *runner_get_closed(RunnerObject *self, void *unused) {
 static PyMethodDef runner_methods[] = {
     {"close", (PyCFunction)runner_close, METH_NOARGS,
      "Stop running (the next call raises through on_unusable); exits made so far stay readable."},
-    {"raw", (PyCFunction)runner_raw, METH_NOARGS,
-     "KVM_RUN once: the ioctl's result, or -errno (no exit decoded)."},
+    {"raw", (PyCFunction)runner_raw, METH_O,
+     "raw(vcpu): KVM_RUN once: the ioctl's result, or -errno (no exit decoded)."},
     {NULL},
 };
 
@@ -358,7 +361,6 @@ static PyMemberDef runner_members[] = {
     {"tid", T_INT, offsetof(RunnerObject, tid), READONLY,
      "Kernel id of the thread inside KVM_RUN, 0 when none (what Vcpu.kick() signals)."},
     {"view", T_OBJECT, offsetof(RunnerObject, view), READONLY, "The kvm_run mapping (memoryview)."},
-    {"vcpu", T_OBJECT, offsetof(RunnerObject, vcpu), READONLY, "The Vcpu, None once closed."},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(RunnerObject, vectorcall), READONLY},
     {NULL},
 };
@@ -371,9 +373,9 @@ static PyGetSetDef runner_getset[] = {
 static PyTypeObject RunnerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "kvm._speedups.Runner",
-    .tp_doc = "Runner(fd, request, view, vcpu, classes, on_error, on_unknown, on_unusable, reason_offset)\n\n"
-              "Calling it issues KVM_RUN (the GIL released) and returns the exit: an instance of\n"
-              "classes[exit_reason], or on_unknown(reason); a failure returns on_error(errno).",
+    .tp_doc = "Runner(fd, request, view, classes, on_error, on_unknown, on_unusable, reason_offset)\n\n"
+              "runner(vcpu) issues KVM_RUN (the GIL released) and returns the exit: an instance of\n"
+              "classes[exit_reason], or on_unknown(vcpu, reason); a failure returns on_error(vcpu, errno).",
     .tp_basicsize = sizeof(RunnerObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_new = runner_new,
@@ -404,7 +406,7 @@ static PyObject *vcpu_base_run(VcpuBaseObject *self, PyObject *unused) {
         /* A reference of our own: another thread may close the vCPU (and drop its Runner) while this
          * one is inside KVM_RUN without the GIL. */
         Py_INCREF(runner);
-        PyObject *exit = runner_vectorcall(runner, NULL, 0, NULL);
+        PyObject *exit = runner_run((RunnerObject *)runner, (PyObject *)self);
         Py_DECREF(runner);
         return exit;
     }
@@ -502,14 +504,10 @@ static PyObject *exit_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
                      type->tp_name);
         return NULL;
     }
-    ExitObject *exit = (ExitObject *)make_exit(type, (RunnerObject *)runner);
+    ExitObject *exit = (ExitObject *)make_exit(type, (RunnerObject *)runner, vcpu);
     Py_DECREF(runner);
     if (exit == NULL)
         return NULL;
-    if (exit->vcpu != vcpu) {
-        Py_INCREF(vcpu);
-        Py_XSETREF(exit->vcpu, vcpu);
-    }
     if (exit->decoders != NULL && exit_decode(exit) < 0) {
         Py_DECREF(exit);
         return NULL;
@@ -525,7 +523,7 @@ static int exit_init(PyObject *self, PyObject *args, PyObject *kwds) {
  * subtype_traverse / subtype_dealloc, not here. */
 static int exit_traverse(ExitObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->owner);
-    Py_VISIT(self->vcpu);
+    Py_VISIT(self->vcpu_ref);
     Py_VISIT(self->decoders);
     for (int i = 0; i < EXIT_VALUES; i++)
         Py_VISIT(self->values[i]);
@@ -537,7 +535,7 @@ static int exit_clear(ExitObject *self) {
     self->run = NULL;
     self->size = 0;
     Py_CLEAR(self->owner);
-    Py_CLEAR(self->vcpu);
+    Py_CLEAR(self->vcpu_ref);
     Py_CLEAR(self->decoders);
     for (int i = 0; i < EXIT_VALUES; i++)
         Py_CLEAR(self->values[i]);
@@ -637,12 +635,26 @@ static PyMethodDef exit_methods[] = {
     {NULL},
 };
 
-static PyMemberDef exit_members[] = {
-    {"vcpu", T_OBJECT, offsetof(ExitObject, vcpu), READONLY, "The Vcpu this exit came from."},
-    {NULL},
-};
+
+static PyObject *exit_get_vcpu(ExitObject *self, void *unused) {
+    if (self->vcpu_ref == NULL)
+        Py_RETURN_NONE;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *vcpu;
+    if (PyWeakref_GetRef(self->vcpu_ref, &vcpu) < 0)
+        return NULL;
+    if (vcpu == NULL)
+        Py_RETURN_NONE;
+    return vcpu;
+#else
+    PyObject *vcpu = PyWeakref_GetObject(self->vcpu_ref);  /* (borrowed; Py_None once gone) */
+    Py_INCREF(vcpu);
+    return vcpu;
+#endif
+}
 
 static PyGetSetDef exit_getset[] = {
+    {"vcpu", (getter)exit_get_vcpu, NULL, "The Vcpu this exit came from (None once that object is gone).", NULL},
     {"_page", (getter)exit_get_page, NULL, "The vCPU's kvm_run mapping (memoryview).", NULL},
     {NULL},
 };
@@ -661,7 +673,6 @@ static PyTypeObject ExitBaseType = {
     .tp_clear = (inquiry)exit_clear,
     .tp_setattro = exit_setattro,
     .tp_methods = exit_methods,
-    .tp_members = exit_members,
     .tp_getset = exit_getset,
 };
 

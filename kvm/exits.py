@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from ._accel import ExitBase, Field
+from .errors import ClosedError
 from .marshal import integer
 
 _BYTEORDER = sys.byteorder
@@ -66,10 +67,17 @@ class Exit(ExitBase):
         super().__init_subclass__(**kwargs)
         cls._payloads = {name: value for name, value in vars(cls).items() if isinstance(value, _Payload)}
 
+    def _source(self) -> Any:
+        """The vCPU this exit came from (exits hold it weakly); ClosedError once that object is gone."""
+        vcpu = self.vcpu
+        if vcpu is None:
+            raise ClosedError(f"the vCPU this {type(self).__name__} came from is gone (closed and dropped)")
+        return vcpu
+
     @property
     def _run(self) -> Any:
         """The vCPU's `struct kvm_run *` (cffi), for the fields read less often than the payload fields."""
-        return self.vcpu.kvm_run
+        return self._source().kvm_run
 
     def snapshot(self) -> dict[str, Any]:
         """The decoded payload as a plain dict (safe to keep after the next run())."""
@@ -105,8 +113,8 @@ class UnknownExit(Exit):
     @property
     def payload(self) -> bytes:
         """kvm_run's exit union, raw (256 bytes: the size of its `padding` member, which sizes the union)."""
-        padding = dict(self.vcpu.ffi.typeof("struct kvm_run").fields)["padding"]
-        return bytes(self._page[padding.offset : padding.offset + self.vcpu.ffi.sizeof(padding.type)])
+        padding = dict(self._source().ffi.typeof("struct kvm_run").fields)["padding"]
+        return bytes(self._page[padding.offset : padding.offset + self._source().ffi.sizeof(padding.type)])
 
 
 def _int_bytes(value: int | bytes, length: int) -> bytes:
@@ -177,7 +185,7 @@ class IoExit(Exit):
 
     def reply(self, value: int | bytes) -> None:
         """For `in`: the value(s) the guest reads (an int fills one element; bytes fill size*count)."""
-        self.vcpu.fileno()  # raises unless the vCPU is open and of this process (a child shares the page)
+        self._source().fileno()  # raises unless the vCPU is open and of this process (a child shares the page)
         data = self.data
         size = self.size
         reply = _int_bytes(value, size) if isinstance(value, int) else _int_bytes(value, len(data))
@@ -203,7 +211,7 @@ class MmioExit(Exit):
 
     def reply(self, value: int | bytes) -> None:
         """For a read: the value (an int) or the `len` bytes the guest reads."""
-        self.vcpu.fileno()  # raises unless the vCPU is open and of this process (a child shares the page)
+        self._source().fileno()  # raises unless the vCPU is open and of this process (a child shares the page)
         data = self.data
         data[:] = _int_bytes(value, len(data))
         self._decode()  # `value` shows the reply
@@ -249,7 +257,7 @@ class X86HypercallExit(HypercallExit):
     @property
     def long_mode(self) -> bool:
         """The guest made the hypercall in 64-bit mode (KVM_EXIT_HYPERCALL_LONG_MODE)."""
-        return bool(self.flags & _constant(self.vcpu, "KVM_EXIT_HYPERCALL_LONG_MODE"))
+        return bool(self.flags & _constant(self._source(), "KVM_EXIT_HYPERCALL_LONG_MODE"))
 
 
 class Arm64HypercallExit(HypercallExit):
@@ -262,13 +270,13 @@ class Arm64HypercallExit(HypercallExit):
     @property
     def smc(self) -> bool:
         """The guest issued an SMC rather than an HVC (KVM_HYPERCALL_EXIT_SMC)."""
-        return bool(self.flags & _constant(self.vcpu, "KVM_HYPERCALL_EXIT_SMC"))
+        return bool(self.flags & _constant(self._source(), "KVM_HYPERCALL_EXIT_SMC"))
 
     @property
     def is_16bit(self) -> bool:
         """A 16-bit (T32) instruction made the call (KVM_HYPERCALL_EXIT_16BIT): the return address is 2 bytes
         past it rather than 4."""
-        return bool(self.flags & _constant(self.vcpu, "KVM_HYPERCALL_EXIT_16BIT"))
+        return bool(self.flags & _constant(self._source(), "KVM_HYPERCALL_EXIT_16BIT"))
 
 
 class DebugExit(Exit):
@@ -281,7 +289,7 @@ class DebugExit(Exit):
     @property
     def arch(self) -> dict[str, int]:
         """The members of the arch's `struct kvm_debug_exit_arch`, copied from kvm_run."""
-        ffi = self.vcpu.ffi
+        ffi = self._source().ffi
         record = self._run.debug.arch
         return {name: int(getattr(record, name)) for name, _ in ffi.typeof("struct kvm_debug_exit_arch").fields or ()}
 
@@ -409,7 +417,7 @@ class InternalErrorExit(Exit):
     def suberror_name(self) -> str:
         """The suberror's name without KVM_INTERNAL_ERROR_ ("EMULATION"), or its number."""
         value = self.suberror
-        for name, number in self.vcpu.binding.CONSTANTS.items():
+        for name, number in self._source().binding.CONSTANTS.items():
             if number == value and name.startswith("KVM_INTERNAL_ERROR_") and "_FLAG_" not in name:
                 return name[len("KVM_INTERNAL_ERROR_"):]  # type: ignore[no-any-return]
         return str(value)
@@ -430,10 +438,10 @@ class InternalErrorExit(Exit):
     def insn_bytes(self) -> bytes | None:
         """For an emulation failure reported with them, the bytes of the instruction; else None."""
         failure = self._run.emulation_failure
-        if (int(failure.suberror) != _constant(self.vcpu, "KVM_INTERNAL_ERROR_EMULATION") or int(failure.ndata) < 3
-                or not int(failure.flags) & _constant(self.vcpu, "KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES")):
+        if (int(failure.suberror) != _constant(self._source(), "KVM_INTERNAL_ERROR_EMULATION") or int(failure.ndata) < 3
+                or not int(failure.flags) & _constant(self._source(), "KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES")):
             return None
-        data = bytes(self.vcpu.ffi.buffer(failure.insn_bytes))
+        data = bytes(self._source().ffi.buffer(failure.insn_bytes))
         return data[: min(int(failure.insn_size), len(data))]
 
     def describe(self) -> str:
@@ -458,7 +466,7 @@ class SystemEventExit(Exit):
         """The KVM_SYSTEM_EVENT_* number (a `SystemEvent` member when the binding names it)."""
         value = int(self._run.system_event.type)
         try:
-            return self.vcpu.binding.SystemEvent(value)  # type: ignore[no-any-return]
+            return self._source().binding.SystemEvent(value)  # type: ignore[no-any-return]
         except Exception:
             return value
 
@@ -553,7 +561,7 @@ class MemoryFaultExit(Exit):
     @property
     def private(self) -> bool:
         """The access was to private memory (KVM_MEMORY_EXIT_FLAG_PRIVATE)."""
-        return bool(self.flags & _constant(self.vcpu, "KVM_MEMORY_EXIT_FLAG_PRIVATE"))
+        return bool(self.flags & _constant(self._source(), "KVM_MEMORY_EXIT_FLAG_PRIVATE"))
 
 
 class _PayloadExit(Exit):

@@ -123,9 +123,12 @@ class Vcpu(Attributes, VcpuBase):
         self._mapping: _sys.FileMapping | None = mapping
         self._run = mapping.record(ffi, "struct kvm_run")
         # `run()` (of VcpuBase) calls it: no Python frame between `vcpu.run()` and KVM_RUN
-        self._runner = Runner(fd, binding.IOCTLS["KVM_RUN"].number, mapping.view, self,
-                              dispatch_table(binding), self._run_failed, self._unknown_exit,
-                              self._run_refused, ffi.offsetof("struct kvm_run", "exit_reason"))
+        # (the callbacks are the class's functions, called with the vCPU: the Runner holds no reference
+        # to it, so that a dropped vCPU is freed, and closed, at once)
+        cls = type(self)
+        self._runner = Runner(fd, binding.IOCTLS["KVM_RUN"].number, mapping.view, dispatch_table(binding),
+                              cls._run_failed, cls._unknown_exit, cls._run_refused,
+                              ffi.offsetof("struct kvm_run", "exit_reason"))
         self._kicked = False
         self._stats: StatsFd | None = None
         self._dirty_ring: _sys.FileMapping | None = None
@@ -193,7 +196,7 @@ class Vcpu(Attributes, VcpuBase):
         runner = self._runner
         if runner is None:
             self._raise_unusable()
-        result: int = runner.raw()
+        result: int = runner.raw(self)
         if result < 0:
             raise KvmError("KVM_RUN", "vcpu", -result)
         return result

@@ -6,11 +6,13 @@ What every arch's VM has; the arch's own methods come from the mixin kvm/arches.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import mmap as _mmap
 import os
 import stat
 import sys
+import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -18,7 +20,7 @@ from . import _sys, marshal
 from ._fd import FdHolders, KvmFd, needs
 from .arches import for_binding
 from .device import Attributes, Device
-from .errors import CapabilityError, ClosedError, ForkedError, StateError
+from .errors import CapabilityError, ClosedError, ForkedError, KvmError, StateError
 from .memory import PAGE_SIZE, GuestMemory
 from .stats import StatsFd
 from .vcpu import CoalescedAccess, Vcpu
@@ -194,7 +196,9 @@ class Vm(Attributes):
         self.type = vm_type
         self._ffi = system.binding.ffi
         self._memory: dict[int, GuestMemory] = {}
-        self._vcpus: dict[int, Vcpu] = {}
+        # held weakly, as every child: a vCPU the user drops closes its fd at once (KVM keeps the vCPU,
+        # and its id, until the VM goes)
+        self._vcpus: weakref.WeakValueDictionary[int, Vcpu] = weakref.WeakValueDictionary()
         self._stats: StatsFd | None = None
         self._dirty_ring_bytes = 0
         self._caps_on_vm_fd: bool | None = None  # found on first use, by capability_fd()
@@ -411,7 +415,13 @@ class Vm(Attributes):
         """KVM_CREATE_VCPU: a new `Vcpu` with id `id` (on x86, its APIC id)."""
         id = marshal.integer(id, "id", 0, 0xFFFFFFFF)
         mmap_size = self.system.vcpu_mmap_size
-        fd = marshal.by_value(self._ioctl, "KVM_CREATE_VCPU", id, "id")
+        try:
+            fd = marshal.by_value(self._ioctl, "KVM_CREATE_VCPU", id, "id")
+        except KvmError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            state = "is open" if id in self._vcpus else "was closed or dropped (KVM keeps a vCPU until its VM goes)"
+            raise KvmError("KVM_CREATE_VCPU", "vm", exc.errno, f"vCPU {id} exists already: its Vcpu {state}") from None
         try:
             vcpu = for_binding(Vcpu, self._binding)(self, fd, id, mmap_size)
         except BaseException:

@@ -52,8 +52,8 @@ class _Page:
 
     def __init__(self, impl: types.ModuleType, size: int = PAGE) -> None:
         self.buffer = bytearray(size)
-        self._runner = impl.Runner(-1, 0, memoryview(self.buffer), self, (), self._fail, self._fail,
-                                   self._unusable, 8)
+        self._runner = impl.Runner(-1, 0, memoryview(self.buffer), (), _Page._fail, _Page._fail,
+                                   _Page._unusable, 8)
 
     def _fail(self, *args: object) -> None:
         raise AssertionError("not reached")
@@ -217,11 +217,11 @@ def test_runner_checks_its_arguments(impl):
     view = memoryview(bytearray(PAGE))
     ok = (lambda *a: None)
     with pytest.raises(TypeError, match="exit class"):
-        impl.Runner(-1, 0, view, None, (int,), ok, ok, ok, 8)
+        impl.Runner(-1, 0, view, (int,), ok, ok, ok, 8)
     with pytest.raises(ValueError, match="reason_offset"):
-        impl.Runner(-1, 0, view, None, (), ok, ok, ok, PAGE - 2)
+        impl.Runner(-1, 0, view, (), ok, ok, ok, PAGE - 2)
     with pytest.raises(BufferError, match="not writable"):
-        impl.Runner(-1, 0, memoryview(bytes(PAGE)), None, (), ok, ok, ok, 8)  # read-only page
+        impl.Runner(-1, 0, memoryview(bytes(PAGE)), (), ok, ok, ok, 8)  # read-only page
     with pytest.raises(TypeError, match="_runner"):
         impl.ExitBase(object())
 
@@ -241,7 +241,7 @@ def test_half_made_runners_and_fields_raise_instead_of_crashing(impl):
         impl.Field("far", "bytes", 0, 0, length_offset=sys.maxsize - 3, length_width=4)
     failed = impl.Runner.__new__(impl.Runner)
     with pytest.raises(ValueError, match="reason_offset"):
-        failed.__init__(-1, 0, memoryview(bytearray(64)), None, (), ok, ok, ok, 100)
+        failed.__init__(-1, 0, memoryview(bytearray(64)), (), ok, ok, ok, 100)
     for runner in (failed, impl.Runner.__new__(impl.Runner)):
         Vcpu._runner = runner
         with pytest.raises(TypeError, match="_runner"):
@@ -249,7 +249,7 @@ def test_half_made_runners_and_fields_raise_instead_of_crashing(impl):
     if impl is not kvm._pure:  # the pure Field has no half-made state
         blank = impl.Field.__new__(impl.Field)
         assert "not initialised" in repr(blank)
-        Vcpu._runner = impl.Runner(-1, 0, memoryview(bytearray(PAGE)), None, (), ok, ok, ok, 8)
+        Vcpu._runner = impl.Runner(-1, 0, memoryview(bytearray(PAGE)), (), ok, ok, ok, 8)
         probe = _exit_class(impl, f=blank)
         with pytest.raises(ValueError, match="never initialised"):
             probe(Vcpu()).f
@@ -259,11 +259,11 @@ def test_half_made_runners_and_fields_raise_instead_of_crashing(impl):
 def test_a_closed_runner_refuses_to_run(impl):
     page = _Page(impl)
     with pytest.raises(kvm.ClosedError):
-        page._runner()
+        page._runner(page)
     page._runner.close()
     assert page._runner.closed
     with pytest.raises(kvm.ClosedError):
-        page._runner()
+        page._runner(page)
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)

@@ -513,3 +513,30 @@ def test_12_nested_array_members_name_the_element(vm) -> None:
         vcpu.fpu = {"fpr": [[0], [-1]]}
     vcpu.fpu = {"fpr": [[1, 2]]}
     assert list(vcpu.fpu.fpr[0])[:3] == [1, 2, 0]
+
+
+def test_10_dropped_objects_close_their_fds_without_the_garbage_collector(system) -> None:
+    """Parents hold children weakly and a vCPU's Runner and exits hold the vCPU weakly: no reference
+    cycle keeps a dropped VM, vCPU or exit (and their fds) alive until the cyclic collector runs."""
+    import kvm.x86
+    gc.disable()
+    try:
+        before = fds()
+        for _ in range(20):
+            vm = system.create_vm()
+            mem, vcpu = real_mode_guest(vm, bytes([0xE6, 0x10, 0xF4]))  # out 0x10, al; hlt
+            exit = vcpu.run()
+            assert isinstance(exit, kvm.IoExit) and exit.vcpu is vcpu
+            vm.ioeventfd(0x20, 1, pio=True)
+            del vm, mem, vcpu
+            assert exit.vcpu is None  # (the exit outlived its vCPU: it says so)
+            with pytest.raises(kvm.ClosedError, match="came from is gone"):
+                exit.reply(1)
+            del exit
+        assert fds() == before
+        vm = system.create_vm()
+        vm.create_vcpu(0)  # dropped at once: its fd closes, the kernel keeps vCPU 0
+        with pytest.raises(kvm.KvmError, match="vCPU 0 exists already: its Vcpu was closed or dropped"):
+            vm.create_vcpu(0)
+    finally:
+        gc.enable()
