@@ -1254,6 +1254,59 @@ class KvmMachine(RuleBasedStateMachine):
                 self.t.finding("not a library type", f"run() under close -> {type(outcome).__name__}",
                                f"{type(target).__name__}.close() under run()", repr(outcome)[:160])
 
+    @rule(vcpu=vcpus, data=st.data())
+    def close_while_in_use(self, vcpu: Any, data: Any) -> None:
+        """Another thread keeps writing a vCPU's registers while this one closes the vCPU (or its VM) and
+        makes a new VM, whose vCPU may be given the same fd number: nothing may land on the new vCPU, and
+        the racing calls may raise only the library's own exceptions (ClosedError)."""
+        vm = getattr(vcpu, "vm", None)
+        if vcpu.closed or vm is None or vm.system.closed or not offers(vcpu, "regs"):
+            return
+        marker = 0xDEAD0000 + self.rng.randrange(0x10000)
+        target = vcpu if data.draw(st.booleans(), label="close the vCPU, not the VM") else vm
+        outcomes: list[BaseException] = []
+        go = threading.Event()
+        landed = False
+
+        def hammer() -> None:
+            go.wait()
+            for _ in range(40):
+                try:
+                    vcpu.regs = {"rax": marker}
+                except Exception as exc:  # noqa: BLE001 - classified below
+                    outcomes.append(exc)
+
+        old = sys.getswitchinterval()
+        thread = threading.Thread(target=hammer, daemon=True)
+        thread.start()
+        sys.setswitchinterval(1e-6)  # (switch between the threads as often as the interpreter can)
+        try:
+            go.set()
+            self.call(f"{type(target).__name__}.close (while in use)", _lazy(target, "close"))
+            with vm.system.create_vm() as fresh:
+                newcomer = fresh.create_vcpu(0)
+                thread.join(10)
+                landed = newcomer.regs.rax == marker
+        finally:
+            sys.setswitchinterval(old)
+            go.set()
+            thread.join(10)
+        self.t.calls += 40
+        if thread.is_alive():
+            self.t.hangs += 1
+            self.t.finding("hang", "a call racing close() did not return", f"{type(target).__name__}.close() under "
+                           "vcpu.regs = ...", "the thread is still there 10 s later")
+        if landed:
+            self.harmful("a call racing close() landed on a new vCPU", f"{type(target).__name__}.close() under "
+                         "vcpu.regs = ...", "the new VM's vCPU 0 got the old vCPU's register write")
+        for exc in outcomes:
+            self.t.exceptions += 1
+            if classify(exc, ()) is None:
+                self.t.good += 1
+            else:
+                self.t.finding("not a library type", f"vcpu.regs = ... under close -> {type(exc).__name__}",
+                               f"{type(target).__name__}.close() under vcpu.regs = ...", repr(exc)[:160])
+
     @precondition(lambda self: self.forks_here < 1)
     @rule(data=st.data())
     def fork(self, data: Any) -> None:
