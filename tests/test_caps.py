@@ -22,7 +22,7 @@ import pytest
 
 import kvm
 import kvm.generated as g
-from kvm.caps import Capability, format_value
+from kvm.caps import format_value
 
 HOST = g.load()
 
@@ -73,10 +73,6 @@ def test_check_is_check_extension_decoded_on_every_fd_kind(system: kvm.Kvm) -> N
                 cap = caps[name]
                 assert (cap.NAME, cap.NUMBER, cap.SECTION) == (name, spec.value, spec.section)
                 _decoded(spec, cap.check(), obj.check_extension(spec.value))
-
-
-def _flags_of(cap: Capability) -> type[enum.IntFlag]:
-    return type(cap.check())  # type: ignore[return-value]
 
 
 def _prepare_irqchip(vm: kvm.Vm) -> None:
@@ -197,7 +193,7 @@ def test_zz_counts(capsys: pytest.CaptureFixture[str]) -> None:
 def test_arguments_are_checked_exactly(system: kvm.Kvm) -> None:
     with system.create_vm() as vm:
         caps = vm.caps
-        X2apicApi = _flags_of(caps.x2apic_api)
+        X2apicApi = caps.x2apic_api.FLAGS
         with pytest.raises(ValueError, match=r"KVM_CAP_X2APIC_API: features has bits 0x10 "):
             caps.x2apic_api.enable(features=0x10)
         with pytest.raises(TypeError, match="KVM_CAP_X2APIC_API features must be an int, not bool"):
@@ -222,7 +218,7 @@ def test_arguments_are_checked_exactly(system: kvm.Kvm) -> None:
 def test_flags_named_outside_the_check_answer_are_refused_naming_them(system: kvm.Kvm) -> None:
     with system.create_vm() as vm:
         cap = vm.caps.disable_quirks  # check() is a presence: the bits allowed are the ones the binding names
-        named = sum(int(m) for m in _flags_of(vm.caps.disable_quirks2))
+        named = sum(int(m) for m in cap.FLAGS)
         unnamed = 1 << named.bit_length()
         with pytest.raises(ValueError, match=rf"bits {unnamed:#x} that are not among those DisableQuirks names"):
             cap.enable(quirks=unnamed)
@@ -284,7 +280,7 @@ def test_every_capability_of_every_binding_has_its_wrapper(kernel: str, release:
             for member, constant, value in spec.flags:
                 assert constant in binding.CONSTANTS, (name, constant)
                 assert value in (binding.CONSTANTS[constant], 1 << binding.CONSTANTS[constant]), (name, constant)
-                assert int(flags_cls[member]) == value, (name, member)
+                assert int(flags_cls[member]) == value and system_cls.FLAGS is flags_cls, (name, member)
 
 
 def test_parameter_sources_are_counted(capsys: pytest.CaptureFixture[str]) -> None:
