@@ -47,7 +47,7 @@ except ImportError as exc:  # kvm/ of a source tree (a checkout, an unpacked sdi
                       "pytest` puts the current one first on sys.path; the `pytest` script does not)") from None
 from . import arm64, caps, marshal, riscv64, stats, x86
 from .device import Device
-from .errors import (CapabilityError, ClosedError, DeviceError, Error, ForkedError, GuestMemoryError, KvmError, StateError,
+from .errors import (CapabilityError, ClosedError, DeviceError, Error, ForkedError, GuestMemoryError, KvmError, ResourceError, StateError,
                      UnavailableError)
 from .exits import (
     ApResetHoldExit,
@@ -98,7 +98,7 @@ __all__ = [
     "DirtyGfn", "DirtyRingFullExit", "EventFd", "ExceptionExit", "Exit", "FailEntryExit", "ForkedError",
     "GuestMemfd", "GuestMemory", "GuestMemoryError", "HltExit", "HwUnknownExit", "HypercallExit", "HypervExit",
     "InternalErrorExit", "IntrExit", "IoExit", "IoapicEoiExit", "IrqWindowOpenExit", "IrqchipRoute", "Kvm",
-    "KvmError", "MemoryFaultExit", "MmioExit", "MsiRoute", "MsrFilterRange", "NmiExit", "NotifyExit", "RdmsrExit",
+    "KvmError", "MemoryFaultExit", "MmioExit", "MsiRoute", "MsrFilterRange", "NmiExit", "NotifyExit", "RdmsrExit", "ResourceError",
     "SetTprExit", "ShutdownExit", "StateError", "SystemEventExit", "TdxExit", "TprAccessExit", "Translation", "UnknownExit",
     "UnavailableError", "Vcpu", "Vm", "WrmsrExit", "X86BusLockExit", "X86DebugExit", "X86HypercallExit", "XenExit", "install_kick_handler",
     "arm64", "caps", "device", "errors", "exits", "generated", "marshal", "memory", "riscv64", "stats", "system", "vcpu",

@@ -86,8 +86,13 @@ class ForkedError(Error, RuntimeError):
     """A KVM object was used from a forked child: KVM fds inherited through fork() are not usable there."""
 
 
+class ResourceError(Error, OSError):
+    """The host refused what a call needed (memory to map, a file descriptor): `errno` says what
+    (ENOMEM, EMFILE, ...), the message names the call and the size asked for."""
+
+
 class GuestMemoryError(Error, IndexError):
     """A guest-physical access falls outside the guest memory it was made on."""
 
 
-__all__ = ["Error", "KvmError", "StateError", "DeviceError", "UnavailableError", "CapabilityError", "ClosedError", "ForkedError", "GuestMemoryError"]
+__all__ = ["Error", "KvmError", "StateError", "DeviceError", "UnavailableError", "CapabilityError", "ClosedError", "ForkedError", "GuestMemoryError", "ResourceError"]

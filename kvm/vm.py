@@ -20,7 +20,7 @@ from . import _sys, marshal
 from ._fd import FdHolders, KvmFd, needs
 from .arches import for_binding
 from .device import Attributes, Device
-from .errors import CapabilityError, ClosedError, ForkedError, KvmError, StateError
+from .errors import CapabilityError, ClosedError, ForkedError, KvmError, ResourceError, StateError
 from .memory import PAGE_SIZE, GuestMemory
 from .stats import StatsFd
 from .vcpu import CoalescedAccess, Vcpu
@@ -50,6 +50,9 @@ def _seal_against_shrinking(fd: int) -> None:
     if not seals & (fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL):
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
 
+
+# what the host answers when it has not the memory or file descriptors a slot needs
+_HOST_REFUSALS = (errno.ENOMEM, errno.ENFILE, errno.EMFILE, errno.ENOSPC, errno.EAGAIN)
 
 # KVM_MEM_MAX_NR_PAGES (include/linux/kvm_host.h, kernel-internal, so not in any binding): a slot holds at
 # most 2**31 - 1 pages
@@ -331,8 +334,9 @@ class Vm(Attributes):
             if fd >= 0:
                 os.close(fd)
             backing = "a memfd" if memfd else f"file {file!r}" if file is not None else "anonymous memory"
-            raise type(exc)(exc.errno, f"add_memory: cannot map size={size:#x} bytes of {backing} for the guest: "
-                                       f"{exc.strerror}") from None
+            kind = ResourceError if exc.errno in _HOST_REFUSALS else type(exc)
+            raise kind(exc.errno, f"add_memory: cannot map size={size:#x} bytes of {backing} for the guest: "
+                                  f"{exc.strerror}") from None
         except BaseException:
             if fd >= 0:
                 os.close(fd)

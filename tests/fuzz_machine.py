@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import collections.abc
 import gc
 import json
 import math
@@ -275,10 +276,12 @@ STRUCT_OF = {"regs": "struct kvm_regs", "sregs": "struct kvm_sregs", "sregs2": "
              "xcrs": "struct kvm_xcrs", "debugregs": "struct kvm_debugregs", "vcpu_events": "struct kvm_vcpu_events"}
 
 
-def hostile_or(valid: Any) -> st.SearchStrategy[Any]:
-    """Mostly valid values (a list or a strategy), sometimes a hostile one."""
+def hostile_or(valid: Any, keys: bool = False) -> st.SearchStrategy[Any]:
+    """Mostly valid values (a list or a strategy), sometimes a hostile one (a hashable one for `keys`:
+    of a dict, which cannot hold the others)."""
     valid = st.sampled_from(valid) if isinstance(valid, (list, tuple)) else valid
-    return st.one_of(valid, valid, st.sampled_from(HOSTILE))
+    hostile = [h for h in HOSTILE if isinstance(h, collections.abc.Hashable)] if keys else HOSTILE
+    return st.one_of(valid, valid, st.sampled_from(hostile))
 
 
 def _record_names(value: Any, out: set[str]) -> None:
@@ -893,7 +896,7 @@ class KvmMachine(RuleBasedStateMachine):
                                           st.sampled_from(HOSTILE)))
             self.call("vcpu.get_msrs", _lazy(vcpu, "get_msrs"), indices, names=("indices",))
         elif op == "set_msrs":
-            values = data.draw(st.one_of(st.dictionaries(hostile_or([0x174, 0x175, 0x12345678]),
+            values = data.draw(st.one_of(st.dictionaries(hostile_or([0x174, 0x175, 0x12345678], keys=True),
                                                          hostile_or([0, 1, 0x10]), max_size=3),
                                          st.sampled_from(HOSTILE)))
             self.call("vcpu.set_msrs", _lazy(vcpu, "set_msrs"), values, names=("values", "msrs"))
