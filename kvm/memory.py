@@ -138,8 +138,12 @@ class GuestMemory:
             try:
                 mm.close()
             except BufferError:
-                # A memoryview from view() is still alive: the pages stay mapped until it is dropped.
-                pass
+                # A memoryview from view() is still alive: the pages stay mapped until it is dropped. Those of
+                # a file or memfd become a private copy: writes through the view reach nothing shared any more
+                # (another slot of the same file, or, after a fork, the parent's guest).
+                if self._fd >= 0:
+                    _sys.remap_private(self.host_addr, self.size, self._fd, self._file_offset)
+        _SHARED.discard(self)
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = -1

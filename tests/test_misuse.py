@@ -540,3 +540,25 @@ def test_10_dropped_objects_close_their_fds_without_the_garbage_collector(system
             vm.create_vcpu(0)
     finally:
         gc.enable()
+
+
+def test_7_a_view_of_a_removed_file_slot_writes_into_nothing_shared(vm) -> None:
+    user = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
+    os.ftruncate(user, 0x1000)
+    try:
+        first = vm.add_memory(0, 0x1000, file=user)
+        second = vm.add_memory(0x1000, 0x1000, file=user)  # the same pages
+        view = first.view()
+        vm.remove_memory(first)
+        view[:4] = b"gone"  # (the view of the removed slot is a private copy now)
+        assert second.read(0x1000, 4) == bytes(4)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                view[:5] = b"child"
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert second.read(0x1000, 5) == bytes(5) and bytes(view[:4]) == b"gone"
+    finally:
+        os.close(user)
