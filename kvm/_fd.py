@@ -8,13 +8,16 @@ ioctl, come from the binding in use (`kvm.generated` by default), never from thi
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import importlib
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
-from typing import Any, NoReturn, Self, TypeVar, overload
+from typing import Any, Concatenate, NoReturn, ParamSpec, Self, TypeVar, overload
 
 from . import _sys, marshal
 from ._accel import ioctl as _ioctl_value
@@ -42,6 +45,8 @@ if hasattr(os, "register_at_fork"):
 _raw_ioctl = _sys.raw_ioctl()
 _sys_ffi = _sys.ffi
 _thread_id = _sys.thread_id
+_EINTR = errno.EINTR
+_EINTR_ANSWERS = frozenset({"KVM_RUN"})  # ioctls whose EINTR is an answer (kick, immediate_exit), never retried
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -59,6 +64,24 @@ def needs(*ioctls: str) -> Callable[[_F], _F]:
     return mark
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_H = TypeVar("_H", bound="FdHolders")
+
+
+def holding_fd(method: Callable[Concatenate[_H, _P], _R]) -> Callable[Concatenate[_H, _P], _R]:
+    """Run the method with the object's fd held (see `FdHolders.hold_fd`): a close() in another thread
+    waits until it has finished, so it never sees the object half changed (a slot mapped but not yet
+    registered, a stats fd made after the others were closed)."""
+
+    def held(self: _H, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.hold_fd():
+            return method(self, *args, **kwargs)
+
+    functools.update_wrapper(held, method)  # (its name, docstring and the ioctls needs() marked)
+    return held
+
+
 class FdHolders:
     """Which threads are inside a call that uses an object's fd number (the ioctls of a KvmFd, and
     `hold_fd()` blocks), so that close() in another thread never frees the number under them: a new
@@ -67,6 +90,9 @@ class FdHolders:
     def __init__(self) -> None:
         self._users: list[int] = []  # thread ids, one entry per call in progress
         self._closing_fd = -1  # see _close_number
+        # close() claims the fd under it (one close does the work, any other returns at once), and a
+        # KvmFd's children table is changed under it (reentrant: a signal handler may close() meanwhile)
+        self._lock = threading.RLock()
 
     def fileno(self) -> int:
         raise NotImplementedError
@@ -92,14 +118,18 @@ class FdHolders:
         fd, self._closing_fd = self._closing_fd, -1
         os.close(fd)
 
-    def _close_number(self, fd: int) -> None:
-        """Close `fd` (the object is marked closed already, so no call takes it any more) once no other
-        thread's call holds it: those calls are short (KVM_RUN, which is not, is stopped before). When
-        this thread holds it itself (close() from a signal handler that interrupted a call), the last
-        holder closes it on leaving."""
+    def _wait_for_users(self) -> None:
+        """Wait until no other thread is inside a call that holds the fd (the object is marked closed
+        already, so no call takes it any more): those calls are short (KVM_RUN, which is not, is stopped
+        before, and a blocking EventFd.read() looks out for close)."""
         me = _thread_id()
         while any(user != me for user in self._users):
             time.sleep(0.0002)  # (releases the GIL, which those threads need to finish)
+
+    def _close_number(self, fd: int) -> None:
+        """Close `fd` once no other thread's call holds it. When this thread holds it itself (close()
+        from a signal handler that interrupted a call), the last holder closes it on leaving."""
+        self._wait_for_users()
         if self._users:
             self._closing_fd = fd
         else:
@@ -110,8 +140,9 @@ class KvmFd(FdHolders):
     """Owns one KVM fd. Subclasses set `fd_kind` ("system", "vm", "vcpu", "device")."""
 
     fd_kind = "system"
-    # ioctls that `obj.ioctls` issues through a method of the object rather than `_ioctl` (Vcpu: KVM_RUN
-    # through its Runner, which kick() and close() can interrupt)
+    # ioctls issued through a method of the object, `method(arg)`, rather than `_ioctl` directly, by the
+    # generated wrappers (`obj.ioctls`) and the ergonomic methods alike (see `_issue`): Vcpu's KVM_RUN goes
+    # through its Runner, which kick() and close() can interrupt; a VM notes the dirty ring it enables
     _routed_ioctls: Mapping[str, str] = {}
 
     def __init__(self, fd: int, binding: ModuleType, parent: KvmFd | None = None) -> None:
@@ -128,7 +159,11 @@ class KvmFd(FdHolders):
         self._gate_ok: set[str] = set()  # ioctl names whose capability was found present
         FdHolders.__init__(self)
         if parent is not None:
-            parent._children[id(self)] = self
+            with parent._lock:  # (a parent closing in another thread: it either closes this child or refuses it)
+                if parent._fd == _CLOSED:
+                    raise ClosedError(f"{type(parent).__name__} ({parent.fd_kind} fd) was closed while this "
+                                      f"{type(self).__name__} was being made")
+                parent._children[id(self)] = self
         _LIVE.add(self)
 
     # -- lifetime ---------------------------------------------------------------------------------
@@ -148,24 +183,31 @@ class KvmFd(FdHolders):
     def close(self) -> None:
         """Close the fd (and every child object first). Idempotent; a call using the fd in another thread
         is waited for (a vCPU's run() is kicked first), and calls made from now on raise ClosedError."""
-        fd = self._fd
-        if fd == _CLOSED:
-            return
+        with self._lock:
+            fd = self._fd
+            if fd == _CLOSED:
+                return
+            self._fd = _CLOSED
+            children = list(self._children.values())
         forked = fd == _FORKED or self._pid != _sys.pid()
         if fd == _FORKED:
             fd = self._inherited_fd
-        for child in list(self._children.values()):
-            child.close()
-        self._fd = _CLOSED
         try:
+            for child in children:
+                child.close()
             if forked:
                 self._release_in_child()
             else:
+                self._stop()
+                self._wait_for_users()
                 self._release()
         finally:
-            self._children.clear()
-            if self._parent is not None:
-                self._parent._children.pop(id(self), None)
+            with self._lock:
+                self._children.clear()
+            parent = self._parent
+            if parent is not None:
+                with parent._lock:
+                    parent._children.pop(id(self), None)
             _LIVE.discard(self)
             if fd >= 0:
                 if forked:
@@ -173,8 +215,13 @@ class KvmFd(FdHolders):
                 else:
                     self._close_number(fd)
 
+    def _stop(self) -> None:
+        """Subclass hook, first thing of close() (the object is marked closed): end what another thread
+        may be doing with the fd that is not a short call (a vCPU's run())."""
+
     def _release(self) -> None:
-        """Subclass hook: free what the object maps or owns besides its fd (called before the fd closes)."""
+        """Subclass hook: free what the object maps or owns besides its fd (called before the fd closes,
+        once no other thread is inside a call on it)."""
 
     def _release_in_child(self) -> None:
         """Subclass hook, instead of _release() in a forked child: drop this process's copies without
@@ -253,19 +300,31 @@ class KvmFd(FdHolders):
                 self._check_gate(name, spec.capability_for(self.fd_kind))
             if isinstance(arg, int):  # by value (an int, or an IntEnum member such as a Cap)
                 result: int = _ioctl_value(fd, spec.number, arg)
+                while result == -_EINTR and name not in _EINTR_ANSWERS:  # (signal handlers run between tries)
+                    result = _ioctl_value(fd, spec.number, arg)
                 if result < 0:
                     raise KvmError(name, self.fd_kind, -result)
                 return result
             if spec.size and spec.direction != "none":
                 self._check_room(name, spec.size, arg)
             result = _raw_ioctl(fd, spec.number, arg)
-            if result < 0:
-                raise KvmError(name, self.fd_kind, _sys_ffi.errno)
+            while result < 0:
+                err = _sys_ffi.errno
+                if err != _EINTR or name in _EINTR_ANSWERS:
+                    raise KvmError(name, self.fd_kind, err)
+                result = _raw_ioctl(fd, spec.number, arg)  # (interrupted by a signal: tried again, as os.* do)
             return result
         finally:
             users.remove(me)  # (inline _leave: this is every ioctl's path)
             if self._closing_fd >= 0 and not users:
                 self._close_deferred()
+
+    def _issue(self, name: str, arg: Any = 0) -> int:
+        """`_ioctl(name, arg)`, or the method `_routed_ioctls` names for it."""
+        routed = self._routed_ioctls.get(name)
+        if routed is not None:
+            return getattr(self, routed)(arg)  # type: ignore[no-any-return]
+        return self._ioctl(name, arg)
 
     def _check_room(self, name: str, size: int, arg: Any) -> None:
         """The kernel reads or writes the `size` bytes the ioctl number encodes at `arg`: refuse a buffer
@@ -332,7 +391,8 @@ class KvmFd(FdHolders):
     @needs("KVM_ENABLE_CAP")
     def enable_cap(self, cap: Any, *args: int, flags: int = 0) -> int:
         """KVM_ENABLE_CAP on this fd (a VM or a vCPU): `args` fill `args[0..3]`."""
-        return marshal.struct_in(self._ioctl, self._binding.ffi, "KVM_ENABLE_CAP", "struct kvm_enable_cap", None,
+        flags = marshal.integer(flags, "flags", 0, 0xFFFFFFFF)
+        return marshal.struct_in(self._issue, self._binding.ffi, "KVM_ENABLE_CAP", "struct kvm_enable_cap", None,
                                  {"cap": self._cap_value(cap), "flags": flags, "args": list(args)})
 
     def _query_cap(self, value: int) -> int:
@@ -422,11 +482,7 @@ class _BoundIoctls:
         return self._owner
 
     def _ioctl(self, name: str, arg: Any = 0) -> int:
-        owner = self._owner
-        routed = owner._routed_ioctls.get(name)
-        if routed is not None:
-            return getattr(owner, routed)()  # type: ignore[no-any-return]
-        return owner._ioctl(name, arg)
+        return self._owner._issue(name, arg)
 
     @property
     def _slot_pages(self) -> dict[int, int]:

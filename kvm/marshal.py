@@ -69,6 +69,15 @@ def integer(value: Any, what: str, low: int, high: int) -> int:
     return checked
 
 
+def required(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` of a record whose members the caller must all give: None is refused, naming the member
+    (to `build`, None means "not given", which would leave the member 0)."""
+    for name, value in fields.items():
+        if value is None:
+            raise TypeError(f"{name} must be given, not None")
+    return fields
+
+
 def boolean(value: Any, what: str) -> bool:
     """`value` when it is a bool, else TypeError naming `what` (a truthy string or None is not a yes or no)."""
     if value.__class__ is not bool:
@@ -623,8 +632,8 @@ def attr_set(ioctl: Ioctl, ffi: Any, name: str, group: Any, attr: Any, value: An
     if value is None:
         return ioctl(name, _attr(ffi, group, attr, flags, 0))
     if value.__class__ is int or (isinstance(value, int) and not isinstance(value, bool)):
-        if size not in (1, 2, 4, 8):
-            raise ValueError(f"size must be 1, 2, 4 or 8 for an int value, not {size!r}")
+        if size.__class__ is not int or size not in (1, 2, 4, 8):
+            raise ValueError(f"size must be 1, 2, 4 or 8 (an int) for an int value, not {size!r}")
         data = integer(value, "value", 0, (1 << (8 * size)) - 1).to_bytes(size, sys.byteorder)
     elif isinstance(value, _BYTES):
         data = bytes(value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import mmap as _mmap
 import os
 import sys
+import threading
 import weakref
 from typing import Any
 
@@ -57,6 +58,7 @@ class GuestMemory:
         self.guest_addr = guest_addr
         self.size = size
         self.flags = flags
+        self._lock = threading.Lock()  # (unmap() claims the mapping and the fd under it)
         self._mm: _mmap.mmap | None = mapping
         self._view: memoryview | None = memoryview(mapping)
         self._fd = fd
@@ -119,16 +121,21 @@ class GuestMemory:
         if self._view is None:
             return
         vm = self.vm
-        if vm is not None and not vm.closed and self in vm.memory:
-            vm.remove_memory(self)
-            return
+        if vm is not None and not vm.closed:
+            try:
+                vm.remove_memory(self)
+                return
+            except (ClosedError, ValueError):
+                pass  # the VM was closed, or the slot removed, meanwhile (by another thread): it is unmapped
         self.unmap()
 
     def unmap(self) -> None:
-        """Unmap the memory (after its VM no longer uses it: `Vm.remove_memory` and `Vm.close` call this)."""
-        view, mm = self._view, self._mm
-        self._view = None
-        self._mm = None
+        """Unmap the memory (after its VM no longer uses it: `Vm.remove_memory` and `Vm.close` call this).
+        Idempotent, also when called from several threads at once."""
+        with self._lock:
+            view, mm, fd = self._view, self._mm, self._fd
+            self._view = self._mm = None
+            self._fd = -1
         if view is not None:
             try:
                 view.release()
@@ -141,13 +148,12 @@ class GuestMemory:
                 # A memoryview from view() is still alive: the pages stay mapped until it is dropped. Those of
                 # a file or memfd become a private copy: writes through the view reach nothing shared any more
                 # (another slot of the same file, or, after a fork, the parent's guest).
-                if self._fd >= 0:
-                    _sys.remap_private(self.host_addr, self.size, self._fd, self._file_offset)
+                if fd >= 0:
+                    _sys.remap_private(self.host_addr, self.size, fd, self._file_offset)
         _SHARED.discard(self)
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = -1
-        if self.guest_memfd is not None and self._owns_guest_memfd:
+        if fd >= 0:
+            os.close(fd)
+        if mm is not None and self.guest_memfd is not None and self._owns_guest_memfd:
             self.guest_memfd.close()
 
     def __enter__(self) -> GuestMemory:
@@ -168,12 +174,16 @@ class GuestMemory:
 
     # -- access -----------------------------------------------------------------------------------
 
-    def _offset(self, address: int, length: int) -> int:
+    def _span(self, address: int, length: int) -> tuple[memoryview, int]:
+        """The slot's view and the offset of [address, address + length) in it, checked. The view is the
+        caller's to use: should the slot be unmapped meanwhile (by another thread, or by a conversion of
+        an argument), using it raises ValueError, which `_closed` turns into ClosedError."""
         if self._pid != _sys.pid():
             raise ForkedError(f"guest memory slot {self.slot} was mapped in process {self._pid}; a forked child "
                               "must not touch its parent's guest (a memfd slot is shared with it)")
-        if self._view is None:
-            raise ClosedError(f"guest memory slot {self.slot} is closed")
+        view = self._view
+        if view is None:
+            raise self._closed()
         if address.__class__ is not int or length.__class__ is not int:
             address = integer(address, "address", 0, (1 << 64) - 1)
             length = integer(length, "length", 0, (1 << 64) - 1)
@@ -183,12 +193,18 @@ class GuestMemory:
                 f"guest access [{address:#x}, {address + length:#x}) is outside slot {self.slot} "
                 f"[{self.guest_addr:#x}, {self.guest_addr + self.size:#x})"
             )
-        return offset
+        return view, offset
+
+    def _closed(self) -> ClosedError:
+        return ClosedError(f"guest memory slot {self.slot} is closed")
 
     def read(self, address: int, length: int) -> bytes:
         """`length` bytes at guest-physical `address`."""
-        offset = self._offset(address, length)
-        return bytes(self._view[offset : offset + length])  # type: ignore[index]
+        view, offset = self._span(address, length)
+        try:
+            return bytes(view[offset : offset + length])
+        except ValueError:
+            raise self._closed() from None
 
     def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
         """Copy `data` (any C-contiguous buffer) to guest-physical `address`."""
@@ -197,8 +213,11 @@ class GuestMemory:
                 data = memoryview(data).cast("B")
             except TypeError:
                 raise TypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
-        offset = self._offset(address, len(data))
-        self._view[offset : offset + len(data)] = data  # type: ignore[index]
+        view, offset = self._span(address, len(data))
+        try:
+            view[offset : offset + len(data)] = data
+        except ValueError:
+            raise self._closed() from None
 
     def read_into(self, address: int, buffer: Any) -> int:
         """Fill `buffer` (any writable, C-contiguous buffer: bytearray, memoryview, array, ...) with guest
@@ -213,8 +232,13 @@ class GuestMemory:
             if not target.c_contiguous:
                 raise TypeError("read_into needs a C-contiguous buffer")
             length = target.nbytes
-            offset = self._offset(address, length)
-            _sys.ffi.memmove(target, self._view[offset : offset + length], length)  # type: ignore[index]
+            view, offset = self._span(address, length)
+            try:
+                source = view[offset : offset + length]
+            except ValueError:
+                raise self._closed() from None
+            with source:  # (holds the pages while the copy runs)
+                _sys.ffi.memmove(target, source, length)
         return length
 
     def view(self, address: int | None = None, length: int | None = None) -> memoryview:
@@ -222,8 +246,11 @@ class GuestMemory:
         address = self.guest_addr if address is None else integer(address, "address", 0, (1 << 64) - 1)
         if length is None:
             length = max(self.guest_addr + self.size - address, 0)
-        offset = self._offset(address, length)
-        return self._view[offset : offset + length]  # type: ignore[index]
+        view, offset = self._span(address, length)
+        try:
+            return view[offset : offset + length]
+        except ValueError:
+            raise self._closed() from None
 
     def read_int(self, address: int, size: int = 8, *, signed: bool = False) -> int:
         """An integer of `size` bytes (1 to 8) in the host byte order (the guest's, for KVM)."""
@@ -242,12 +269,15 @@ class GuestMemory:
     def fill(self, address: int, length: int, byte: int = 0) -> None:
         """Set `length` bytes at `address` to `byte`."""
         byte = integer(byte, "byte", 0, 255)
-        offset = self._offset(address, length)
-        self._view[offset : offset + length] = bytes([byte]) * length  # type: ignore[index]
+        view, offset = self._span(address, length)
+        try:
+            view[offset : offset + length] = bytes([byte]) * length
+        except ValueError:
+            raise self._closed() from None
 
     def page_index(self, address: int) -> int:
         """The page number of `address` within the slot (as dirty logs count pages)."""
-        return self._offset(integer(address, "address", 0, (1 << 64) - 1), 0) // PAGE_SIZE
+        return self._span(integer(address, "address", 0, (1 << 64) - 1), 0)[1] // PAGE_SIZE
 
 
 _SHARED: weakref.WeakSet[GuestMemory] = weakref.WeakSet()  # file- and memfd-backed slots

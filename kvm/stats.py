@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from typing import Any, NamedTuple
+
+from . import marshal
 
 
 class StatDescriptor(NamedTuple):
@@ -62,6 +65,17 @@ class StatsFd:
             )
         self.descriptors: tuple[StatDescriptor, ...] = tuple(descriptors)
         self.data_size = max((d.offset + 8 * d.size for d in descriptors), default=0)
+
+    @classmethod
+    def of(cls, ioctl: Callable[[str], int], ffi: Any, constants: dict[str, int]) -> StatsFd:
+        """The stats fd KVM_GET_STATS_FD gives through `ioctl` (a VM's or a vCPU's), read in; closed again if
+        its header cannot be read."""
+        fd = marshal.new_fd(ioctl("KVM_GET_STATS_FD"))
+        try:
+            return cls(fd, ffi, constants)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def read(self) -> dict[str, int | tuple[int, ...]]:
         """name -> value (an int, or a tuple of bucket counts for histograms)."""

@@ -9,15 +9,17 @@ from __future__ import annotations
 import errno as _errno
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _sys, marshal
 from ._accel import Runner, VcpuBase
-from ._fd import KvmFd, RecordProperty, needs
+from ._fd import KvmFd, RecordProperty, holding_fd, needs
 from .device import Attributes
 from .errors import KvmError, StateError
 from .exits import Exit, IntrExit, MemoryFaultExit, UnknownExit, dispatch_table, reason_names
@@ -38,6 +40,10 @@ KICK_SIGNAL: int = int(signal.SIGRTMIN) + 2 if hasattr(signal, "SIGRTMIN") else 
 
 def _noop_handler(signum: int, frame: Any) -> None:
     pass
+
+
+# the signals each vCPU blocks while its guest runs (KVM_SET_SIGNAL_MASK), for install_kick_handler()
+_SIGNAL_MASKS: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyDictionary()
 
 
 def _kick_signals() -> frozenset[int]:
@@ -62,6 +68,10 @@ def install_kick_handler(signum: int | None = None) -> bool:
         if int(signum) not in _kick_signals():
             raise ValueError(f"signum {signum} cannot be the kick signal: use SIGUSR1, SIGUSR2 or a real-time "
                              f"signal (SIGRTMIN..SIGRTMAX)")
+        masked = [vcpu for vcpu, signals in list(_SIGNAL_MASKS.items()) if int(signum) in signals and not vcpu.closed]
+        if masked:
+            raise ValueError(f"signum {signum} is blocked while the guest runs by the signal mask of {masked[0]!r} "
+                             "(set_signal_mask): it could not interrupt run()")
         KICK_SIGNAL = int(signum)
     _ensure_kick_handler(KICK_SIGNAL)
     return True
@@ -108,7 +118,7 @@ class Vcpu(Attributes, VcpuBase):
     """
 
     fd_kind = "vcpu"
-    _routed_ioctls = {"KVM_RUN": "_run_raw"}
+    _routed_ioctls = {"KVM_RUN": "_run_raw", "KVM_SET_SIGNAL_MASK": "_signal_mask_set"}
 
     if TYPE_CHECKING:
         def run(self) -> Exit:
@@ -140,11 +150,13 @@ class Vcpu(Attributes, VcpuBase):
     def _cap_owner(self) -> KvmFd:
         return self.vm.capability_fd()  # type: ignore[no-any-return]
 
-    def _release(self) -> None:
+    def _stop(self) -> None:
         runner = self._runner
         if runner is not None:
             runner.close()  # first: a run() called from now on raises ClosedError without entering KVM_RUN
             self._stop_runner(runner)
+
+    def _release(self) -> None:
         # Exits, views and the `kvm_run` pointer may outlive the vCPU: detaching leaves them a private copy
         # of the pages (unmapped when the last of them goes), so that closing the fd frees the vCPU (and,
         # with its VM's fd, the VM) right now, and nothing a user holds points into unmapped memory.
@@ -191,14 +203,33 @@ class Vcpu(Attributes, VcpuBase):
         raise StateError(f"vCPU {self.id} is in run() in another thread (kernel thread id {busy_tid}): a vCPU runs "
                          "in one thread at a time")
 
-    def _run_raw(self) -> int:
+    def _run_raw(self, arg: Any = 0) -> int:
         """KVM_RUN as `vcpu.ioctls.run()` issues it: through the Runner, so that kick() and close() reach it."""
         runner = self._runner
         if runner is None:
             self._raise_unusable()
         result: int = runner.raw(self)
         if result < 0:
+            if -result == _EINTR and self._kicked and self._run is not None:  # (the kick is consumed, as by run())
+                self._kicked = False
+                self._run.immediate_exit = 0
             raise KvmError("KVM_RUN", "vcpu", -result)
+        return result
+
+    def _signal_mask_set(self, arg: Any) -> int:
+        """KVM_SET_SIGNAL_MASK, whichever way it is issued: a mask that blocks KICK_SIGNAL is refused (kick()
+        and close() could no longer interrupt run()); the mask is noted for install_kick_handler()."""
+        ffi = self._ffi
+        signals: frozenset[int] = frozenset()
+        if isinstance(arg, ffi.CData) and arg != ffi.NULL and ffi.typeof(arg) is ffi.typeof("struct kvm_signal_mask *"):
+            length = min(int(arg.len), len(ffi.buffer(arg)) - ffi.offsetof("struct kvm_signal_mask", "sigset"))
+            bits = int.from_bytes(ffi.buffer(arg.sigset, max(length, 0))[:], sys.byteorder)
+            signals = frozenset(n + 1 for n in range(bits.bit_length()) if bits >> n & 1)
+        if KICK_SIGNAL in signals:
+            raise ValueError(f"signals: {KICK_SIGNAL} is KICK_SIGNAL, which kick() and close() interrupt run() "
+                             "with: it cannot be blocked while the guest runs")
+        result = self._ioctl("KVM_SET_SIGNAL_MASK", arg)
+        _SIGNAL_MASKS[self] = signals
         return result
 
     def _run_failed(self, err: int) -> Any:
@@ -300,7 +331,8 @@ class Vcpu(Attributes, VcpuBase):
 
     @mp_state.setter
     def mp_state(self, value: int) -> None:
-        marshal.struct_in(self._ioctl, self._ffi, "KVM_SET_MP_STATE", "struct kvm_mp_state", None, {"mp_state": value})
+        marshal.struct_in(self._ioctl, self._ffi, "KVM_SET_MP_STATE", "struct kvm_mp_state", None,
+                          marshal.required({"mp_state": value}))
 
     @needs("KVM_GET_ONE_REG")
     def get_one_reg(self, reg_id: int) -> int:
@@ -327,29 +359,23 @@ class Vcpu(Attributes, VcpuBase):
     def set_signal_mask(self, signals: Iterable[int] | None) -> None:
         """KVM_SET_SIGNAL_MASK: the signals blocked while the guest runs (None: no mask). KICK_SIGNAL is
         refused: blocked, it could no longer interrupt run() for kick() and close()."""
-        if signals is not None:
-            signals = marshal.items(signals, "signals", 1024)
-            if KICK_SIGNAL in signals:
-                raise ValueError(f"signals: {KICK_SIGNAL} is KICK_SIGNAL, which kick() and close() interrupt run() "
-                                 "with: it cannot be blocked while the guest runs")
         self.ioctls.set_signal_mask(signals)  # the generated wrapper knows the arch's sizeof(sigset_t)
 
 
     # -- stats ------------------------------------------------------------------------------------
 
     @needs("KVM_GET_STATS_FD")
+    @holding_fd
     def stats(self) -> dict[str, int | tuple[int, ...]]:
         """The vCPU's binary stats (KVM_GET_STATS_FD): name -> value."""
-        self._check_open()
         if self._stats is None:
-            fd = marshal.new_fd(self._ioctl("KVM_GET_STATS_FD"))
-            self._stats = StatsFd(fd, self._ffi, self._binding.CONSTANTS)
+            self._stats = StatsFd.of(self._ioctl, self._ffi, self._binding.CONSTANTS)
         return self._stats.read()
 
     # -- dirty ring, coalesced ring ---------------------------------------------------------------
 
+    @holding_fd
     def _dirty_ring_map(self) -> memoryview:
-        self._check_open()
         if self._dirty_ring is None:
             size = self.vm.dirty_ring_bytes
             if not size:

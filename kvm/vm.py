@@ -10,14 +10,16 @@ import errno
 import fcntl
 import mmap as _mmap
 import os
+import select
 import stat
 import sys
+import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from . import _sys, marshal
-from ._fd import FdHolders, KvmFd, needs
+from ._fd import FdHolders, KvmFd, holding_fd, needs
 from .arches import for_binding
 from .device import Attributes, Device
 from .errors import CapabilityError, ClosedError, ForkedError, KvmError, ResourceError, StateError
@@ -88,22 +90,27 @@ def _is_eventfd(fd: int) -> bool:
 
 
 class EventFd(FdHolders):
-    """An eventfd (close-on-exec) as used by irqfd and ioeventfd. `EventFd(fd)` adopts an eventfd the
-    caller made (and closes it on close()); anything else is refused."""
+    """An eventfd (close-on-exec) as used by irqfd and ioeventfd. `EventFd(fd)` takes a duplicate of an
+    eventfd the caller made (the caller's own fd stays theirs); anything else is refused.
+
+    The fd itself is always non-blocking: a blocking EventFd waits in poll() in short steps, so that
+    close() from another thread ends the wait (with ClosedError) rather than hanging on it.
+    """
 
     def __init__(self, fd: int | None = None, *, nonblocking: bool = True) -> None:
         super().__init__()
         self._fd = -1
-        nonblocking = marshal.boolean(nonblocking, "nonblocking")
-        if fd is None:
-            flags = _sys.EFD_CLOEXEC | (_sys.EFD_NONBLOCK if nonblocking else 0)
-            fd = _sys.eventfd(0, flags)
-        else:
-            fd = marshal.integer(fd, "fd", 0, (1 << 31) - 1)
-            if not _is_eventfd(fd):
-                raise ValueError(f"fd {fd} is not an open eventfd")
-        self._fd = fd
         self._pid = _sys.pid()
+        self._blocking = not marshal.boolean(nonblocking, "nonblocking")
+        if fd is None:
+            self._fd = _sys.eventfd(0, _sys.EFD_CLOEXEC | _sys.EFD_NONBLOCK)
+            return
+        fd = marshal.integer(fd, "fd", 0, (1 << 31) - 1)
+        if not _is_eventfd(fd):
+            raise ValueError(f"fd {fd} is not an open eventfd")
+        own = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)
+        os.set_blocking(own, False)  # (the flag is the open file's: the caller's fd turns non-blocking too)
+        self._fd = own
 
     def fileno(self) -> int:
         """The eventfd's fd (ClosedError once closed, ForkedError in a forked child)."""
@@ -119,29 +126,47 @@ class EventFd(FdHolders):
         """Whether close() was called."""
         return self._fd < 0
 
+    def _wait(self, fd: int, event: int) -> None:
+        """Wait (blocking EventFd) until the eventfd is ready for `event`, or closed."""
+        poller = select.poll()
+        poller.register(fd, event)
+        while not poller.poll(50):
+            if self._fd < 0:
+                raise ClosedError("eventfd was closed while waiting on it")
+
     def notify(self, value: int = 1) -> None:
-        """Add `value` to the counter (what a guest-visible irqfd reacts to). On a non-blocking eventfd whose
-        counter would pass its maximum, StateError (nothing is added); a blocking one waits for a read()."""
+        """Add `value` to the counter (what a guest-visible irqfd reacts to). When the counter would pass its
+        maximum, a non-blocking EventFd raises StateError (nothing is added), a blocking one waits for a read()."""
         value = marshal.integer(value, "value", 1, _EVENTFD_MAX)
-        try:
-            with self.hold_fd() as fd:
-                os.write(fd, value.to_bytes(8, sys.byteorder))
-        except BlockingIOError:
-            raise StateError(f"the eventfd's counter would pass its maximum ({_EVENTFD_MAX}) if {value} were "
-                             "added to it: read() it first") from None
+        data = value.to_bytes(8, sys.byteorder)
+        with self.hold_fd() as fd:
+            while True:
+                try:
+                    os.write(fd, data)
+                    return
+                except BlockingIOError:
+                    if not self._blocking:
+                        raise StateError(f"the eventfd's counter would pass its maximum ({_EVENTFD_MAX}) if {value} "
+                                         "were added to it: read() it first") from None
+                    self._wait(fd, select.POLLOUT)
 
     def read(self) -> int:
-        """Read and reset the counter (0 when nothing was signalled on a non-blocking eventfd)."""
-        try:
-            with self.hold_fd() as fd:
-                return int.from_bytes(os.read(fd, 8), sys.byteorder)
-        except BlockingIOError:
-            return 0
+        """Read and reset the counter: 0 when nothing was signalled on a non-blocking EventFd, while a
+        blocking one waits for a signal."""
+        with self.hold_fd() as fd:
+            while True:
+                try:
+                    return int.from_bytes(os.read(fd, 8), sys.byteorder)
+                except BlockingIOError:
+                    if not self._blocking:
+                        return 0
+                    self._wait(fd, select.POLLIN)
 
     def close(self) -> None:
         """Close the eventfd (after a notify() or read() in progress in another thread). Idempotent."""
-        if self._fd >= 0:
+        with self._lock:
             fd, self._fd = self._fd, -1
+        if fd >= 0:
             if self._pid != _sys.pid():
                 os.close(fd)  # (the child's copy)
             else:
@@ -192,6 +217,7 @@ class Vm(Attributes):
     """A VM (from `Kvm.create_vm()`). Closing it closes its vCPUs, devices and memory."""
 
     fd_kind = "vm"
+    _routed_ioctls = {"KVM_ENABLE_CAP": "_enable_cap_issued"}
 
     def __init__(self, system: Any, fd: int, vm_type: int = 0) -> None:
         super().__init__(fd, system.binding, system)
@@ -207,6 +233,7 @@ class Vm(Attributes):
         self._caps_on_vm_fd: bool | None = None  # found on first use, by capability_fd()
         self._lowest_free_slot = 0  # no slot below it is free
         self._pending_unmap: list[GuestMemory] = []
+        self._slots_lock = threading.RLock()
 
     def capability_fd(self) -> KvmFd:
         """The fd that answers KVM_CHECK_EXTENSION for this VM: the VM's own when the host supports that
@@ -217,6 +244,16 @@ class Vm(Attributes):
         return self if on_vm_fd else self.system  # (not stored: a VM holding itself would need the GC)
 
     _cap_owner = capability_fd
+
+    def _enable_cap_issued(self, arg: Any) -> int:
+        """KVM_ENABLE_CAP on the VM, whichever way it is issued (enable_cap, vm.caps.*.enable, vm.ioctls): a
+        dirty ring it enables is noted, since vCPUs map and harvest theirs by its size."""
+        result = self._ioctl("KVM_ENABLE_CAP", arg)
+        consts = self._binding.CONSTANTS
+        rings = {consts.get("KVM_CAP_DIRTY_LOG_RING"), consts.get("KVM_CAP_DIRTY_LOG_RING_ACQ_REL")} - {None}
+        if int(arg.cap) in rings:
+            self._dirty_ring_bytes = int(arg.args[0])
+        return result
 
     def _release(self) -> None:
         if self._stats is not None:
@@ -246,9 +283,10 @@ class Vm(Attributes):
         """The slot covering guest-physical `guest_addr` (LookupError when none does)."""
         self._check_open()
         guest_addr = marshal.integer(guest_addr, "guest_addr", 0, (1 << 64) - 1)
-        for mem in self._memory.values():
+        for mem in list(self._memory.values()):
             if guest_addr in mem:
                 return mem
+        self._check_open()  # (closed meanwhile by another thread, which emptied the slot table)
         raise LookupError(f"no memory slot covers guest address {guest_addr:#x}")
 
     def _free_slot(self) -> int:
@@ -270,6 +308,7 @@ class Vm(Attributes):
             marshal.memory_region(self._ioctl, self._ffi, "KVM_SET_USER_MEMORY_REGION",
                                   "struct kvm_userspace_memory_region", None, fields, self._slot_pages)
 
+    @holding_fd
     def add_memory(
         self,
         guest_addr: int,
@@ -289,114 +328,119 @@ class Vm(Attributes):
         fresh `memfd`. `guest_memfd=True` (or a `GuestMemfd`) also binds a guest_memfd to the slot
         (KVM_SET_USER_MEMORY_REGION2, flag KVM_MEM_GUEST_MEMFD). `flags`: `MemoryRegionFlag` bits.
         """
-        self._check_open()
-        guest_addr = marshal.integer(guest_addr, "guest_addr", 0, (1 << 64) - 1)
-        size = marshal.integer(size, "size", 1, _MAX_SLOT_BYTES)
-        flags = marshal.integer(flags, "flags", 0, 0xFFFFFFFF)
-        if slot is None:
-            slot = self._free_slot()
-        elif marshal.integer(slot, "slot", 0, 0xFFFFFFFF) in self._memory:
-            raise ValueError(f"slot {slot} is already in use by {self._memory[slot]!r}")
-        file_offset = marshal.integer(file_offset, "file_offset", 0, (1 << 63) - 1 - size)
-        if file_offset % PAGE_SIZE:
-            raise ValueError(f"file_offset must be a multiple of the page size ({PAGE_SIZE}), not {file_offset}")
-        if marshal.boolean(memfd, "memfd") and file is not None:
-            raise ValueError("memfd=True makes a new memfd: it cannot be combined with file=")
-        if not (isinstance(guest_memfd, (bool, GuestMemfd))):
-            raise TypeError(f"guest_memfd must be a bool or a GuestMemfd, not {type(guest_memfd).__name__}")
-        guest_memfd_offset = marshal.integer(guest_memfd_offset, "guest_memfd_offset", 0, (1 << 63) - 1)
-        if guest_memfd_offset and guest_memfd is False:
-            raise ValueError("guest_memfd_offset is an offset in the slot's guest_memfd: give guest_memfd too")
-        # The slot's fd is always one of its own (a user's fd is duplicated): the user may close theirs, and
-        # a forked child still remaps the slot privately from it (see kvm/memory.py).
-        fd = -1
-        if memfd:
-            fd = _sys.memfd_create(f"kvm-slot-{slot}", _sys.MFD_CLOEXEC | _sys.MFD_ALLOW_SEALING)
-        elif isinstance(file, (str, os.PathLike)):
-            fd = os.open(file, os.O_RDWR | os.O_CLOEXEC)
-        elif file is not None:
-            user_fd = marshal.integer(file, "file", 0, (1 << 31) - 1)
-            try:
-                fd = fcntl.fcntl(user_fd, fcntl.F_DUPFD_CLOEXEC, 0)
-            except OSError as exc:
-                raise ValueError(f"file {file!r} is not an open file descriptor ({exc.strerror})") from None
-        try:
+        with self._slots_lock:  # (one change of the slot table at a time)
+            self._check_open()
+            guest_addr = marshal.integer(guest_addr, "guest_addr", 0, (1 << 64) - 1)
+            size = marshal.integer(size, "size", 1, _MAX_SLOT_BYTES)
+            flags = marshal.integer(flags, "flags", 0, 0xFFFFFFFF)
+            if slot is None:
+                slot = self._free_slot()
+            elif marshal.integer(slot, "slot", 0, 0xFFFFFFFF) in self._memory:
+                raise ValueError(f"slot {slot} is already in use by {self._memory[slot]!r}")
+            file_offset = marshal.integer(file_offset, "file_offset", 0, (1 << 63) - 1 - size)
+            if file_offset % PAGE_SIZE:
+                raise ValueError(f"file_offset must be a multiple of the page size ({PAGE_SIZE}), not {file_offset}")
+            if marshal.boolean(memfd, "memfd") and file is not None:
+                raise ValueError("memfd=True makes a new memfd: it cannot be combined with file=")
+            if not (isinstance(guest_memfd, (bool, GuestMemfd))):
+                raise TypeError(f"guest_memfd must be a bool or a GuestMemfd, not {type(guest_memfd).__name__}")
+            guest_memfd_offset = marshal.integer(guest_memfd_offset, "guest_memfd_offset", 0, (1 << 63) - 1)
+            if guest_memfd_offset and guest_memfd is False:
+                raise ValueError("guest_memfd_offset is an offset in the slot's guest_memfd: give guest_memfd too")
+            # The slot's fd is always one of its own (a user's fd is duplicated): the user may close theirs, and
+            # a forked child still remaps the slot privately from it (see kvm/memory.py).
+            fd = -1
             if memfd:
-                os.ftruncate(fd, size)
-            elif fd >= 0:
-                _check_backing_file(fd, file_offset + size, file)
-            if fd >= 0:
-                _seal_against_shrinking(fd)
-                mapping = _mmap.mmap(fd, size, _mmap.MAP_SHARED, offset=file_offset)
-            else:
-                mapping = _mmap.mmap(-1, size, _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS)
-        except OSError as exc:
-            if fd >= 0:
-                os.close(fd)
-            backing = "a memfd" if memfd else f"file {file!r}" if file is not None else "anonymous memory"
-            kind = ResourceError if exc.errno in _HOST_REFUSALS else type(exc)
-            raise kind(exc.errno, f"add_memory: cannot map size={size:#x} bytes of {backing} for the guest: "
-                                  f"{exc.strerror}") from None
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            raise
-        gmem: GuestMemfd | None = None
-        owns_gmem = False
-        if guest_memfd is not False:
-            flags |= self._binding.CONSTANTS["KVM_MEM_GUEST_MEMFD"]
+                fd = _sys.memfd_create(f"kvm-slot-{slot}", _sys.MFD_CLOEXEC | _sys.MFD_ALLOW_SEALING)
+            elif isinstance(file, (str, os.PathLike)):
+                fd = os.open(file, os.O_RDWR | os.O_CLOEXEC)
+            elif file is not None:
+                user_fd = marshal.integer(file, "file", 0, (1 << 31) - 1)
+                try:
+                    fd = fcntl.fcntl(user_fd, fcntl.F_DUPFD_CLOEXEC, 0)
+                except OSError as exc:
+                    raise ValueError(f"file {file!r} is not an open file descriptor ({exc.strerror})") from None
             try:
-                if isinstance(guest_memfd, GuestMemfd):
-                    if guest_memfd.vm is not self:
-                        raise ValueError("guest_memfd belongs to another VM")
-                    gmem = guest_memfd
+                if memfd:
+                    os.ftruncate(fd, size)
+                elif fd >= 0:
+                    _check_backing_file(fd, file_offset + size, file)
+                if fd >= 0:
+                    _seal_against_shrinking(fd)
+                    mapping = _mmap.mmap(fd, size, _mmap.MAP_SHARED, offset=file_offset)
                 else:
-                    gmem, owns_gmem = self.create_guest_memfd(size), True
-            except BaseException:  # (no guest_memfd to be had: release what was made for the slot)
-                mapping.close()
+                    mapping = _mmap.mmap(-1, size, _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS)
+            except OSError as exc:
+                if fd >= 0:
+                    os.close(fd)
+                backing = "a memfd" if memfd else f"file {file!r}" if file is not None else "anonymous memory"
+                kind = ResourceError if exc.errno in _HOST_REFUSALS else type(exc)
+                raise kind(exc.errno, f"add_memory: cannot map size={size:#x} bytes of {backing} for the guest: "
+                                      f"{exc.strerror}") from None
+            except BaseException:
                 if fd >= 0:
                     os.close(fd)
                 raise
-        mem = GuestMemory(self, slot, guest_addr, size, flags, mapping, fd=fd, file_offset=file_offset,
-                          guest_memfd=gmem, guest_memfd_offset=guest_memfd_offset, owns_guest_memfd=owns_gmem)
-        try:
-            with gmem.hold_fd() if gmem is not None else contextlib.nullcontext(-1) as gmem_fd:
-                self._set_region(slot, flags, guest_addr, size, mem.host_addr, gmem_fd, guest_memfd_offset)
-        except BaseException:
-            mem.unmap()
-            raise
-        self._memory[slot] = mem
-        return mem
+            gmem: GuestMemfd | None = None
+            owns_gmem = False
+            if guest_memfd is not False:
+                flags |= self._binding.CONSTANTS["KVM_MEM_GUEST_MEMFD"]
+                try:
+                    if isinstance(guest_memfd, GuestMemfd):
+                        if guest_memfd.vm is not self:
+                            raise ValueError("guest_memfd belongs to another VM")
+                        gmem = guest_memfd
+                    else:
+                        gmem, owns_gmem = self.create_guest_memfd(size), True
+                except BaseException:  # (no guest_memfd to be had: release what was made for the slot)
+                    mapping.close()
+                    if fd >= 0:
+                        os.close(fd)
+                    raise
+            mem = GuestMemory(self, slot, guest_addr, size, flags, mapping, fd=fd, file_offset=file_offset,
+                              guest_memfd=gmem, guest_memfd_offset=guest_memfd_offset, owns_guest_memfd=owns_gmem)
+            try:
+                with gmem.hold_fd() if gmem is not None else contextlib.nullcontext(-1) as gmem_fd:
+                    self._set_region(slot, flags, guest_addr, size, mem.host_addr, gmem_fd, guest_memfd_offset)
+            except BaseException:
+                mem.unmap()
+                raise
+            self._memory[slot] = mem
+            return mem
 
+    @holding_fd
     def remove_memory(self, memory: GuestMemory | int) -> None:
         """Delete a slot (by `GuestMemory` or slot number) and unmap it."""
-        self._check_open()
-        if isinstance(memory, GuestMemory):
-            mem = self._memory.get(memory.slot)
-            if mem is not memory:
-                raise ValueError(f"{memory!r} is not a memory slot of this VM")
-        else:
-            slot = marshal.integer(memory, "memory", 0, 0xFFFFFFFF)
-            found = self._memory.get(slot)
-            if found is None:
-                raise LookupError(f"slot {slot} is not registered")
-            mem = found
-        gmem = mem.guest_memfd
-        self._set_region(mem.slot, mem.flags & ~self._binding.CONSTANTS["KVM_MEM_GUEST_MEMFD"] if gmem is None else mem.flags,
-                         mem.guest_addr, 0, mem.host_addr,
-                         gmem.fileno() if gmem is not None and not gmem.closed else -1, mem.guest_memfd_offset)
-        del self._memory[mem.slot]
-        self._lowest_free_slot = min(self._lowest_free_slot, mem.slot)
-        mem.unmap()
+        with self._slots_lock:  # (one change of the slot table at a time)
+            self._check_open()
+            if isinstance(memory, GuestMemory):
+                mem = self._memory.get(memory.slot)
+                if mem is not memory:
+                    raise ValueError(f"{memory!r} is not a memory slot of this VM")
+            else:
+                slot = marshal.integer(memory, "memory", 0, 0xFFFFFFFF)
+                found = self._memory.get(slot)
+                if found is None:
+                    raise LookupError(f"slot {slot} is not registered")
+                mem = found
+            gmem = mem.guest_memfd
+            self._set_region(mem.slot, mem.flags & ~self._binding.CONSTANTS["KVM_MEM_GUEST_MEMFD"] if gmem is None else mem.flags,
+                             mem.guest_addr, 0, mem.host_addr,
+                             gmem.fileno() if gmem is not None and not gmem.closed else -1, mem.guest_memfd_offset)
+            del self._memory[mem.slot]
+            self._lowest_free_slot = min(self._lowest_free_slot, mem.slot)
+            mem.unmap()
 
+    @holding_fd
     def set_memory_flags(self, memory: GuestMemory, flags: int) -> None:
         """Change a slot's flags in place (e.g. turn KVM_MEM_LOG_DIRTY_PAGES on or off)."""
-        if self._memory.get(getattr(memory, "slot", -1)) is not memory:
-            raise ValueError(f"{memory!r} is not a memory slot of this VM")
-        gmem = memory.guest_memfd
-        self._set_region(memory.slot, flags, memory.guest_addr, memory.size, memory.host_addr,
-                         gmem.fileno() if gmem is not None else -1, memory.guest_memfd_offset)
-        memory.flags = flags
+        with self._slots_lock:  # (one change of the slot table at a time)
+            if self._memory.get(getattr(memory, "slot", -1)) is not memory:
+                raise ValueError(f"{memory!r} is not a memory slot of this VM")
+            gmem = memory.guest_memfd
+            self._set_region(memory.slot, flags, memory.guest_addr, memory.size, memory.host_addr,
+                             gmem.fileno() if gmem is not None else -1, memory.guest_memfd_offset)
+            memory.flags = flags
 
     def read(self, guest_addr: int, length: int) -> bytes:
         """`length` bytes at guest-physical `guest_addr`, from the slot covering it."""
@@ -407,14 +451,17 @@ class Vm(Attributes):
         self.memory_at(guest_addr).write(guest_addr, data)
 
     @needs("KVM_CREATE_GUEST_MEMFD")
+    @holding_fd
     def create_guest_memfd(self, size: int, flags: int = 0) -> GuestMemfd:
         """KVM_CREATE_GUEST_MEMFD."""
         fd = marshal.new_fd(marshal.struct_in(self._ioctl, self._ffi, "KVM_CREATE_GUEST_MEMFD",
-                                              "struct kvm_create_guest_memfd", None, {"size": size, "flags": flags}))
+                                              "struct kvm_create_guest_memfd", None,
+                                              marshal.required({"size": size, "flags": flags})))
         return GuestMemfd(self, fd, size, flags)
 
     # -- vCPUs and devices ------------------------------------------------------------------------
 
+    @holding_fd
     def create_vcpu(self, id: int = 0) -> Vcpu:
         """KVM_CREATE_VCPU: a new `Vcpu` with id `id` (on x86, its APIC id)."""
         id = marshal.integer(id, "id", 0, 0xFFFFFFFF)
@@ -439,11 +486,12 @@ class Vm(Attributes):
         """The open vCPUs, by id."""
         return [v for _, v in sorted(self._vcpus.items()) if not v.closed]
 
+    @holding_fd
     def create_device(self, type: int, *, test: bool = False) -> Device | None:
         """KVM_CREATE_DEVICE: a `Device` (with `test=True`, only check it could be created; returns None)."""
         flags = self._binding.CONSTANTS["KVM_CREATE_DEVICE_TEST"] if marshal.boolean(test, "test") else 0
         request = marshal.struct_inout(self._ioctl, self._ffi, "KVM_CREATE_DEVICE", "struct kvm_create_device",
-                                       None, {"type": type, "flags": flags})
+                                       None, marshal.required({"type": type, "flags": flags}))
         if test:
             return None
         return Device(self, marshal.new_fd(int(request.fd)), int(type))
@@ -460,15 +508,15 @@ class Vm(Attributes):
     def irq_line(self, irq: int, level: int) -> None:
         """KVM_IRQ_LINE: drive interrupt line `irq` to `level` (0/1)."""
         marshal.struct_in(self._ioctl, self._ffi, "KVM_IRQ_LINE", "struct kvm_irq_level", None,
-                          {"irq": irq, "level": level})
+                          marshal.required({"irq": irq, "level": level}))
 
     @needs("KVM_SIGNAL_MSI")
     def signal_msi(self, address: int, data: int, flags: int = 0, devid: int = 0) -> int:
         """KVM_SIGNAL_MSI: >0 delivered, 0 blocked by the guest."""
         address = marshal.integer(address, "address", 0, (1 << 64) - 1)
-        return marshal.struct_in(self._ioctl, self._ffi, "KVM_SIGNAL_MSI", "struct kvm_msi", None, {
+        return marshal.struct_in(self._ioctl, self._ffi, "KVM_SIGNAL_MSI", "struct kvm_msi", None, marshal.required({
             "address_lo": address & 0xFFFFFFFF, "address_hi": address >> 32, "data": data, "flags": flags,
-            "devid": devid})
+            "devid": devid}))
 
     @needs("KVM_SET_GSI_ROUTING")
     def set_gsi_routing(self, routes: Sequence[IrqchipRoute | MsiRoute]) -> None:
@@ -604,8 +652,7 @@ class Vm(Attributes):
         """Enable the per-vCPU dirty ring of `size_bytes` (before creating vCPUs)."""
         cap = "KVM_CAP_DIRTY_LOG_RING_ACQ_REL" if marshal.boolean(acq_rel, "acq_rel") else "KVM_CAP_DIRTY_LOG_RING"
         size_bytes = marshal.integer(size_bytes, "size_bytes", 0, (1 << 64) - 1)
-        self.enable_cap(cap, size_bytes)
-        self._dirty_ring_bytes = size_bytes
+        self.enable_cap(cap, size_bytes)  # (noted by _enable_cap_issued)
 
     def reset_dirty_rings(self) -> int:
         """KVM_RESET_DIRTY_RINGS: re-protect the harvested entries; returns how many were reset."""
@@ -648,12 +695,11 @@ class Vm(Attributes):
     # -- stats ------------------------------------------------------------------------------------
 
     @needs("KVM_GET_STATS_FD")
+    @holding_fd
     def stats(self) -> dict[str, int | tuple[int, ...]]:
         """The VM's binary stats (KVM_GET_STATS_FD): name -> value."""
-        self._check_open()
         if self._stats is None:
-            fd = marshal.new_fd(self._ioctl("KVM_GET_STATS_FD"))
-            self._stats = StatsFd(fd, self._ffi, self._binding.CONSTANTS)
+            self._stats = StatsFd.of(self._ioctl, self._ffi, self._binding.CONSTANTS)
         return self._stats.read()
 
 

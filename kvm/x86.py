@@ -159,18 +159,20 @@ class X86Vm(KvmFd):
     @needs("KVM_CREATE_PIT2")
     def create_pit2(self, flags: int = 0) -> None:
         """KVM_CREATE_PIT2: the in-kernel i8254 (after create_irqchip)."""
-        marshal.struct_in(self._ioctl, self.ffi, "KVM_CREATE_PIT2", "struct kvm_pit_config", None, {"flags": flags})
+        marshal.struct_in(self._ioctl, self.ffi, "KVM_CREATE_PIT2", "struct kvm_pit_config", None,
+                          marshal.required({"flags": flags}))
 
     @needs("KVM_GET_IRQCHIP")
     def get_irqchip(self, chip_id: int) -> Any:
         """KVM_GET_IRQCHIP: `struct kvm_irqchip` of chip 0 (PIC master), 1 (PIC slave) or 2 (IOAPIC)."""
         return marshal.struct_inout(self._ioctl, self.ffi, "KVM_GET_IRQCHIP", "struct kvm_irqchip", None,
-                                    {"chip_id": chip_id})
+                                    marshal.required({"chip_id": chip_id}))
 
     @needs("KVM_SET_IRQCHIP")
     def set_irqchip(self, chip: Any) -> None:
         """KVM_SET_IRQCHIP: a `struct kvm_irqchip` (as get_irqchip returns it, changed)."""
-        marshal.struct_in(self._ioctl, self.ffi, "KVM_SET_IRQCHIP", "struct kvm_irqchip", chip)
+        marshal.struct_in(self._ioctl, self.ffi, "KVM_SET_IRQCHIP", "struct kvm_irqchip",
+                          marshal.record_pointer(self.ffi, "struct kvm_irqchip", chip, "chip"))
 
     pit2 = RecordProperty("KVM_GET_PIT2", "KVM_SET_PIT2", "struct kvm_pit_state2",
                           "The PIT's `struct kvm_pit_state2` (get and set).")
@@ -418,6 +420,10 @@ class X86Vcpu(KvmFd):
         self._own_memory(memory)
         entry = marshal.integer(entry, "entry", 0, (1 << 64) - 1)
         identity_size = marshal.integer(identity_size, "identity_size", 1, 512 << 30)
+        page_table_addr = marshal.integer(page_table_addr, "page_table_addr", 0, (1 << 52) - 1)
+        if page_table_addr % 0x1000:
+            raise ValueError(f"page_table_addr must be 4 KiB aligned (CR3 points at a page), not {page_table_addr:#x}")
+        gdt_addr = marshal.integer(gdt_addr, "gdt_addr", 0, (1 << 64) - 1)
         if marshal.boolean(set_cpuid, "set_cpuid") and not self.cpuid_set:
             self.set_cpuid(self.vm.system.supported_cpuid())
         cr3 = build_identity_page_tables(memory, page_table_addr, identity_size)

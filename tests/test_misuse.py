@@ -562,3 +562,224 @@ def test_7_a_view_of_a_removed_file_slot_writes_into_nothing_shared(vm) -> None:
         assert second.read(0x1000, 5) == bytes(5) and bytes(view[:4]) == b"gone"
     finally:
         os.close(user)
+
+
+def test_12_close_ends_a_blocking_eventfd_read_in_another_thread() -> None:
+    event = kvm.EventFd(nonblocking=False)
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(_outcome(event.read)))
+    thread.start()
+    time.sleep(0.2)
+    assert thread.is_alive()  # (waiting for a signal)
+    started = time.monotonic()
+    event.close()
+    thread.join(5)
+    assert not thread.is_alive() and time.monotonic() - started < 2
+    assert outcome == ["ClosedError"]
+    blocking = kvm.EventFd(nonblocking=False)
+    threading.Timer(0.1, blocking.notify, (5,)).start()
+    assert blocking.read() == 5  # (waited for the notify)
+    blocking.close()
+
+
+def test_12_an_adopted_eventfd_is_a_duplicate() -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    mine = libc.eventfd(0, os.O_CLOEXEC)
+    event = kvm.EventFd(mine)
+    assert event.fileno() != mine
+    event.notify(3)
+    assert int.from_bytes(os.read(mine, 8), sys.byteorder) == 3  # one counter, two fds
+    event.close()
+    os.fstat(mine)  # still open: the caller's to close
+    os.close(mine)
+
+
+def _outcome(call) -> str:
+    try:
+        call()
+        return "returned"
+    except Exception as exc:  # (the test compares the type's name)
+        return type(exc).__name__
+
+
+def test_1_two_threads_closing_one_vm_close_each_fd_once(system) -> None:
+    sys_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    stolen = 0
+    try:
+        for _ in range(200):
+            vm = system.create_vm()
+            vm.create_vcpu(0)
+            closers = [threading.Thread(target=vm.close) for _ in range(2)]
+            for closer in closers:
+                closer.start()
+            events = [kvm.EventFd() for _ in range(3)]
+            for closer in closers:
+                closer.join()
+            stolen += sum(not os.path.exists(f"/proc/self/fd/{e.fileno()}")
+                          or os.readlink(f"/proc/self/fd/{e.fileno()}") != "anon_inode:[eventfd]" for e in events)
+            for e in events:
+                e.close()
+    finally:
+        sys.setswitchinterval(sys_interval)
+    assert stolen == 0
+
+
+def test_1_a_vcpu_made_while_its_vm_closes_is_closed_or_refused(system) -> None:
+    sys_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    orphans = 0
+    try:
+        for _ in range(100):
+            vm = system.create_vm()
+            made = []
+
+            def create() -> None:
+                for i in range(20):
+                    try:
+                        made.append(vm.create_vcpu(i))
+                    except kvm.ClosedError:
+                        return
+
+            thread = threading.Thread(target=create)
+            thread.start()
+            vm.close()
+            thread.join()
+            orphans += sum(not v.closed for v in made)
+    finally:
+        sys.setswitchinterval(sys_interval)
+    assert orphans == 0
+
+
+def test_3_slots_added_or_stats_read_while_the_vm_closes_leave_nothing_open(system) -> None:
+    sys_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    before = fds()
+    unexpected = []
+    try:
+        for _ in range(60):
+            vm = system.create_vm()
+            vcpu = vm.create_vcpu(0)
+
+            def churn() -> None:
+                try:
+                    while True:
+                        vm.remove_memory(vm.add_memory(0, 0x1000, memfd=True))
+                        vcpu.stats()
+                except kvm.ClosedError:
+                    pass
+                except Exception as exc:  # (any other is a finding)
+                    unexpected.append(repr(exc))
+
+            thread = threading.Thread(target=churn)
+            thread.start()
+            time.sleep(0.002)
+            vm.close()
+            thread.join()
+        del vm, vcpu
+        gc.collect()
+    finally:
+        sys.setswitchinterval(sys_interval)
+    assert unexpected == [] and fds() == before
+
+
+def test_5_no_path_blocks_the_kick_signal(vm) -> None:
+    import signal
+    vcpu = vm.create_vcpu(0)
+    with pytest.raises(ValueError, match="KICK_SIGNAL"):
+        vcpu.ioctls.set_signal_mask([kvm.vcpu.KICK_SIGNAL])  # the generated wrapper too
+    vcpu.set_signal_mask([int(signal.SIGUSR1)])
+    before = kvm.vcpu.KICK_SIGNAL
+    with pytest.raises(ValueError, match="blocked while the guest runs"):
+        kvm.install_kick_handler(signal.SIGUSR1)  # that vCPU's mask would defeat it
+    assert kvm.vcpu.KICK_SIGNAL == before
+
+
+def test_6_none_is_not_zero(vm) -> None:
+    calls = [lambda: vm.irq_line(None, None), lambda: vm.signal_msi(0xFEE00000, None),
+             lambda: setattr(vcpu, "mp_state", None)]
+    if hasattr(vm, "get_irqchip"):
+        vm.create_irqchip()  # (before any vCPU)
+        calls += [lambda: vm.set_irqchip(None), lambda: vm.get_irqchip(None), lambda: vm.create_pit2(None)]
+    vcpu = vm.create_vcpu(0)
+    for call in calls:
+        with pytest.raises(TypeError, match="must be given|must be a struct kvm_irqchip cdata"):
+            call()
+    with pytest.raises(TypeError, match="flags must be an int"):
+        vm.enable_cap("KVM_CAP_X2APIC_API", 0, flags=None)
+
+
+def test_7_a_dirty_ring_enabled_any_way_is_known_to_the_vcpus(system) -> None:
+    vm = system.create_vm()
+    if vm.check_extension("KVM_CAP_DIRTY_LOG_RING") <= 0:
+        pytest.skip("KVM_CAP_DIRTY_LOG_RING is absent on this host")
+    vm.enable_cap("KVM_CAP_DIRTY_LOG_RING", 0x10000)  # not through enable_dirty_ring()
+    assert vm.dirty_ring_bytes == 0x10000
+    assert vm.create_vcpu(0).harvest_dirty_ring() == []
+    vm.close()
+
+
+def test_9_guest_memory_used_while_its_vm_closes_says_closed(system) -> None:
+    sys_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    unexpected = []
+    try:
+        for _ in range(100):
+            vm = system.create_vm()
+            mem = vm.add_memory(0, 0x2000)
+
+            def use() -> None:
+                try:
+                    for _ in range(200):
+                        mem.write(0x10, b"x" * 16)
+                        mem.fill(0, 64, 1)
+                        mem.read(0, 8)
+                        vm.read(0, 8)
+                except kvm.ClosedError:
+                    pass
+                except Exception as exc:  # (any other is a finding)
+                    unexpected.append(repr(exc))
+
+            thread = threading.Thread(target=use)
+            thread.start()
+            vm.close()
+            thread.join()
+            mem.close()  # idempotent, whoever unmapped it
+    finally:
+        sys.setswitchinterval(sys_interval)
+    assert unexpected == []
+
+
+def test_10_long_mode_and_attribute_arguments_are_checked(vm) -> None:
+    import kvm.x86
+    if vm.arch != "x86_64":
+        pytest.skip("long mode is x86")
+    mem = vm.add_memory(0, 0x40000)
+    vcpu = vm.create_vcpu(0)
+    for value, error in ((1, ValueError), (32768.0, TypeError), (2**64, ValueError), (None, TypeError)):
+        with pytest.raises(error, match="page_table_addr"):
+            kvm.x86.setup_long_mode(vcpu, 0x1000, memory=mem, page_table_addr=value)
+    with pytest.raises(ValueError, match="size must be 1, 2, 4 or 8"):
+        kvm.marshal.attr_set(vm._ioctl, vm.ffi, "KVM_SET_DEVICE_ATTR", 0, 0, 0, size=True)
+
+
+def test_11_a_kick_consumed_by_the_raw_run_does_not_stop_the_next_run(vm) -> None:
+    mem, vcpu = real_mode_guest(vm, bytes([0xF4]))  # hlt
+    vcpu.kick()
+    with pytest.raises(kvm.KvmError) as info:
+        vcpu.ioctls.run()
+    assert info.value.errno == errno.EINTR and not vcpu.immediate_exit
+    assert isinstance(vcpu.run(), kvm.HltExit)
+
+
+def test_12_ioctls_interrupted_by_a_signal_are_tried_again(system) -> None:
+    import signal
+    previous = signal.signal(signal.SIGALRM, lambda *_: None)
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    try:
+        for _ in range(200):
+            system.create_vm().close()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, previous)
