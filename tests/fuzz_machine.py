@@ -129,6 +129,18 @@ def _lazy(obj: Any, name: str) -> Callable[..., Any]:
     return method
 
 
+def _quietly(call: Callable[[], Any]) -> Callable[[], None]:
+    """`call` for another thread, whose exceptions (ClosedError, ForkedError, ...) are not findings."""
+
+    def run() -> None:
+        try:
+            call()
+        except kvm.Error:
+            pass
+
+    return run
+
+
 def _where(exc: BaseException) -> str:
     tb = exc.__traceback__
     last = None
@@ -351,6 +363,7 @@ class KvmMachine(RuleBasedStateMachine):
         self.forks_here = 0
         self.view_source: dict[int, str] = {}
         self.released: set[int] = set()
+        self.blocking_eventfds: set[int] = set()  # ids of the EventFds made with nonblocking=False
         type(self).examples += 1
         self.explicit_teardown = type(self).examples % 2 == 0
 
@@ -585,9 +598,10 @@ class KvmMachine(RuleBasedStateMachine):
                 self.t.finding("accepted", f"EventFd(fd={type(fd).__name__}) accepted", f"kvm.EventFd({_short(fd)})",
                                "kept as the fd: fileno(), notify(), close() fail later, far from the call")
         else:
-            ok, efd = self.call("kvm.EventFd", kvm.EventFd, nonblocking=data.draw(st.sampled_from([True, False])))
-            if ok and not efd.closed:
-                os.set_blocking(efd.fileno(), False)  # (never block the fuzzer on read())
+            nonblocking = data.draw(st.sampled_from([True, False]))
+            ok, efd = self.call("kvm.EventFd", kvm.EventFd, nonblocking=nonblocking)
+            if ok and not nonblocking:
+                self.blocking_eventfds.add(id(efd))  # (its read() waits: see eventfd_op)
         return efd if ok else multiple()
 
     # -- system ------------------------------------------------------------------------------------
@@ -1157,6 +1171,14 @@ class KvmMachine(RuleBasedStateMachine):
         op = data.draw(st.sampled_from(["notify", "read", "fileno", "close", "closed"]))
         if op == "notify":
             self.call("eventfd.notify", _lazy(efd, "notify"), data.draw(hostile_or([1, 5, (1 << 64) - 2])), names=("value",))
+        elif op == "read" and id(efd) in self.blocking_eventfds:
+            # a blocking read() waits for a signal: another thread gives one, or closes the eventfd under it
+            waker = threading.Timer(0.01, _quietly(efd.notify if self.rng.random() < 0.5 else efd.close))
+            waker.start()
+            try:
+                self.call("eventfd.read (blocking)", _lazy(efd, "read"))
+            finally:
+                waker.join(10)
         elif op == "read":
             self.call("eventfd.read", _lazy(efd, "read"))
         elif op == "fileno":
