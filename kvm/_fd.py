@@ -15,13 +15,32 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from types import ModuleType
 from typing import Any, Concatenate, NoReturn, ParamSpec, Self, TypeVar, overload
 
 from . import _sys, marshal
 from ._accel import ioctl as _ioctl_value
 from .errors import UnavailableError, CapabilityError, ClosedError, ForkedError, KvmError
+
+# KVM_CHECK_EXTENSION answers (capability -> value) shared by the fds they depend on alone: every Kvm of
+# one device path, every VM of one path and type (see `shared_cap_answers`)
+_CAP_ANSWERS: dict[Hashable, dict[int, int]] = {}
+
+
+def shared_cap_answers(key: Hashable) -> dict[int, int]:
+    """The capability answers shared by the fds of `key`, for their `_cap_answers`."""
+    return _CAP_ANSWERS.setdefault(key, {})
+
+
+# The ioctls whose gates were passed, shared likewise: (binding, fd kind, what the answers depend on) -> names
+_GATES_PASSED: dict[Hashable, set[str]] = {}
+
+
+def shared_gates(key: Hashable) -> set[str]:
+    """The ioctl names whose gate was passed on an fd of `key`, for their `_gate_ok`: every VM of a
+    process does not check them again."""
+    return _GATES_PASSED.setdefault(key, set())
 
 _CLOSED = -1
 _FORKED = -2
@@ -75,8 +94,13 @@ def holding_fd(method: Callable[Concatenate[_H, _P], _R]) -> Callable[Concatenat
     registered, a stats fd made after the others were closed)."""
 
     def held(self: _H, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with self.hold_fd():
+        me = _thread_id()  # (hold_fd() inlined: this is on the way to every VM's first exit)
+        self._users.append(me)
+        try:
+            self.fileno()
             return method(self, *args, **kwargs)
+        finally:
+            self._leave(me)
 
     functools.update_wrapper(held, method)  # (its name, docstring and the ioctls needs() marked)
     return held
@@ -153,8 +177,9 @@ class KvmFd(FdHolders):
         self._ioctls = binding.IOCTLS
         self._parent = parent
         # children are held weakly: a child the user drops closes its fd at once
-        self._children: weakref.WeakValueDictionary[int, KvmFd] = weakref.WeakValueDictionary()
-        self._caps: dict[int, int] = {}  # KVM_CHECK_EXTENSION answers of this fd
+        # made on the first child (most objects have none: a vCPU, a device)
+        self._children: weakref.WeakValueDictionary[int, KvmFd] | None = None
+        self._cap_answers: dict[int, int] = {}  # KVM_CHECK_EXTENSION answers for the gates (see _query_cap)
         self._slot_pages: dict[int, int] = {}  # VM fds: slot -> pages registered (see marshal.memory_region)
         self._gate_ok: set[str] = set()  # ioctl names whose capability was found present
         FdHolders.__init__(self)
@@ -163,6 +188,8 @@ class KvmFd(FdHolders):
                 if parent._fd == _CLOSED:
                     raise ClosedError(f"{type(parent).__name__} ({parent.fd_kind} fd) was closed while this "
                                       f"{type(self).__name__} was being made")
+                if parent._children is None:
+                    parent._children = weakref.WeakValueDictionary()
                 parent._children[id(self)] = self
         _LIVE.add(self)
 
@@ -188,7 +215,7 @@ class KvmFd(FdHolders):
             if fd == _CLOSED:
                 return
             self._fd = _CLOSED
-            children = list(self._children.values())
+            children = list(self._children.values()) if self._children is not None else []
         forked = fd == _FORKED or self._pid != _sys.pid()
         if fd == _FORKED:
             fd = self._inherited_fd
@@ -203,11 +230,12 @@ class KvmFd(FdHolders):
                 self._release()
         finally:
             with self._lock:
-                self._children.clear()
+                self._children = None
             parent = self._parent
             if parent is not None:
                 with parent._lock:
-                    parent._children.pop(id(self), None)
+                    if parent._children is not None:
+                        parent._children.pop(id(self), None)
             _LIVE.discard(self)
             if fd >= 0:
                 if forked:
@@ -396,13 +424,16 @@ class KvmFd(FdHolders):
                                  {"cap": self._cap_value(cap), "flags": flags, "args": list(args)})
 
     def _query_cap(self, value: int) -> int:
-        cached = self._caps.get(value)
+        """KVM_CHECK_EXTENSION of `value` on this fd, asked once (what the capability gates use;
+        `check_extension` asks every time)."""
+        answers = self._cap_answers
+        cached = answers.get(value)
         if cached is None:
             with self.hold_fd() as fd:
                 result = _ioctl_value(fd, self._ioctls["KVM_CHECK_EXTENSION"].number, value)
             if result < 0:
                 raise KvmError("KVM_CHECK_EXTENSION", self.fd_kind, -result)
-            cached = self._caps[value] = result
+            cached = answers[value] = result
         return cached
 
     def _cap_value(self, cap: Any) -> int:

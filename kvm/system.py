@@ -14,11 +14,12 @@ from typing import Any, Callable
 from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone does not see it
 from . import _sys, marshal
 from ._accel import ValueIoctl
-from ._fd import KvmFd
+from ._fd import KvmFd, shared_cap_answers, shared_gates
 from .arches import for_binding
 from .device import ReadableAttributes
 from .errors import ClosedError, DeviceError
 from .exits import dispatch_table
+from .vcpu import Vcpu
 from .vm import Vm
 
 # The binding `Kvm()` uses unless given another: the host arch at the newest bundled kernel.
@@ -30,8 +31,8 @@ _FIRST_EXIT_RECORDS = ("struct kvm_userspace_memory_region", "struct kvm_run", "
 
 def _prepare(binding: ModuleType) -> None:
     """Do now what the first VM would otherwise do on its way to its first exit: load the binding's FFI,
-    have cffi parse and lay out the records of that path (0.3 ms, most of it struct kvm_run), and build the
-    exit dispatch table."""
+    have cffi parse and lay out the records of that path (0.3 ms, most of it struct kvm_run), build the
+    exit dispatch table, and compose the binding's Kvm, Vm and Vcpu classes (kvm/arches.py)."""
     ffi = binding.ffi
     for record in _FIRST_EXIT_RECORDS:
         try:
@@ -40,6 +41,8 @@ def _prepare(binding: ModuleType) -> None:
             continue  # not a record of this arch
         ffi.typeof(record + " *")  # the type string the code asks for
     dispatch_table(binding)
+    for cls in (Kvm, Vm, Vcpu):
+        for_binding(cls, binding)
 
 
 def _weak_method(obj: Any, function: Any) -> Any:
@@ -56,8 +59,7 @@ def _weak_method(obj: Any, function: Any) -> Any:
     return call
 
 
-_VM_FDS_ANSWER_CAPS: dict[str, bool] = {}
-_BINDING_NAMES = ("ARCH", "KERNEL", "IOCTLS", "CONSTANTS", "ffi")  # what a generated binding module has  # see Kvm._vm_fds_answer_caps
+_BINDING_NAMES = ("ARCH", "KERNEL", "IOCTLS", "CONSTANTS", "ffi")  # what a generated binding module has
 
 
 def open_device(path: Any, binding: ModuleType) -> int:
@@ -132,16 +134,29 @@ class Kvm(ReadableAttributes):
         binding = DEFAULT_BINDING if binding is None else binding
         super().__init__(open_device(path, binding), binding)
         self.path = path
+        device = os.fsdecode(path)
+        self._cap_answers = shared_cap_answers(("system", device))  # (a property of the device)
+        self._gate_ok = shared_gates(("system", binding.__name__, device))
         self._mmap_size: int | None = None
 
     def _release(self) -> None:
-        fast = self.__dict__.pop("check_extension", None)
-        if fast is not None:
-            fast.close()
+        for name in ("check_extension", "_get_api_version"):
+            fast = self.__dict__.pop(name, None)
+            if fast is not None:
+                fast.close()
 
     @property
     def api_version(self) -> int:
-        """KVM_GET_API_VERSION: 12 on every kernel since 2.6.22."""
+        """KVM_GET_API_VERSION: 12 on every kernel since 2.6.22 (asked every time, in one compiled call)."""
+        return self._get_api_version(0)
+
+    @functools.cached_property
+    def _get_api_version(self) -> Callable[[int], int]:
+        # (as check_extension: a ValueIoctl bound to the fd; a closed or forked fd goes to _ioctl, which says so)
+        return ValueIoctl(self._fd, self._ioctls["KVM_GET_API_VERSION"].number,
+                          _weak_method(self, Kvm._api_version_slow))
+
+    def _api_version_slow(self, _unused: int) -> int:
         return self._ioctl("KVM_GET_API_VERSION")
 
     @functools.cached_property
@@ -161,11 +176,7 @@ class Kvm(ReadableAttributes):
     def vm_fds_answer_caps(self) -> bool:
         """Whether VM fds answer KVM_CHECK_EXTENSION (KVM_CAP_CHECK_EXTENSION_VM): a property of the running
         kernel, so asked once per process and device path rather than once per Kvm."""
-        answer = _VM_FDS_ANSWER_CAPS.get(self.path)
-        if answer is None:
-            cap = self._binding.CONSTANTS["KVM_CAP_CHECK_EXTENSION_VM"]
-            answer = _VM_FDS_ANSWER_CAPS[self.path] = self._query_cap(cap) > 0
-        return answer
+        return self._query_cap(self._binding.CONSTANTS["KVM_CAP_CHECK_EXTENSION_VM"]) > 0
 
     def _check_extension(self, cap: Any) -> int:
         return KvmFd.check_extension(self, cap)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _sys, marshal
 from ._accel import Runner, VcpuBase
-from ._fd import KvmFd, RecordProperty, holding_fd, needs
+from ._fd import KvmFd, RecordProperty, holding_fd, needs, shared_gates
 from .device import Attributes
 from .errors import KvmError, StateError
 from .exits import Exit, IntrExit, MemoryFaultExit, UnknownExit, dispatch_table, reason_names
@@ -146,6 +146,8 @@ class Vcpu(Attributes, VcpuBase):
         self.vm = vm
         self.id = id
         super().__init__(fd, binding, vm)
+        # (the gates of a vCPU's ioctls depend on what its VM's kind of fd answers: see Vm.__init__)
+        self._gate_ok = shared_gates(("vcpu", binding.__name__, os.fsdecode(vm.system.path), vm.type))
 
     def _cap_owner(self) -> KvmFd:
         return self.vm.capability_fd()  # type: ignore[no-any-return]

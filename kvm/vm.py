@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from . import _sys, marshal
-from ._fd import FdHolders, KvmFd, holding_fd, needs
+from ._fd import FdHolders, KvmFd, holding_fd, needs, shared_cap_answers, shared_gates
 from .arches import for_binding
 from .device import Attributes, Device
 from .errors import CapabilityError, ClosedError, ForkedError, KvmError, ResourceError, StateError
@@ -223,11 +223,12 @@ class Vm(Attributes):
         super().__init__(fd, system.binding, system)
         self.system = system
         self.type = vm_type
+        # what KVM_CHECK_EXTENSION answers on a VM fd depends on the device and the VM type alone
+        device = os.fsdecode(system.path)
+        self._cap_answers = shared_cap_answers(("vm", device, vm_type))
+        self._gate_ok = shared_gates(("vm", system.binding.__name__, device, vm_type))
         self._ffi = system.binding.ffi
         self._memory: dict[int, GuestMemory] = {}
-        # held weakly, as every child: a vCPU the user drops closes its fd at once (KVM keeps the vCPU,
-        # and its id, until the VM goes)
-        self._vcpus: weakref.WeakValueDictionary[int, Vcpu] = weakref.WeakValueDictionary()
         self._stats: StatsFd | None = None
         self._dirty_ring_bytes = 0
         self._caps_on_vm_fd: bool | None = None  # found on first use, by capability_fd()
@@ -471,20 +472,21 @@ class Vm(Attributes):
         except KvmError as exc:
             if exc.errno != errno.EEXIST:
                 raise
-            state = "is open" if id in self._vcpus else "was closed or dropped (KVM keeps a vCPU until its VM goes)"
+            state = ("is open" if any(v.id == id for v in self.vcpus)
+                     else "was closed or dropped (KVM keeps a vCPU until its VM goes)")
             raise KvmError("KVM_CREATE_VCPU", "vm", exc.errno, f"vCPU {id} exists already: its Vcpu {state}") from None
         try:
             vcpu = for_binding(Vcpu, self._binding)(self, fd, id, mmap_size)
         except BaseException:
             os.close(fd)
             raise
-        self._vcpus[id] = vcpu
         return vcpu
 
     @property
     def vcpus(self) -> list[Vcpu]:
         """The open vCPUs, by id."""
-        return [v for _, v in sorted(self._vcpus.items()) if not v.closed]
+        children = list(self._children.values()) if self._children is not None else []
+        return sorted((c for c in children if isinstance(c, Vcpu) and not c.closed), key=lambda v: v.id)
 
     @holding_fd
     def create_device(self, type: int, *, test: bool = False) -> Device | None:

@@ -59,3 +59,18 @@ def test_binding_tables_are_built_on_first_use():
     assert STRUCTS is default.STRUCTS and CAPS is default.CAPS
     region = "struct kvm_userspace_memory_region"
     assert STRUCTS[region].size == default.ffi.sizeof(region) == 32
+
+
+def test_a_second_vm_issues_only_the_ioctls_of_its_first_exit(system, monkeypatch):
+    """Capability answers and passed gates are shared by the fds of one device and VM type: the second VM
+    of a process asks KVM_CHECK_EXTENSION nothing (its first exit makes the system calls C makes)."""
+    _first_exit()
+    issued: list[int] = []
+    value_ioctl, raw_ioctl = kvm._fd._ioctl_value, kvm._fd._raw_ioctl
+    monkeypatch.setattr(kvm._fd, "_ioctl_value", lambda fd, number, arg: issued.append(number) or value_ioctl(fd, number, arg))
+    monkeypatch.setattr(kvm._fd, "_raw_ioctl", lambda fd, number, arg: issued.append(number) or raw_ioctl(fd, number, arg))
+    _first_exit()
+    names = {spec.number: name for name, spec in system.binding.IOCTLS.items()}
+    assert [names[n] for n in issued] == ["KVM_CREATE_VM", "KVM_SET_USER_MEMORY_REGION", "KVM_GET_VCPU_MMAP_SIZE",
+                                         "KVM_CREATE_VCPU", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_GET_REGS",
+                                         "KVM_SET_REGS"]
