@@ -7,12 +7,12 @@ ioctl, come from the binding in use (`kvm.generated` by default), never from thi
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import errno
 import functools
 import importlib
 import os
-import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping
@@ -116,7 +116,7 @@ class FdHolders:
         self._closing_fd = -1  # see _close_number
         # close() claims the fd under it (one close does the work, any other returns at once), and a
         # KvmFd's children table is changed under it (reentrant: a signal handler may close() meanwhile)
-        self._lock = threading.RLock()
+        self._lock = _thread.RLock()
 
     def fileno(self) -> int:
         raise NotImplementedError

@@ -123,7 +123,8 @@ class Kvm(ReadableAttributes):
     def __new__(cls, path: str = "/dev/kvm", *, binding: ModuleType | None = None) -> Kvm:
         # an instance of the class made for the binding's arch (see kvm/arches.py); nothing is opened yet
         binding = DEFAULT_BINDING if binding is None else binding
-        if not isinstance(binding, ModuleType) or not all(hasattr(binding, n) for n in _BINDING_NAMES):
+        if binding is not DEFAULT_BINDING and (not isinstance(binding, ModuleType)
+                                               or not all(hasattr(binding, n) for n in _BINDING_NAMES)):
             raise TypeError(f"binding must be a generated binding module (kvm.generated.load(...)), not {binding!r}")
         if binding.ARCH != DEFAULT_BINDING.ARCH:
             raise ValueError(f"binding is for {binding.ARCH}; this host's KVM is {DEFAULT_BINDING.ARCH}'s "
@@ -133,10 +134,9 @@ class Kvm(ReadableAttributes):
     def __init__(self, path: str = "/dev/kvm", *, binding: ModuleType | None = None) -> None:
         binding = DEFAULT_BINDING if binding is None else binding
         super().__init__(open_device(path, binding), binding)
-        self.path = path
-        device = os.fsdecode(path)
-        self._cap_answers = shared_cap_answers(("system", device))  # (a property of the device)
-        self._gate_ok = shared_gates(("system", binding.__name__, device))
+        self.path: str = os.fsdecode(path)
+        self._cap_answers = shared_cap_answers(("system", self.path))  # (a property of the device)
+        self._gate_ok = shared_gates(("system", binding.__name__, self.path))
         self._mmap_size: int | None = None
 
     def _release(self) -> None:

@@ -147,7 +147,7 @@ class Vcpu(Attributes, VcpuBase):
         self.id = id
         super().__init__(fd, binding, vm)
         # (the gates of a vCPU's ioctls depend on what its VM's kind of fd answers: see Vm.__init__)
-        self._gate_ok = shared_gates(("vcpu", binding.__name__, os.fsdecode(vm.system.path), vm.type))
+        self._gate_ok = shared_gates(("vcpu", binding.__name__, vm.system.path, vm.type))
 
     def _cap_owner(self) -> KvmFd:
         return self.vm.capability_fd()  # type: ignore[no-any-return]

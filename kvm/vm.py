@@ -12,8 +12,8 @@ import mmap as _mmap
 import os
 import select
 import stat
+import _thread
 import sys
-import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -224,9 +224,8 @@ class Vm(Attributes):
         self.system = system
         self.type = vm_type
         # what KVM_CHECK_EXTENSION answers on a VM fd depends on the device and the VM type alone
-        device = os.fsdecode(system.path)
-        self._cap_answers = shared_cap_answers(("vm", device, vm_type))
-        self._gate_ok = shared_gates(("vm", system.binding.__name__, device, vm_type))
+        self._cap_answers = shared_cap_answers(("vm", system.path, vm_type))
+        self._gate_ok = shared_gates(("vm", system.binding.__name__, system.path, vm_type))
         self._ffi = system.binding.ffi
         self._memory: dict[int, GuestMemory] = {}
         self._stats: StatsFd | None = None
@@ -234,7 +233,7 @@ class Vm(Attributes):
         self._caps_on_vm_fd: bool | None = None  # found on first use, by capability_fd()
         self._lowest_free_slot = 0  # no slot below it is free
         self._pending_unmap: list[GuestMemory] = []
-        self._slots_lock = threading.RLock()
+        self._slots_lock = _thread.RLock()
 
     def capability_fd(self) -> KvmFd:
         """The fd that answers KVM_CHECK_EXTENSION for this VM: the VM's own when the host supports that
