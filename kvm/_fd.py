@@ -499,8 +499,8 @@ class RecordProperty:
         marshal.struct_in(owner._ioctl, ffi, self.set_ioctl, self.ctype, record)
 
 
-class _BoundIoctls:
-    """The generated wrappers of one fd kind, issuing their ioctls through a KvmFd (see `KvmFd.ioctls`)."""
+class BoundToFd:
+    """The base of what is bound to one fd object (`obj.ioctls`, `obj.caps` and each capability): `owner`."""
 
     __slots__ = ("_owner",)
 
@@ -509,8 +509,14 @@ class _BoundIoctls:
 
     @property
     def owner(self) -> KvmFd:
-        """The object whose fd the wrappers use."""
+        """The object whose fd it uses."""
         return self._owner
+
+
+class _BoundIoctls(BoundToFd):
+    """The generated wrappers of one fd kind, issuing their ioctls through a KvmFd (see `KvmFd.ioctls`)."""
+
+    __slots__ = ()
 
     def _ioctl(self, name: str, arg: Any = 0) -> int:
         return self._owner._issue(name, arg)

@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, overload
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, overload
 
 from . import marshal
+from ._fd import BoundToFd
 from .errors import CapabilityError
-
-if TYPE_CHECKING:
-    from ._fd import KvmFd
-
 
 
 class HasFileno(Protocol):
@@ -39,7 +36,7 @@ class HasFileno(Protocol):
     def fileno(self) -> int: ...
 
 
-class Capability:
+class Capability(BoundToFd):
     """One KVM_CAP_* bound to a `Kvm`, `Vm` or `Vcpu`: its facts as class attributes, `check()`, and
     `enable(...)` in the subclasses of the fd kinds that take it."""
 
@@ -50,15 +47,7 @@ class Capability:
     ENABLE_ON: ClassVar[tuple[str, ...]]  # fd kinds KVM_ENABLE_CAP takes it on: "vm", "vcpu"
     FLAGS: ClassVar[type[enum.IntFlag] | None] = None  # the IntFlag of its bits, where the headers name them
 
-    __slots__ = ("_owner",)
-
-    def __init__(self, owner: KvmFd) -> None:
-        self._owner = owner
-
-    @property
-    def owner(self) -> KvmFd:
-        """The object whose fd check() and enable() use."""
-        return self._owner
+    __slots__ = ()
 
     def value(self) -> int:
         """KVM_CHECK_EXTENSION's answer as the int the kernel gave (0: absent)."""
@@ -158,17 +147,10 @@ class Bound(Generic[_C]):
         return self if caps is None else self.cls(caps.owner)
 
 
-class Caps:
+class Caps(BoundToFd):
     """Every capability of a binding, as attributes bound to one object (see the module docstring)."""
 
-    __slots__ = ("_owner",)
-
-    def __init__(self, owner: KvmFd) -> None:
-        self._owner = owner
-
-    @property
-    def owner(self) -> KvmFd:
-        return self._owner
+    __slots__ = ()
 
     def __iter__(self) -> Iterator[Capability]:
         """Each capability, in the order of their numbers."""

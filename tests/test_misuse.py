@@ -595,6 +595,15 @@ def test_12_an_adopted_eventfd_is_a_duplicate() -> None:
     os.close(mine)
 
 
+@pytest.fixture
+def fast_switching():
+    """Threads switch as often as the interpreter can (between any two bytecodes), for races."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
+
+
 def _outcome(call) -> str:
     try:
         call()
@@ -603,84 +612,69 @@ def _outcome(call) -> str:
         return type(exc).__name__
 
 
-def test_1_two_threads_closing_one_vm_close_each_fd_once(system) -> None:
-    sys_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
+def test_1_two_threads_closing_one_vm_close_each_fd_once(system, fast_switching) -> None:
     stolen = 0
-    try:
-        for _ in range(200):
-            vm = system.create_vm()
-            vm.create_vcpu(0)
-            closers = [threading.Thread(target=vm.close) for _ in range(2)]
-            for closer in closers:
-                closer.start()
-            events = [kvm.EventFd() for _ in range(3)]
-            for closer in closers:
-                closer.join()
-            stolen += sum(not os.path.exists(f"/proc/self/fd/{e.fileno()}")
-                          or os.readlink(f"/proc/self/fd/{e.fileno()}") != "anon_inode:[eventfd]" for e in events)
-            for e in events:
-                e.close()
-    finally:
-        sys.setswitchinterval(sys_interval)
+    for _ in range(200):
+        vm = system.create_vm()
+        vm.create_vcpu(0)
+        closers = [threading.Thread(target=vm.close) for _ in range(2)]
+        for closer in closers:
+            closer.start()
+        events = [kvm.EventFd() for _ in range(3)]
+        for closer in closers:
+            closer.join()
+        stolen += sum(not os.path.exists(f"/proc/self/fd/{e.fileno()}")
+                      or os.readlink(f"/proc/self/fd/{e.fileno()}") != "anon_inode:[eventfd]" for e in events)
+        for e in events:
+            e.close()
     assert stolen == 0
 
 
-def test_1_a_vcpu_made_while_its_vm_closes_is_closed_or_refused(system) -> None:
-    sys_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
+def test_1_a_vcpu_made_while_its_vm_closes_is_closed_or_refused(system, fast_switching) -> None:
     orphans = 0
-    try:
-        for _ in range(100):
-            vm = system.create_vm()
-            made = []
+    for _ in range(100):
+        vm = system.create_vm()
+        made = []
 
-            def create() -> None:
-                for i in range(20):
-                    try:
-                        made.append(vm.create_vcpu(i))
-                    except kvm.ClosedError:
-                        return
+        def create() -> None:
+            for i in range(20):
+                try:
+                    made.append(vm.create_vcpu(i))
+                except kvm.ClosedError:
+                    return
 
-            thread = threading.Thread(target=create)
-            thread.start()
-            vm.close()
-            thread.join()
-            orphans += sum(not v.closed for v in made)
-    finally:
-        sys.setswitchinterval(sys_interval)
+        thread = threading.Thread(target=create)
+        thread.start()
+        vm.close()
+        thread.join()
+        orphans += sum(not v.closed for v in made)
     assert orphans == 0
 
 
-def test_3_slots_added_or_stats_read_while_the_vm_closes_leave_nothing_open(system) -> None:
-    sys_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
+def test_3_slots_added_or_stats_read_while_the_vm_closes_leave_nothing_open(system, fast_switching) -> None:
     before = fds()
     unexpected = []
-    try:
-        for _ in range(60):
-            vm = system.create_vm()
-            vcpu = vm.create_vcpu(0)
+    for _ in range(60):
+        vm = system.create_vm()
+        vcpu = vm.create_vcpu(0)
 
-            def churn() -> None:
-                try:
-                    while True:
-                        vm.remove_memory(vm.add_memory(0, 0x1000, memfd=True))
-                        vcpu.stats()
-                except kvm.ClosedError:
-                    pass
-                except Exception as exc:  # (any other is a finding)
-                    unexpected.append(repr(exc))
+        def churn() -> None:
+            try:
+                while True:
+                    vm.remove_memory(vm.add_memory(0, 0x1000, memfd=True))
+                    vcpu.stats()
+            except kvm.ClosedError:
+                pass
+            except Exception as exc:  # (any other is a finding)
+                unexpected.append(repr(exc))
 
-            thread = threading.Thread(target=churn)
-            thread.start()
-            time.sleep(0.002)
-            vm.close()
-            thread.join()
-        del vm, vcpu
-        gc.collect()
-    finally:
-        sys.setswitchinterval(sys_interval)
+        thread = threading.Thread(target=churn)
+        thread.start()
+        time.sleep(0.002)
+        vm.close()
+        thread.join()
+    del vm, vcpu
+    gc.collect()
     assert unexpected == [] and fds() == before
 
 
@@ -720,34 +714,29 @@ def test_7_a_dirty_ring_enabled_any_way_is_known_to_the_vcpus(system) -> None:
     vm.close()
 
 
-def test_9_guest_memory_used_while_its_vm_closes_says_closed(system) -> None:
-    sys_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
+def test_9_guest_memory_used_while_its_vm_closes_says_closed(system, fast_switching) -> None:
     unexpected = []
-    try:
-        for _ in range(100):
-            vm = system.create_vm()
-            mem = vm.add_memory(0, 0x2000)
+    for _ in range(100):
+        vm = system.create_vm()
+        mem = vm.add_memory(0, 0x2000)
 
-            def use() -> None:
-                try:
-                    for _ in range(200):
-                        mem.write(0x10, b"x" * 16)
-                        mem.fill(0, 64, 1)
-                        mem.read(0, 8)
-                        vm.read(0, 8)
-                except kvm.ClosedError:
-                    pass
-                except Exception as exc:  # (any other is a finding)
-                    unexpected.append(repr(exc))
+        def use() -> None:
+            try:
+                for _ in range(200):
+                    mem.write(0x10, b"x" * 16)
+                    mem.fill(0, 64, 1)
+                    mem.read(0, 8)
+                    vm.read(0, 8)
+            except kvm.ClosedError:
+                pass
+            except Exception as exc:  # (any other is a finding)
+                unexpected.append(repr(exc))
 
-            thread = threading.Thread(target=use)
-            thread.start()
-            vm.close()
-            thread.join()
-            mem.close()  # idempotent, whoever unmapped it
-    finally:
-        sys.setswitchinterval(sys_interval)
+        thread = threading.Thread(target=use)
+        thread.start()
+        vm.close()
+        thread.join()
+        mem.close()  # idempotent, whoever unmapped it
     assert unexpected == []
 
 
