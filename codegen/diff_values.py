@@ -102,11 +102,7 @@ def _num(value: int | None) -> str:
 
 
 def _enum_classes(module: types.ModuleType) -> dict[str, type[enum.Enum]]:
-    out = {}
-    for name, obj in vars(module).items():
-        if isinstance(obj, type) and issubclass(obj, enum.Enum) and obj.__module__ == module.__name__:
-            out[name] = obj
-    return out
+    return {name: getattr(module, name) for name in module.ENUMS}  # (each made on first use)
 
 
 def _enum_prefix(cls: type[enum.Enum]) -> str:

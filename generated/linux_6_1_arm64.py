@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from enum import IntEnum, IntFlag
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvm.spec import CapSpec as _Cap
 from kvm.spec import FieldSpec as _F
@@ -1024,387 +1024,719 @@ UNAVAILABLE_IOCTLS: dict[str, str] = {
 STRUCTS: dict[str, _S]
 CAPS: dict[str, _Cap]
 
+# The enums, as type checkers see them. At run time each is made on first use, from ENUMS (see
+# __getattr__): making an enum class costs about 0.5 ms, and a VM needs few of them.
+if TYPE_CHECKING:
 
-class Cap(IntEnum):
-    """KVM_CAP_* constants."""
+    class Cap(IntEnum):
+        """KVM_CAP_* constants."""
 
-    IRQCHIP = 0
-    HLT = 1
-    MMU_SHADOW_CACHE_CONTROL = 2
-    USER_MEMORY = 3
-    SET_TSS_ADDR = 4
-    VAPIC = 6
-    EXT_CPUID = 7
-    CLOCKSOURCE = 8
-    NR_VCPUS = 9
-    NR_MEMSLOTS = 10
-    PIT = 11
-    NOP_IO_DELAY = 12
-    PV_MMU = 13
-    MP_STATE = 14
-    COALESCED_MMIO = 15
-    SYNC_MMU = 16
-    IOMMU = 18
-    DESTROY_MEMORY_REGION_WORKS = 21
-    USER_NMI = 22
-    SET_GUEST_DEBUG = 23
-    IRQ_ROUTING = 25
-    IRQ_INJECT_STATUS = 26
-    ASSIGN_DEV_IRQ = 29
-    JOIN_MEMORY_REGIONS_WORKS = 30
-    IRQFD = 32
-    SET_BOOT_CPU_ID = 34
-    IOEVENTFD = 36
-    SET_IDENTITY_MAP_ADDR = 37
-    ADJUST_CLOCK = 39
-    INTERNAL_ERROR_DATA = 40
-    VCPU_EVENTS = 41
-    S390_PSW = 42
-    PPC_SEGSTATE = 43
-    HYPERV = 44
-    HYPERV_VAPIC = 45
-    HYPERV_SPIN = 46
-    PCI_SEGMENT = 47
-    PPC_PAIRED_SINGLES = 48
-    INTR_SHADOW = 49
-    X86_ROBUST_SINGLESTEP = 51
-    PPC_OSI = 52
-    PPC_UNSET_IRQ = 53
-    ENABLE_CAP = 54
-    PPC_GET_PVINFO = 57
-    PPC_IRQ_LEVEL = 58
-    ASYNC_PF = 59
-    TSC_CONTROL = 60
-    GET_TSC_KHZ = 61
-    PPC_BOOKE_SREGS = 62
-    SPAPR_TCE = 63
-    PPC_SMT = 64
-    PPC_RMA = 65
-    MAX_VCPUS = 66
-    PPC_HIOR = 67
-    PPC_PAPR = 68
-    SW_TLB = 69
-    ONE_REG = 70
-    S390_GMAP = 71
-    TSC_DEADLINE_TIMER = 72
-    S390_UCONTROL = 73
-    SYNC_REGS = 74
-    PCI_2_3 = 75
-    KVMCLOCK_CTRL = 76
-    SIGNAL_MSI = 77
-    PPC_GET_SMMU_INFO = 78
-    S390_COW = 79
-    PPC_ALLOC_HTAB = 80
-    READONLY_MEM = 81
-    IRQFD_RESAMPLE = 82
-    PPC_BOOKE_WATCHDOG = 83
-    PPC_HTAB_FD = 84
-    S390_CSS_SUPPORT = 85
-    PPC_EPR = 86
-    ARM_PSCI = 87
-    ARM_SET_DEVICE_ADDR = 88
-    DEVICE_CTRL = 89
-    IRQ_MPIC = 90
-    PPC_RTAS = 91
-    IRQ_XICS = 92
-    ARM_EL1_32BIT = 93
-    SPAPR_MULTITCE = 94
-    EXT_EMUL_CPUID = 95
-    HYPERV_TIME = 96
-    IOAPIC_POLARITY_IGNORED = 97
-    ENABLE_CAP_VM = 98
-    S390_IRQCHIP = 99
-    IOEVENTFD_NO_LENGTH = 100
-    VM_ATTRIBUTES = 101
-    ARM_PSCI_0_2 = 102
-    PPC_FIXUP_HCALL = 103
-    PPC_ENABLE_HCALL = 104
-    CHECK_EXTENSION_VM = 105
-    S390_USER_SIGP = 106
-    S390_VECTOR_REGISTERS = 107
-    S390_MEM_OP = 108
-    S390_USER_STSI = 109
-    S390_SKEYS = 110
-    MIPS_FPU = 111
-    MIPS_MSA = 112
-    S390_INJECT_IRQ = 113
-    S390_IRQ_STATE = 114
-    PPC_HWRNG = 115
-    DISABLE_QUIRKS = 116
-    X86_SMM = 117
-    MULTI_ADDRESS_SPACE = 118
-    GUEST_DEBUG_HW_BPS = 119
-    GUEST_DEBUG_HW_WPS = 120
-    SPLIT_IRQCHIP = 121
-    IOEVENTFD_ANY_LENGTH = 122
-    HYPERV_SYNIC = 123
-    S390_RI = 124
-    SPAPR_TCE_64 = 125
-    ARM_PMU_V3 = 126
-    VCPU_ATTRIBUTES = 127
-    MAX_VCPU_ID = 128
-    X2APIC_API = 129
-    S390_USER_INSTR0 = 130
-    MSI_DEVID = 131
-    PPC_HTM = 132
-    SPAPR_RESIZE_HPT = 133
-    PPC_MMU_RADIX = 134
-    PPC_MMU_HASH_V3 = 135
-    IMMEDIATE_EXIT = 136
-    MIPS_VZ = 137
-    MIPS_TE = 138
-    MIPS_64BIT = 139
-    S390_GS = 140
-    S390_AIS = 141
-    SPAPR_TCE_VFIO = 142
-    X86_DISABLE_EXITS = 143
-    ARM_USER_IRQ = 144
-    S390_CMMA_MIGRATION = 145
-    PPC_FWNMI = 146
-    PPC_SMT_POSSIBLE = 147
-    HYPERV_SYNIC2 = 148
-    HYPERV_VP_INDEX = 149
-    S390_AIS_MIGRATION = 150
-    PPC_GET_CPU_CHAR = 151
-    S390_BPB = 152
-    GET_MSR_FEATURES = 153
-    HYPERV_EVENTFD = 154
-    HYPERV_TLBFLUSH = 155
-    S390_HPAGE_1M = 156
-    NESTED_STATE = 157
-    ARM_INJECT_SERROR_ESR = 158
-    MSR_PLATFORM_INFO = 159
-    PPC_NESTED_HV = 160
-    HYPERV_SEND_IPI = 161
-    COALESCED_PIO = 162
-    HYPERV_ENLIGHTENED_VMCS = 163
-    EXCEPTION_PAYLOAD = 164
-    ARM_VM_IPA_SIZE = 165
-    MANUAL_DIRTY_LOG_PROTECT = 166
-    HYPERV_CPUID = 167
-    MANUAL_DIRTY_LOG_PROTECT2 = 168
-    PPC_IRQ_XIVE = 169
-    ARM_SVE = 170
-    ARM_PTRAUTH_ADDRESS = 171
-    ARM_PTRAUTH_GENERIC = 172
-    PMU_EVENT_FILTER = 173
-    ARM_IRQ_LINE_LAYOUT_2 = 174
-    HYPERV_DIRECT_TLBFLUSH = 175
-    PPC_GUEST_DEBUG_SSTEP = 176
-    ARM_NISV_TO_USER = 177
-    ARM_INJECT_EXT_DABT = 178
-    S390_VCPU_RESETS = 179
-    S390_PROTECTED = 180
-    PPC_SECURE_GUEST = 181
-    HALT_POLL = 182
-    ASYNC_PF_INT = 183
-    LAST_CPU = 184
-    SMALLER_MAXPHYADDR = 185
-    S390_DIAG318 = 186
-    STEAL_TIME = 187
-    X86_USER_SPACE_MSR = 188
-    X86_MSR_FILTER = 189
-    ENFORCE_PV_FEATURE_CPUID = 190
-    SYS_HYPERV_CPUID = 191
-    DIRTY_LOG_RING = 192
-    X86_BUS_LOCK_EXIT = 193
-    PPC_DAWR1 = 194
-    SET_GUEST_DEBUG2 = 195
-    SGX_ATTRIBUTE = 196
-    VM_COPY_ENC_CONTEXT_FROM = 197
-    PTP_KVM = 198
-    HYPERV_ENFORCE_CPUID = 199
-    SREGS2 = 200
-    EXIT_HYPERCALL = 201
-    PPC_RPT_INVALIDATE = 202
-    BINARY_STATS_FD = 203
-    EXIT_ON_EMULATION_FAILURE = 204
-    ARM_MTE = 205
-    VM_MOVE_ENC_CONTEXT_FROM = 206
-    VM_GPA_BITS = 207
-    XSAVE2 = 208
-    SYS_ATTRIBUTES = 209
-    PPC_AIL_MODE_3 = 210
-    S390_MEM_OP_EXTENSION = 211
-    PMU_CAPABILITY = 212
-    DISABLE_QUIRKS2 = 213
-    VM_TSC_CONTROL = 214
-    SYSTEM_EVENT_DATA = 215
-    ARM_SYSTEM_SUSPEND = 216
-    S390_PROTECTED_DUMP = 217
-    X86_TRIPLE_FAULT_EVENT = 218
-    X86_NOTIFY_VMEXIT = 219
-    VM_DISABLE_NX_HUGE_PAGES = 220
-    S390_ZPCI_OP = 221
-    S390_CPU_TOPOLOGY = 222
-    DIRTY_LOG_RING_ACQ_REL = 223
+        IRQCHIP = 0
+        HLT = 1
+        MMU_SHADOW_CACHE_CONTROL = 2
+        USER_MEMORY = 3
+        SET_TSS_ADDR = 4
+        VAPIC = 6
+        EXT_CPUID = 7
+        CLOCKSOURCE = 8
+        NR_VCPUS = 9
+        NR_MEMSLOTS = 10
+        PIT = 11
+        NOP_IO_DELAY = 12
+        PV_MMU = 13
+        MP_STATE = 14
+        COALESCED_MMIO = 15
+        SYNC_MMU = 16
+        IOMMU = 18
+        DESTROY_MEMORY_REGION_WORKS = 21
+        USER_NMI = 22
+        SET_GUEST_DEBUG = 23
+        IRQ_ROUTING = 25
+        IRQ_INJECT_STATUS = 26
+        ASSIGN_DEV_IRQ = 29
+        JOIN_MEMORY_REGIONS_WORKS = 30
+        IRQFD = 32
+        SET_BOOT_CPU_ID = 34
+        IOEVENTFD = 36
+        SET_IDENTITY_MAP_ADDR = 37
+        ADJUST_CLOCK = 39
+        INTERNAL_ERROR_DATA = 40
+        VCPU_EVENTS = 41
+        S390_PSW = 42
+        PPC_SEGSTATE = 43
+        HYPERV = 44
+        HYPERV_VAPIC = 45
+        HYPERV_SPIN = 46
+        PCI_SEGMENT = 47
+        PPC_PAIRED_SINGLES = 48
+        INTR_SHADOW = 49
+        X86_ROBUST_SINGLESTEP = 51
+        PPC_OSI = 52
+        PPC_UNSET_IRQ = 53
+        ENABLE_CAP = 54
+        PPC_GET_PVINFO = 57
+        PPC_IRQ_LEVEL = 58
+        ASYNC_PF = 59
+        TSC_CONTROL = 60
+        GET_TSC_KHZ = 61
+        PPC_BOOKE_SREGS = 62
+        SPAPR_TCE = 63
+        PPC_SMT = 64
+        PPC_RMA = 65
+        MAX_VCPUS = 66
+        PPC_HIOR = 67
+        PPC_PAPR = 68
+        SW_TLB = 69
+        ONE_REG = 70
+        S390_GMAP = 71
+        TSC_DEADLINE_TIMER = 72
+        S390_UCONTROL = 73
+        SYNC_REGS = 74
+        PCI_2_3 = 75
+        KVMCLOCK_CTRL = 76
+        SIGNAL_MSI = 77
+        PPC_GET_SMMU_INFO = 78
+        S390_COW = 79
+        PPC_ALLOC_HTAB = 80
+        READONLY_MEM = 81
+        IRQFD_RESAMPLE = 82
+        PPC_BOOKE_WATCHDOG = 83
+        PPC_HTAB_FD = 84
+        S390_CSS_SUPPORT = 85
+        PPC_EPR = 86
+        ARM_PSCI = 87
+        ARM_SET_DEVICE_ADDR = 88
+        DEVICE_CTRL = 89
+        IRQ_MPIC = 90
+        PPC_RTAS = 91
+        IRQ_XICS = 92
+        ARM_EL1_32BIT = 93
+        SPAPR_MULTITCE = 94
+        EXT_EMUL_CPUID = 95
+        HYPERV_TIME = 96
+        IOAPIC_POLARITY_IGNORED = 97
+        ENABLE_CAP_VM = 98
+        S390_IRQCHIP = 99
+        IOEVENTFD_NO_LENGTH = 100
+        VM_ATTRIBUTES = 101
+        ARM_PSCI_0_2 = 102
+        PPC_FIXUP_HCALL = 103
+        PPC_ENABLE_HCALL = 104
+        CHECK_EXTENSION_VM = 105
+        S390_USER_SIGP = 106
+        S390_VECTOR_REGISTERS = 107
+        S390_MEM_OP = 108
+        S390_USER_STSI = 109
+        S390_SKEYS = 110
+        MIPS_FPU = 111
+        MIPS_MSA = 112
+        S390_INJECT_IRQ = 113
+        S390_IRQ_STATE = 114
+        PPC_HWRNG = 115
+        DISABLE_QUIRKS = 116
+        X86_SMM = 117
+        MULTI_ADDRESS_SPACE = 118
+        GUEST_DEBUG_HW_BPS = 119
+        GUEST_DEBUG_HW_WPS = 120
+        SPLIT_IRQCHIP = 121
+        IOEVENTFD_ANY_LENGTH = 122
+        HYPERV_SYNIC = 123
+        S390_RI = 124
+        SPAPR_TCE_64 = 125
+        ARM_PMU_V3 = 126
+        VCPU_ATTRIBUTES = 127
+        MAX_VCPU_ID = 128
+        X2APIC_API = 129
+        S390_USER_INSTR0 = 130
+        MSI_DEVID = 131
+        PPC_HTM = 132
+        SPAPR_RESIZE_HPT = 133
+        PPC_MMU_RADIX = 134
+        PPC_MMU_HASH_V3 = 135
+        IMMEDIATE_EXIT = 136
+        MIPS_VZ = 137
+        MIPS_TE = 138
+        MIPS_64BIT = 139
+        S390_GS = 140
+        S390_AIS = 141
+        SPAPR_TCE_VFIO = 142
+        X86_DISABLE_EXITS = 143
+        ARM_USER_IRQ = 144
+        S390_CMMA_MIGRATION = 145
+        PPC_FWNMI = 146
+        PPC_SMT_POSSIBLE = 147
+        HYPERV_SYNIC2 = 148
+        HYPERV_VP_INDEX = 149
+        S390_AIS_MIGRATION = 150
+        PPC_GET_CPU_CHAR = 151
+        S390_BPB = 152
+        GET_MSR_FEATURES = 153
+        HYPERV_EVENTFD = 154
+        HYPERV_TLBFLUSH = 155
+        S390_HPAGE_1M = 156
+        NESTED_STATE = 157
+        ARM_INJECT_SERROR_ESR = 158
+        MSR_PLATFORM_INFO = 159
+        PPC_NESTED_HV = 160
+        HYPERV_SEND_IPI = 161
+        COALESCED_PIO = 162
+        HYPERV_ENLIGHTENED_VMCS = 163
+        EXCEPTION_PAYLOAD = 164
+        ARM_VM_IPA_SIZE = 165
+        MANUAL_DIRTY_LOG_PROTECT = 166
+        HYPERV_CPUID = 167
+        MANUAL_DIRTY_LOG_PROTECT2 = 168
+        PPC_IRQ_XIVE = 169
+        ARM_SVE = 170
+        ARM_PTRAUTH_ADDRESS = 171
+        ARM_PTRAUTH_GENERIC = 172
+        PMU_EVENT_FILTER = 173
+        ARM_IRQ_LINE_LAYOUT_2 = 174
+        HYPERV_DIRECT_TLBFLUSH = 175
+        PPC_GUEST_DEBUG_SSTEP = 176
+        ARM_NISV_TO_USER = 177
+        ARM_INJECT_EXT_DABT = 178
+        S390_VCPU_RESETS = 179
+        S390_PROTECTED = 180
+        PPC_SECURE_GUEST = 181
+        HALT_POLL = 182
+        ASYNC_PF_INT = 183
+        LAST_CPU = 184
+        SMALLER_MAXPHYADDR = 185
+        S390_DIAG318 = 186
+        STEAL_TIME = 187
+        X86_USER_SPACE_MSR = 188
+        X86_MSR_FILTER = 189
+        ENFORCE_PV_FEATURE_CPUID = 190
+        SYS_HYPERV_CPUID = 191
+        DIRTY_LOG_RING = 192
+        X86_BUS_LOCK_EXIT = 193
+        PPC_DAWR1 = 194
+        SET_GUEST_DEBUG2 = 195
+        SGX_ATTRIBUTE = 196
+        VM_COPY_ENC_CONTEXT_FROM = 197
+        PTP_KVM = 198
+        HYPERV_ENFORCE_CPUID = 199
+        SREGS2 = 200
+        EXIT_HYPERCALL = 201
+        PPC_RPT_INVALIDATE = 202
+        BINARY_STATS_FD = 203
+        EXIT_ON_EMULATION_FAILURE = 204
+        ARM_MTE = 205
+        VM_MOVE_ENC_CONTEXT_FROM = 206
+        VM_GPA_BITS = 207
+        XSAVE2 = 208
+        SYS_ATTRIBUTES = 209
+        PPC_AIL_MODE_3 = 210
+        S390_MEM_OP_EXTENSION = 211
+        PMU_CAPABILITY = 212
+        DISABLE_QUIRKS2 = 213
+        VM_TSC_CONTROL = 214
+        SYSTEM_EVENT_DATA = 215
+        ARM_SYSTEM_SUSPEND = 216
+        S390_PROTECTED_DUMP = 217
+        X86_TRIPLE_FAULT_EVENT = 218
+        X86_NOTIFY_VMEXIT = 219
+        VM_DISABLE_NX_HUGE_PAGES = 220
+        S390_ZPCI_OP = 221
+        S390_CPU_TOPOLOGY = 222
+        DIRTY_LOG_RING_ACQ_REL = 223
 
+    class ExitReason(IntEnum):
+        """KVM_EXIT_* constants."""
 
-class ExitReason(IntEnum):
-    """KVM_EXIT_* constants."""
+        UNKNOWN = 0
+        EXCEPTION = 1
+        FAIL_ENTRY_CPU_UNSUPPORTED = 1
+        IO = 2
+        HYPERCALL = 3
+        DEBUG = 4
+        HLT = 5
+        MMIO = 6
+        IRQ_WINDOW_OPEN = 7
+        SHUTDOWN = 8
+        FAIL_ENTRY = 9
+        INTR = 10
+        SET_TPR = 11
+        TPR_ACCESS = 12
+        S390_SIEIC = 13
+        S390_RESET = 14
+        DCR = 15
+        NMI = 16
+        INTERNAL_ERROR = 17
+        OSI = 18
+        PAPR_HCALL = 19
+        S390_UCONTROL = 20
+        WATCHDOG = 21
+        S390_TSCH = 22
+        EPR = 23
+        SYSTEM_EVENT = 24
+        S390_STSI = 25
+        IOAPIC_EOI = 26
+        HYPERV = 27
+        ARM_NISV = 28
+        X86_RDMSR = 29
+        X86_WRMSR = 30
+        DIRTY_RING_FULL = 31
+        AP_RESET_HOLD = 32
+        X86_BUS_LOCK = 33
+        XEN = 34
+        RISCV_SBI = 35
+        RISCV_CSR = 36
+        NOTIFY = 37
 
-    UNKNOWN = 0
-    EXCEPTION = 1
-    FAIL_ENTRY_CPU_UNSUPPORTED = 1
-    IO = 2
-    HYPERCALL = 3
-    DEBUG = 4
-    HLT = 5
-    MMIO = 6
-    IRQ_WINDOW_OPEN = 7
-    SHUTDOWN = 8
-    FAIL_ENTRY = 9
-    INTR = 10
-    SET_TPR = 11
-    TPR_ACCESS = 12
-    S390_SIEIC = 13
-    S390_RESET = 14
-    DCR = 15
-    NMI = 16
-    INTERNAL_ERROR = 17
-    OSI = 18
-    PAPR_HCALL = 19
-    S390_UCONTROL = 20
-    WATCHDOG = 21
-    S390_TSCH = 22
-    EPR = 23
-    SYSTEM_EVENT = 24
-    S390_STSI = 25
-    IOAPIC_EOI = 26
-    HYPERV = 27
-    ARM_NISV = 28
-    X86_RDMSR = 29
-    X86_WRMSR = 30
-    DIRTY_RING_FULL = 31
-    AP_RESET_HOLD = 32
-    X86_BUS_LOCK = 33
-    XEN = 34
-    RISCV_SBI = 35
-    RISCV_CSR = 36
-    NOTIFY = 37
+    class MemoryRegionFlag(IntFlag):
+        """KVM_MEM_* constants."""
 
+        LOG_DIRTY_PAGES = 1
+        READONLY = 2
 
-class MemoryRegionFlag(IntFlag):
-    """KVM_MEM_* constants."""
+    class SystemEvent(IntEnum):
+        """KVM_SYSTEM_EVENT_* constants."""
 
-    LOG_DIRTY_PAGES = 1
-    READONLY = 2
+        SHUTDOWN = 1
+        RESET = 2
+        CRASH = 3
+        WAKEUP = 4
+        SUSPEND = 5
+        SEV_TERM = 6
 
+    class InternalErrorSuberror(IntEnum):
+        """KVM_INTERNAL_ERROR_* constants."""
 
-class SystemEvent(IntEnum):
-    """KVM_SYSTEM_EVENT_* constants."""
+        EMULATION = 1
+        EMULATION_FLAG_INSTRUCTION_BYTES = 1
+        SIMUL_EX = 2
+        DELIVERY_EV = 3
+        UNEXPECTED_EXIT_REASON = 4
 
-    SHUTDOWN = 1
-    RESET = 2
-    CRASH = 3
-    WAKEUP = 4
-    SUSPEND = 5
-    SEV_TERM = 6
+    class DeviceType(IntEnum):
+        """KVM_DEV_TYPE_* constants."""
 
+        FSL_MPIC_20 = 1
+        FSL_MPIC_42 = 2
+        XICS = 3
+        VFIO = 4
+        ARM_VGIC_V2 = 5
+        FLIC = 6
+        ARM_VGIC_V3 = 7
+        ARM_VGIC_ITS = 8
+        XIVE = 9
+        ARM_PV_TIME = 10
+        MAX = 11
 
-class InternalErrorSuberror(IntEnum):
-    """KVM_INTERNAL_ERROR_* constants."""
+    class MpState(IntEnum):
+        """KVM_MP_STATE_* constants."""
 
-    EMULATION = 1
-    EMULATION_FLAG_INSTRUCTION_BYTES = 1
-    SIMUL_EX = 2
-    DELIVERY_EV = 3
-    UNEXPECTED_EXIT_REASON = 4
+        RUNNABLE = 0
+        UNINITIALIZED = 1
+        INIT_RECEIVED = 2
+        HALTED = 3
+        SIPI_RECEIVED = 4
+        STOPPED = 5
+        CHECK_STOP = 6
+        OPERATING = 7
+        LOAD = 8
+        AP_RESET_HOLD = 9
+        SUSPENDED = 10
 
+    class GuestDebugFlag(IntFlag):
+        """KVM_GUESTDBG_* constants."""
 
-class DeviceType(IntEnum):
-    """KVM_DEV_TYPE_* constants."""
+        ENABLE = 1
+        SINGLESTEP = 2
+        USE_SW_BP = 0x10000
+        USE_HW = 0x20000
 
-    FSL_MPIC_20 = 1
-    FSL_MPIC_42 = 2
-    XICS = 3
-    VFIO = 4
-    ARM_VGIC_V2 = 5
-    FLIC = 6
-    ARM_VGIC_V3 = 7
-    ARM_VGIC_ITS = 8
-    XIVE = 9
-    ARM_PV_TIME = 10
-    MAX = 11
+    class IrqRoutingType(IntEnum):
+        """KVM_IRQ_ROUTING_* constants."""
 
+        IRQCHIP = 1
+        MSI = 2
+        S390_ADAPTER = 3
+        HV_SINT = 4
+        XEN_EVTCHN = 5
+        XEN_EVTCHN_PRIO_2LEVEL = 0xffffffff
 
-class MpState(IntEnum):
-    """KVM_MP_STATE_* constants."""
+    class DirtyGfnFlag(IntFlag):
+        """KVM_DIRTY_GFN_F_* constants."""
 
-    RUNNABLE = 0
-    UNINITIALIZED = 1
-    INIT_RECEIVED = 2
-    HALTED = 3
-    SIPI_RECEIVED = 4
-    STOPPED = 5
-    CHECK_STOP = 6
-    OPERATING = 7
-    LOAD = 8
-    AP_RESET_HOLD = 9
-    SUSPENDED = 10
+        DIRTY = 1
+        RESET = 2
 
+    class MsrExitReason(IntFlag):
+        """KVM_MSR_EXIT_REASON_* constants."""
 
-class GuestDebugFlag(IntFlag):
-    """KVM_GUESTDBG_* constants."""
+        INVAL = 1
+        UNKNOWN = 2
+        FILTER = 4
 
-    ENABLE = 1
-    SINGLESTEP = 2
-    USE_SW_BP = 0x10000
-    USE_HW = 0x20000
+    class StatsType(IntEnum):
+        """KVM_STATS_TYPE_* constants."""
 
+        CUMULATIVE = 0
+        INSTANT = 1
+        PEAK = 2
+        LINEAR_HIST = 3
+        LOG_HIST = 4
 
-class IrqRoutingType(IntEnum):
-    """KVM_IRQ_ROUTING_* constants."""
+    class StatsUnit(IntEnum):
+        """KVM_STATS_UNIT_* constants."""
 
-    IRQCHIP = 1
-    MSI = 2
-    S390_ADAPTER = 3
-    HV_SINT = 4
-    XEN_EVTCHN = 5
-    XEN_EVTCHN_PRIO_2LEVEL = 0xffffffff
+        NONE = 0
+        BYTES = 16
+        SECONDS = 32
+        CYCLES = 48
+        BOOLEAN = 64
 
+    class StatsBase(IntEnum):
+        """KVM_STATS_BASE_* constants."""
 
-class DirtyGfnFlag(IntFlag):
-    """KVM_DIRTY_GFN_F_* constants."""
+        POW10 = 0
+        POW2 = 256
 
-    DIRTY = 1
-    RESET = 2
-
-
-class MsrExitReason(IntFlag):
-    """KVM_MSR_EXIT_REASON_* constants."""
-
-    INVAL = 1
-    UNKNOWN = 2
-    FILTER = 4
-
-
-class StatsType(IntEnum):
-    """KVM_STATS_TYPE_* constants."""
-
-    CUMULATIVE = 0
-    INSTANT = 1
-    PEAK = 2
-    LINEAR_HIST = 3
-    LOG_HIST = 4
-
-
-class StatsUnit(IntEnum):
-    """KVM_STATS_UNIT_* constants."""
-
-    NONE = 0
-    BYTES = 16
-    SECONDS = 32
-    CYCLES = 48
-    BOOLEAN = 64
-
-
-class StatsBase(IntEnum):
-    """KVM_STATS_BASE_* constants."""
-
-    POW10 = 0
-    POW2 = 256
-
+# enum name -> (its base: IntEnum or IntFlag, its docstring, its (member, value) pairs)
+ENUMS: dict[str, tuple[Any, str, tuple[tuple[str, int], ...]]] = {
+    "Cap": (IntEnum, "KVM_CAP_* constants.", (
+        ("IRQCHIP", 0),
+        ("HLT", 1),
+        ("MMU_SHADOW_CACHE_CONTROL", 2),
+        ("USER_MEMORY", 3),
+        ("SET_TSS_ADDR", 4),
+        ("VAPIC", 6),
+        ("EXT_CPUID", 7),
+        ("CLOCKSOURCE", 8),
+        ("NR_VCPUS", 9),
+        ("NR_MEMSLOTS", 10),
+        ("PIT", 11),
+        ("NOP_IO_DELAY", 12),
+        ("PV_MMU", 13),
+        ("MP_STATE", 14),
+        ("COALESCED_MMIO", 15),
+        ("SYNC_MMU", 16),
+        ("IOMMU", 18),
+        ("DESTROY_MEMORY_REGION_WORKS", 21),
+        ("USER_NMI", 22),
+        ("SET_GUEST_DEBUG", 23),
+        ("IRQ_ROUTING", 25),
+        ("IRQ_INJECT_STATUS", 26),
+        ("ASSIGN_DEV_IRQ", 29),
+        ("JOIN_MEMORY_REGIONS_WORKS", 30),
+        ("IRQFD", 32),
+        ("SET_BOOT_CPU_ID", 34),
+        ("IOEVENTFD", 36),
+        ("SET_IDENTITY_MAP_ADDR", 37),
+        ("ADJUST_CLOCK", 39),
+        ("INTERNAL_ERROR_DATA", 40),
+        ("VCPU_EVENTS", 41),
+        ("S390_PSW", 42),
+        ("PPC_SEGSTATE", 43),
+        ("HYPERV", 44),
+        ("HYPERV_VAPIC", 45),
+        ("HYPERV_SPIN", 46),
+        ("PCI_SEGMENT", 47),
+        ("PPC_PAIRED_SINGLES", 48),
+        ("INTR_SHADOW", 49),
+        ("X86_ROBUST_SINGLESTEP", 51),
+        ("PPC_OSI", 52),
+        ("PPC_UNSET_IRQ", 53),
+        ("ENABLE_CAP", 54),
+        ("PPC_GET_PVINFO", 57),
+        ("PPC_IRQ_LEVEL", 58),
+        ("ASYNC_PF", 59),
+        ("TSC_CONTROL", 60),
+        ("GET_TSC_KHZ", 61),
+        ("PPC_BOOKE_SREGS", 62),
+        ("SPAPR_TCE", 63),
+        ("PPC_SMT", 64),
+        ("PPC_RMA", 65),
+        ("MAX_VCPUS", 66),
+        ("PPC_HIOR", 67),
+        ("PPC_PAPR", 68),
+        ("SW_TLB", 69),
+        ("ONE_REG", 70),
+        ("S390_GMAP", 71),
+        ("TSC_DEADLINE_TIMER", 72),
+        ("S390_UCONTROL", 73),
+        ("SYNC_REGS", 74),
+        ("PCI_2_3", 75),
+        ("KVMCLOCK_CTRL", 76),
+        ("SIGNAL_MSI", 77),
+        ("PPC_GET_SMMU_INFO", 78),
+        ("S390_COW", 79),
+        ("PPC_ALLOC_HTAB", 80),
+        ("READONLY_MEM", 81),
+        ("IRQFD_RESAMPLE", 82),
+        ("PPC_BOOKE_WATCHDOG", 83),
+        ("PPC_HTAB_FD", 84),
+        ("S390_CSS_SUPPORT", 85),
+        ("PPC_EPR", 86),
+        ("ARM_PSCI", 87),
+        ("ARM_SET_DEVICE_ADDR", 88),
+        ("DEVICE_CTRL", 89),
+        ("IRQ_MPIC", 90),
+        ("PPC_RTAS", 91),
+        ("IRQ_XICS", 92),
+        ("ARM_EL1_32BIT", 93),
+        ("SPAPR_MULTITCE", 94),
+        ("EXT_EMUL_CPUID", 95),
+        ("HYPERV_TIME", 96),
+        ("IOAPIC_POLARITY_IGNORED", 97),
+        ("ENABLE_CAP_VM", 98),
+        ("S390_IRQCHIP", 99),
+        ("IOEVENTFD_NO_LENGTH", 100),
+        ("VM_ATTRIBUTES", 101),
+        ("ARM_PSCI_0_2", 102),
+        ("PPC_FIXUP_HCALL", 103),
+        ("PPC_ENABLE_HCALL", 104),
+        ("CHECK_EXTENSION_VM", 105),
+        ("S390_USER_SIGP", 106),
+        ("S390_VECTOR_REGISTERS", 107),
+        ("S390_MEM_OP", 108),
+        ("S390_USER_STSI", 109),
+        ("S390_SKEYS", 110),
+        ("MIPS_FPU", 111),
+        ("MIPS_MSA", 112),
+        ("S390_INJECT_IRQ", 113),
+        ("S390_IRQ_STATE", 114),
+        ("PPC_HWRNG", 115),
+        ("DISABLE_QUIRKS", 116),
+        ("X86_SMM", 117),
+        ("MULTI_ADDRESS_SPACE", 118),
+        ("GUEST_DEBUG_HW_BPS", 119),
+        ("GUEST_DEBUG_HW_WPS", 120),
+        ("SPLIT_IRQCHIP", 121),
+        ("IOEVENTFD_ANY_LENGTH", 122),
+        ("HYPERV_SYNIC", 123),
+        ("S390_RI", 124),
+        ("SPAPR_TCE_64", 125),
+        ("ARM_PMU_V3", 126),
+        ("VCPU_ATTRIBUTES", 127),
+        ("MAX_VCPU_ID", 128),
+        ("X2APIC_API", 129),
+        ("S390_USER_INSTR0", 130),
+        ("MSI_DEVID", 131),
+        ("PPC_HTM", 132),
+        ("SPAPR_RESIZE_HPT", 133),
+        ("PPC_MMU_RADIX", 134),
+        ("PPC_MMU_HASH_V3", 135),
+        ("IMMEDIATE_EXIT", 136),
+        ("MIPS_VZ", 137),
+        ("MIPS_TE", 138),
+        ("MIPS_64BIT", 139),
+        ("S390_GS", 140),
+        ("S390_AIS", 141),
+        ("SPAPR_TCE_VFIO", 142),
+        ("X86_DISABLE_EXITS", 143),
+        ("ARM_USER_IRQ", 144),
+        ("S390_CMMA_MIGRATION", 145),
+        ("PPC_FWNMI", 146),
+        ("PPC_SMT_POSSIBLE", 147),
+        ("HYPERV_SYNIC2", 148),
+        ("HYPERV_VP_INDEX", 149),
+        ("S390_AIS_MIGRATION", 150),
+        ("PPC_GET_CPU_CHAR", 151),
+        ("S390_BPB", 152),
+        ("GET_MSR_FEATURES", 153),
+        ("HYPERV_EVENTFD", 154),
+        ("HYPERV_TLBFLUSH", 155),
+        ("S390_HPAGE_1M", 156),
+        ("NESTED_STATE", 157),
+        ("ARM_INJECT_SERROR_ESR", 158),
+        ("MSR_PLATFORM_INFO", 159),
+        ("PPC_NESTED_HV", 160),
+        ("HYPERV_SEND_IPI", 161),
+        ("COALESCED_PIO", 162),
+        ("HYPERV_ENLIGHTENED_VMCS", 163),
+        ("EXCEPTION_PAYLOAD", 164),
+        ("ARM_VM_IPA_SIZE", 165),
+        ("MANUAL_DIRTY_LOG_PROTECT", 166),
+        ("HYPERV_CPUID", 167),
+        ("MANUAL_DIRTY_LOG_PROTECT2", 168),
+        ("PPC_IRQ_XIVE", 169),
+        ("ARM_SVE", 170),
+        ("ARM_PTRAUTH_ADDRESS", 171),
+        ("ARM_PTRAUTH_GENERIC", 172),
+        ("PMU_EVENT_FILTER", 173),
+        ("ARM_IRQ_LINE_LAYOUT_2", 174),
+        ("HYPERV_DIRECT_TLBFLUSH", 175),
+        ("PPC_GUEST_DEBUG_SSTEP", 176),
+        ("ARM_NISV_TO_USER", 177),
+        ("ARM_INJECT_EXT_DABT", 178),
+        ("S390_VCPU_RESETS", 179),
+        ("S390_PROTECTED", 180),
+        ("PPC_SECURE_GUEST", 181),
+        ("HALT_POLL", 182),
+        ("ASYNC_PF_INT", 183),
+        ("LAST_CPU", 184),
+        ("SMALLER_MAXPHYADDR", 185),
+        ("S390_DIAG318", 186),
+        ("STEAL_TIME", 187),
+        ("X86_USER_SPACE_MSR", 188),
+        ("X86_MSR_FILTER", 189),
+        ("ENFORCE_PV_FEATURE_CPUID", 190),
+        ("SYS_HYPERV_CPUID", 191),
+        ("DIRTY_LOG_RING", 192),
+        ("X86_BUS_LOCK_EXIT", 193),
+        ("PPC_DAWR1", 194),
+        ("SET_GUEST_DEBUG2", 195),
+        ("SGX_ATTRIBUTE", 196),
+        ("VM_COPY_ENC_CONTEXT_FROM", 197),
+        ("PTP_KVM", 198),
+        ("HYPERV_ENFORCE_CPUID", 199),
+        ("SREGS2", 200),
+        ("EXIT_HYPERCALL", 201),
+        ("PPC_RPT_INVALIDATE", 202),
+        ("BINARY_STATS_FD", 203),
+        ("EXIT_ON_EMULATION_FAILURE", 204),
+        ("ARM_MTE", 205),
+        ("VM_MOVE_ENC_CONTEXT_FROM", 206),
+        ("VM_GPA_BITS", 207),
+        ("XSAVE2", 208),
+        ("SYS_ATTRIBUTES", 209),
+        ("PPC_AIL_MODE_3", 210),
+        ("S390_MEM_OP_EXTENSION", 211),
+        ("PMU_CAPABILITY", 212),
+        ("DISABLE_QUIRKS2", 213),
+        ("VM_TSC_CONTROL", 214),
+        ("SYSTEM_EVENT_DATA", 215),
+        ("ARM_SYSTEM_SUSPEND", 216),
+        ("S390_PROTECTED_DUMP", 217),
+        ("X86_TRIPLE_FAULT_EVENT", 218),
+        ("X86_NOTIFY_VMEXIT", 219),
+        ("VM_DISABLE_NX_HUGE_PAGES", 220),
+        ("S390_ZPCI_OP", 221),
+        ("S390_CPU_TOPOLOGY", 222),
+        ("DIRTY_LOG_RING_ACQ_REL", 223),
+    )),
+    "ExitReason": (IntEnum, "KVM_EXIT_* constants.", (
+        ("UNKNOWN", 0),
+        ("EXCEPTION", 1),
+        ("FAIL_ENTRY_CPU_UNSUPPORTED", 1),
+        ("IO", 2),
+        ("HYPERCALL", 3),
+        ("DEBUG", 4),
+        ("HLT", 5),
+        ("MMIO", 6),
+        ("IRQ_WINDOW_OPEN", 7),
+        ("SHUTDOWN", 8),
+        ("FAIL_ENTRY", 9),
+        ("INTR", 10),
+        ("SET_TPR", 11),
+        ("TPR_ACCESS", 12),
+        ("S390_SIEIC", 13),
+        ("S390_RESET", 14),
+        ("DCR", 15),
+        ("NMI", 16),
+        ("INTERNAL_ERROR", 17),
+        ("OSI", 18),
+        ("PAPR_HCALL", 19),
+        ("S390_UCONTROL", 20),
+        ("WATCHDOG", 21),
+        ("S390_TSCH", 22),
+        ("EPR", 23),
+        ("SYSTEM_EVENT", 24),
+        ("S390_STSI", 25),
+        ("IOAPIC_EOI", 26),
+        ("HYPERV", 27),
+        ("ARM_NISV", 28),
+        ("X86_RDMSR", 29),
+        ("X86_WRMSR", 30),
+        ("DIRTY_RING_FULL", 31),
+        ("AP_RESET_HOLD", 32),
+        ("X86_BUS_LOCK", 33),
+        ("XEN", 34),
+        ("RISCV_SBI", 35),
+        ("RISCV_CSR", 36),
+        ("NOTIFY", 37),
+    )),
+    "MemoryRegionFlag": (IntFlag, "KVM_MEM_* constants.", (
+        ("LOG_DIRTY_PAGES", 1),
+        ("READONLY", 2),
+    )),
+    "SystemEvent": (IntEnum, "KVM_SYSTEM_EVENT_* constants.", (
+        ("SHUTDOWN", 1),
+        ("RESET", 2),
+        ("CRASH", 3),
+        ("WAKEUP", 4),
+        ("SUSPEND", 5),
+        ("SEV_TERM", 6),
+    )),
+    "InternalErrorSuberror": (IntEnum, "KVM_INTERNAL_ERROR_* constants.", (
+        ("EMULATION", 1),
+        ("EMULATION_FLAG_INSTRUCTION_BYTES", 1),
+        ("SIMUL_EX", 2),
+        ("DELIVERY_EV", 3),
+        ("UNEXPECTED_EXIT_REASON", 4),
+    )),
+    "DeviceType": (IntEnum, "KVM_DEV_TYPE_* constants.", (
+        ("FSL_MPIC_20", 1),
+        ("FSL_MPIC_42", 2),
+        ("XICS", 3),
+        ("VFIO", 4),
+        ("ARM_VGIC_V2", 5),
+        ("FLIC", 6),
+        ("ARM_VGIC_V3", 7),
+        ("ARM_VGIC_ITS", 8),
+        ("XIVE", 9),
+        ("ARM_PV_TIME", 10),
+        ("MAX", 11),
+    )),
+    "MpState": (IntEnum, "KVM_MP_STATE_* constants.", (
+        ("RUNNABLE", 0),
+        ("UNINITIALIZED", 1),
+        ("INIT_RECEIVED", 2),
+        ("HALTED", 3),
+        ("SIPI_RECEIVED", 4),
+        ("STOPPED", 5),
+        ("CHECK_STOP", 6),
+        ("OPERATING", 7),
+        ("LOAD", 8),
+        ("AP_RESET_HOLD", 9),
+        ("SUSPENDED", 10),
+    )),
+    "GuestDebugFlag": (IntFlag, "KVM_GUESTDBG_* constants.", (
+        ("ENABLE", 1),
+        ("SINGLESTEP", 2),
+        ("USE_SW_BP", 0x10000),
+        ("USE_HW", 0x20000),
+    )),
+    "IrqRoutingType": (IntEnum, "KVM_IRQ_ROUTING_* constants.", (
+        ("IRQCHIP", 1),
+        ("MSI", 2),
+        ("S390_ADAPTER", 3),
+        ("HV_SINT", 4),
+        ("XEN_EVTCHN", 5),
+        ("XEN_EVTCHN_PRIO_2LEVEL", 0xffffffff),
+    )),
+    "DirtyGfnFlag": (IntFlag, "KVM_DIRTY_GFN_F_* constants.", (
+        ("DIRTY", 1),
+        ("RESET", 2),
+    )),
+    "MsrExitReason": (IntFlag, "KVM_MSR_EXIT_REASON_* constants.", (
+        ("INVAL", 1),
+        ("UNKNOWN", 2),
+        ("FILTER", 4),
+    )),
+    "StatsType": (IntEnum, "KVM_STATS_TYPE_* constants.", (
+        ("CUMULATIVE", 0),
+        ("INSTANT", 1),
+        ("PEAK", 2),
+        ("LINEAR_HIST", 3),
+        ("LOG_HIST", 4),
+    )),
+    "StatsUnit": (IntEnum, "KVM_STATS_UNIT_* constants.", (
+        ("NONE", 0),
+        ("BYTES", 16),
+        ("SECONDS", 32),
+        ("CYCLES", 48),
+        ("BOOLEAN", 64),
+    )),
+    "StatsBase": (IntEnum, "KVM_STATS_BASE_* constants.", (
+        ("POW10", 0),
+        ("POW2", 256),
+    )),
+}
 
 
 def _structs() -> dict[str, _S]:
@@ -2456,6 +2788,10 @@ def __getattr__(name: str) -> Any:
         value = _structs()
     elif name == "CAPS":
         value = _caps()
+    elif name in ENUMS:
+        base, doc, members = ENUMS[name]
+        value = base(name, members, module=__name__)
+        value.__doc__ = doc
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
