@@ -51,8 +51,9 @@ _LIVE: weakref.WeakSet[KvmFd] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for obj in list(_LIVE):
-        obj._users = []  # (the threads that held its fd are the parent's)
+        obj._users = []  # (the threads that held its fd, or its lock, are the parent's)
         obj._closing_fd = -1
+        obj._lock = _thread.RLock()
         if obj._fd >= 0:
             obj._inherited_fd = obj._fd
             obj._fd = _FORKED
@@ -176,8 +177,8 @@ class KvmFd(FdHolders):
         self._binding = binding
         self._ioctls = binding.IOCTLS
         self._parent = parent
-        # children are held weakly: a child the user drops closes its fd at once
-        # made on the first child (most objects have none: a vCPU, a device)
+        # children are held weakly (a child the user drops closes its fd at once); the table is made on the
+        # first child (most objects have none: a vCPU, a device)
         self._children: weakref.WeakValueDictionary[int, KvmFd] | None = None
         self._cap_answers: dict[int, int] = {}  # KVM_CHECK_EXTENSION answers for the gates (see _query_cap)
         self._slot_pages: dict[int, int] = {}  # VM fds: slot -> pages registered (see marshal.memory_region)

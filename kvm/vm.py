@@ -164,13 +164,15 @@ class EventFd(FdHolders):
 
     def close(self) -> None:
         """Close the eventfd (after a notify() or read() in progress in another thread). Idempotent."""
+        if self._pid != _sys.pid():  # a forked child's copy (the lock may be held by a thread of the parent)
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                os.close(fd)
+            return
         with self._lock:
             fd, self._fd = self._fd, -1
         if fd >= 0:
-            if self._pid != _sys.pid():
-                os.close(fd)  # (the child's copy)
-            else:
-                self._close_number(fd)
+            self._close_number(fd)
 
     def __enter__(self) -> EventFd:
         return self
