@@ -23,24 +23,16 @@ from . import _sys, marshal
 from ._accel import ioctl as _ioctl_value
 from .errors import UnavailableError, CapabilityError, ClosedError, ForkedError, KvmError
 
-# KVM_CHECK_EXTENSION answers (capability -> value) shared by the fds they depend on alone: every Kvm of
-# one device path, every VM of one path and type (see `shared_cap_answers`)
-_CAP_ANSWERS: dict[Hashable, dict[int, int]] = {}
+# What the capability gates learnt, shared by the fds whose KVM_CHECK_EXTENSION answers depend on the same
+# things: every Kvm of one device path, every VM of one path and type, their vCPUs. key -> (capability ->
+# answer, names of the ioctls whose gate was passed)
+_GATE_STATE: dict[Hashable, tuple[dict[int, int], set[str]]] = {}
 
 
-def shared_cap_answers(key: Hashable) -> dict[int, int]:
-    """The capability answers shared by the fds of `key`, for their `_cap_answers`."""
-    return _CAP_ANSWERS.setdefault(key, {})
-
-
-# The ioctls whose gates were passed, shared likewise: (binding, fd kind, what the answers depend on) -> names
-_GATES_PASSED: dict[Hashable, set[str]] = {}
-
-
-def shared_gates(key: Hashable) -> set[str]:
-    """The ioctl names whose gate was passed on an fd of `key`, for their `_gate_ok`: every VM of a
-    process does not check them again."""
-    return _GATES_PASSED.setdefault(key, set())
+def shared_gate_state(key: Hashable) -> tuple[dict[int, int], set[str]]:
+    """The `_cap_answers` and `_gate_ok` of the fds of `key` (kind, binding, path[, VM type]): every VM of
+    a process does not ask KVM_CHECK_EXTENSION nor check its gates again."""
+    return _GATE_STATE.setdefault(key, ({}, set()))
 
 _CLOSED = -1
 _FORKED = -2

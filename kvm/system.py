@@ -14,7 +14,7 @@ from typing import Any, Callable
 from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone does not see it
 from . import _sys, marshal
 from ._accel import ValueIoctl
-from ._fd import KvmFd, shared_cap_answers, shared_gates
+from ._fd import KvmFd, shared_gate_state
 from .arches import for_binding
 from .device import ReadableAttributes
 from .errors import ClosedError, DeviceError
@@ -135,8 +135,7 @@ class Kvm(ReadableAttributes):
         binding = DEFAULT_BINDING if binding is None else binding
         super().__init__(open_device(path, binding), binding)
         self.path: str = os.fsdecode(path)
-        self._cap_answers = shared_cap_answers(("system", self.path))  # (a property of the device)
-        self._gate_ok = shared_gates(("system", binding.__name__, self.path))
+        self._cap_answers, self._gate_ok = shared_gate_state(("system", binding.__name__, self.path))
         self._mmap_size: int | None = None
 
     def _release(self) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _sys, marshal
 from ._accel import Runner, VcpuBase
-from ._fd import KvmFd, RecordProperty, holding_fd, needs, shared_gates
+from ._fd import KvmFd, RecordProperty, holding_fd, needs, shared_gate_state
 from .device import Attributes
 from .errors import KvmError, StateError
 from .exits import Exit, IntrExit, MemoryFaultExit, UnknownExit, dispatch_table, reason_names
@@ -147,7 +147,7 @@ class Vcpu(Attributes, VcpuBase):
         self.id = id
         super().__init__(fd, binding, vm)
         # (the gates of a vCPU's ioctls depend on what its VM's kind of fd answers: see Vm.__init__)
-        self._gate_ok = shared_gates(("vcpu", binding.__name__, vm.system.path, vm.type))
+        _, self._gate_ok = shared_gate_state(("vcpu", binding.__name__, vm.system.path, vm.type))
 
     def _cap_owner(self) -> KvmFd:
         return self.vm.capability_fd()  # type: ignore[no-any-return]
@@ -212,9 +212,8 @@ class Vcpu(Attributes, VcpuBase):
             self._raise_unusable()
         result: int = runner.raw(self)
         if result < 0:
-            if -result == _EINTR and self._kicked and self._run is not None:  # (the kick is consumed, as by run())
-                self._kicked = False
-                self._run.immediate_exit = 0
+            if -result == _EINTR and self._run is not None:
+                self._consume_kick(self._run)
             raise KvmError("KVM_RUN", "vcpu", -result)
         return result
 
@@ -234,6 +233,13 @@ class Vcpu(Attributes, VcpuBase):
         _SIGNAL_MASKS[self] = signals
         return result
 
+    def _consume_kick(self, run: Any) -> None:
+        """After KVM_RUN returned EINTR: the immediate_exit a kick() set has done its work (one the user
+        set stays)."""
+        if self._kicked:
+            self._kicked = False
+            run.immediate_exit = 0
+
     def _run_failed(self, err: int) -> Any:
         """The Runner's answer to a failed KVM_RUN: an IntrExit for EINTR, a MemoryFaultExit when KVM
         reports a memory fault (EFAULT or EHWPOISON with exit reason KVM_EXIT_MEMORY_FAULT), else KvmError."""
@@ -241,9 +247,7 @@ class Vcpu(Attributes, VcpuBase):
         if run is None:  # closed by another thread since KVM_RUN returned
             self._raise_unusable()
         if err == _EINTR:
-            if self._kicked:
-                self._kicked = False
-                run.immediate_exit = 0
+            self._consume_kick(run)
             return IntrExit(self)
         if err in _MEMORY_FAULT_ERRNOS:
             if int(run.exit_reason) == self._binding.CONSTANTS.get("KVM_EXIT_MEMORY_FAULT", -1):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from . import _sys, marshal
-from ._fd import FdHolders, KvmFd, holding_fd, needs, shared_cap_answers, shared_gates
+from ._fd import FdHolders, KvmFd, holding_fd, needs, shared_gate_state
 from .arches import for_binding
 from .device import Attributes, Device
 from .errors import CapabilityError, ClosedError, ForkedError, KvmError, ResourceError, StateError
@@ -226,8 +226,7 @@ class Vm(Attributes):
         self.system = system
         self.type = vm_type
         # what KVM_CHECK_EXTENSION answers on a VM fd depends on the device and the VM type alone
-        self._cap_answers = shared_cap_answers(("vm", system.path, vm_type))
-        self._gate_ok = shared_gates(("vm", system.binding.__name__, system.path, vm_type))
+        self._cap_answers, self._gate_ok = shared_gate_state(("vm", system.binding.__name__, system.path, vm_type))
         self._ffi = system.binding.ffi
         self._memory: dict[int, GuestMemory] = {}
         self._stats: StatsFd | None = None
@@ -541,11 +540,13 @@ class Vm(Attributes):
                          entries)
 
     @staticmethod
-    def _eventfd(eventfd: Any, name: str) -> EventFd:
-        if eventfd is None:
+    def _eventfd(eventfd: Any, name: str, *, or_new: bool = False) -> EventFd:
+        """`eventfd` when it is an EventFd (with `or_new`, None gives a new one), else TypeError naming it."""
+        if eventfd is None and or_new:
             return EventFd()
         if not isinstance(eventfd, EventFd):
-            raise TypeError(f"{name} must be a kvm.EventFd (or None for a new one), not {type(eventfd).__name__}")
+            hint = " (or None for a new one)" if or_new else ""
+            raise TypeError(f"{name} must be a kvm.EventFd{hint}, not {type(eventfd).__name__}")
         return eventfd
 
     def _irqfd(self, eventfd: EventFd, gsi: int, flags: int, resample: EventFd | None = None) -> None:
@@ -559,7 +560,7 @@ class Vm(Attributes):
     @needs("KVM_IRQFD")
     def irqfd(self, gsi: int, eventfd: EventFd | None = None, *, resample: EventFd | None = None) -> EventFd:
         """KVM_IRQFD: signalling the returned eventfd raises GSI `gsi` in the guest."""
-        eventfd = self._eventfd(eventfd, "eventfd")
+        eventfd = self._eventfd(eventfd, "eventfd", or_new=True)
         flags = 0
         if resample is not None:
             resample = self._eventfd(resample, "resample")
@@ -570,9 +571,7 @@ class Vm(Attributes):
     @needs("KVM_IRQFD")
     def irqfd_remove(self, eventfd: EventFd, gsi: int) -> None:
         """KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN: `eventfd` no longer raises GSI `gsi`."""
-        if not isinstance(eventfd, EventFd):
-            raise TypeError(f"eventfd must be a kvm.EventFd, not {type(eventfd).__name__}")
-        self._irqfd(eventfd, gsi, self._binding.CONSTANTS["KVM_IRQFD_FLAG_DEASSIGN"])
+        self._irqfd(self._eventfd(eventfd, "eventfd"), gsi, self._binding.CONSTANTS["KVM_IRQFD_FLAG_DEASSIGN"])
 
     def _ioeventfd(self, address: int, length: int, datamatch: int | None, pio: bool, eventfd: EventFd,
                    deassign: bool) -> None:
@@ -596,7 +595,7 @@ class Vm(Attributes):
                   eventfd: EventFd | None = None) -> EventFd:
         """KVM_IOEVENTFD: a guest write of `length` bytes to `address` (port if `pio`) signals the eventfd
         instead of exiting to user space."""
-        eventfd = self._eventfd(eventfd, "eventfd")
+        eventfd = self._eventfd(eventfd, "eventfd", or_new=True)
         self._ioeventfd(address, length, datamatch, pio, eventfd, False)
         return eventfd
 
@@ -604,9 +603,7 @@ class Vm(Attributes):
                          pio: bool = False) -> None:
         """KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN: the same address, length and match as given to
         ioeventfd()."""
-        if not isinstance(eventfd, EventFd):
-            raise TypeError(f"eventfd must be a kvm.EventFd, not {type(eventfd).__name__}")
-        self._ioeventfd(address, length, datamatch, pio, eventfd, True)
+        self._ioeventfd(address, length, datamatch, pio, self._eventfd(eventfd, "eventfd"), True)
 
     # -- dirty logging ----------------------------------------------------------------------------
 
