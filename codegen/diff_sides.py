@@ -39,10 +39,12 @@ class DiffInputError(InputError):
     """A side of the diff is neither a bundled version nor a headers tree."""
 
 
-def module_from_source(source: str, name: str) -> types.ModuleType:
-    """Execute a binding module's source (as `render.binding_source` makes it) into a fresh module."""
+def module_from_source(binding: str, tables: str, name: str) -> types.ModuleType:
+    """Execute a binding module's source and its tables' (as `render.binding_source` and
+    `render.tables_source` make them) into one fresh module."""
     module = types.ModuleType(name)
-    exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+    exec(compile(binding, f"<{name}>", "exec"), module.__dict__)
+    exec(compile(tables, f"<{name} tables>", "exec"), module.__dict__)
     return module
 
 
@@ -84,7 +86,7 @@ def bundled_bindings(arches: Sequence[str], sources: Mapping[str, str] | None = 
     else:
         for name, text in sorted(sources.items()):
             if re.fullmatch(r"linux_\w+\.py", name):
-                module = module_from_source(text, f"kvm_bindgen_reports_{name[:-3]}")
+                module = module_from_source(text, sources[f"tables_{name}"], f"kvm_bindgen_reports_{name[:-3]}")
                 if module.ARCH in arches:
                     bindings[(module.KERNEL, module.ARCH)] = _bundled_binding(module.KERNEL, module)
     return bindings
@@ -95,12 +97,12 @@ def from_headers(path: str | os.PathLike[str], arch: str) -> Binding:
     from .arches import ARCHES
     from .build import build
     from .inputs import open_headers_tree
-    from .render import binding_source
+    from .render import binding_source, tables_source
 
     tree = open_headers_tree(path, ARCHES[arch])
     kernel = ".".join(tree.linux_version.split(".")[:2]) if tree.linux_version != "unknown" else "0.0"
     model = build(tree, kernel, None)
-    module = module_from_source(binding_source(model), f"kvm_bindgen_diff_{model.module_name}")
+    module = module_from_source(binding_source(model), tables_source(model), f"kvm_bindgen_diff_{model.module_name}")
     return _binding_of_module(str(path), "headers", tree.origin, module)
 
 

@@ -122,11 +122,15 @@ def caps_source(model: Model) -> str:
 
 
 def binding_source(model: Model) -> str:
-    template = _environment().get_template("binding.py.j2")
-    ioctls = list(model.ioctls.values())
-    return template.render(m=model, caps=_caps(model),
-                           available_ioctls=[i for i in ioctls if i.number is not None],
-                           unavailable_ioctls=[i for i in ioctls if i.number is None])
+    """The binding module: constants, ioctls, and the rest loaded on first use (see tables_source)."""
+    return _environment().get_template("binding.py.j2").render(
+        m=model, available_ioctls=[i for i in model.ioctls.values() if i.number is not None])
+
+
+def tables_source(model: Model) -> str:
+    """The binding's tables that running a VM does not need (unavailable ioctls, records, caps, enums)."""
+    return _environment().get_template("tables.py.j2").render(
+        m=model, caps=_caps(model), unavailable_ioctls=[i for i in model.ioctls.values() if i.number is None])
 
 
 def ffi_source(model: Model, module: str) -> str:
@@ -155,6 +159,7 @@ def render_all(models: list[Model], package: str = "kvm.generated") -> dict[str,
     files = {"__init__.py": index_source(models)}
     for model in models:
         files[f"{model.module_name}.py"] = binding_source(model)
+        files[f"tables_{model.module_name}.py"] = tables_source(model)
         files[f"ioctls_{model.module_name}.py"] = wrappers_source(model)
         files[f"caps_{model.module_name}.py"] = caps_source(model)
         files[f"_ffi_{model.module_name}.py"] = ffi_source(model, f"{package}._ffi_{model.module_name}")

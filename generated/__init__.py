@@ -61,8 +61,7 @@ ARCH: str = _default.ARCH
 APIDOC_FIXES: int = _default.APIDOC_FIXES
 CONSTANTS = _default.CONSTANTS
 IOCTLS = _default.IOCTLS
-UNAVAILABLE_IOCTLS = _default.UNAVAILABLE_IOCTLS
 
 
-def __getattr__(name: str) -> Any:  # the enums (Cap, ExitReason, ...), ffi, STRUCTS and CAPS of the default binding
+def __getattr__(name: str) -> Any:  # the enums (Cap, ExitReason, ...), ffi and tables (STRUCTS, CAPS, ...) of the default binding
     return getattr(_default, name)

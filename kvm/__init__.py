@@ -45,7 +45,9 @@ except ImportError as exc:  # kvm/ of a source tree (a checkout, an unpacked sdi
     raise ImportError(f"{__path__[0]} is kvm's source, which holds no kvm.generated (installing maps generated/ "
                       "there): `pip install -e .` in the checkout, or run from another directory (`python -m "
                       "pytest` puts the current one first on sys.path; the `pytest` script does not)") from None
-from . import arm64, caps, marshal, riscv64, stats, x86
+from typing import TYPE_CHECKING
+
+from . import marshal, stats, x86
 from .device import Device
 from .errors import (CapabilityError, ClosedError, DeviceError, Error, ForkedError, GuestMemoryError, KvmError, ResourceError, StateError,
                      UnavailableError)
@@ -90,7 +92,20 @@ from .vcpu import CoalescedAccess, DirtyGfn, Vcpu, install_kick_handler
 from .vm import EventFd, GuestMemfd, IrqchipRoute, MsiRoute, Vm
 from .x86 import CpuidEntry, MsrFilterRange, Translation
 
+if TYPE_CHECKING:  # (at run time imported on first use: see __getattr__)
+    from . import arm64, caps, riscv64
+
 __version__ = "0.1.0"
+
+_ON_FIRST_USE = ("arm64", "riscv64", "caps")  # modules no x86 VM needs to run: imported when named
+
+
+def __getattr__(name: str) -> object:
+    if name in _ON_FIRST_USE:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ApResetHoldExit", "Arm64DebugExit", "Arm64HypercallExit", "CapabilityError", "ClosedError", "CoalescedAccess", "CpuidEntry", "DebugExit", "Device",

@@ -9,19 +9,25 @@ attribute that raises AttributeError saying why: `hasattr(vcpu, "lapic")` is Fal
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Any, TypeVar
 
-from . import arm64, riscv64, x86
 from ._accel import VcpuBase
 from ._fd import KvmFd, absent_reason
 
-# arch -> fd kind -> the mixin of that arch's objects of that kind
-MIXINS: dict[str, dict[str, type]] = {
-    "x86_64": x86.MIXINS,
-    "arm64": arm64.MIXINS,
-    "riscv64": riscv64.MIXINS,
-}
+# arch -> the module of its mixins (its MIXINS: fd kind -> the mixin of that arch's objects of that kind),
+# imported when a binding of that arch is first used
+MIXIN_MODULES: dict[str, str] = {"x86_64": "kvm.x86", "arm64": "kvm.arm64", "riscv64": "kvm.riscv64"}
+
+
+def mixin(arch: str, fd_kind: str) -> type | None:
+    """The mixin of `arch`'s objects of `fd_kind`, None when the arch has none."""
+    module = MIXIN_MODULES.get(arch)
+    if module is None:
+        return None
+    mixins: dict[str, type] = importlib.import_module(module).MIXINS
+    return mixins.get(fd_kind)
 
 _T = TypeVar("_T", bound=KvmFd)
 _CLASSES: dict[tuple[type, str], type] = {}
@@ -52,20 +58,27 @@ def for_binding(cls: type[_T], binding: ModuleType) -> type[_T]:
     key = (cls, binding.__name__)
     made = _CLASSES.get(key)
     if made is None:
-        mixin = MIXINS.get(binding.ARCH, {}).get(cls.fd_kind)
-        bases = (mixin, cls) if mixin is not None else (cls,)
+        arch_mixin = mixin(binding.ARCH, cls.fd_kind)
+        bases = (arch_mixin, cls) if arch_mixin is not None else (cls,)
         made = type(cls.__name__, bases, {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
                                           "__doc__": cls.__doc__})
-        for name in {name for klass in made.__mro__ for name in vars(klass)}:
-            value = next(vars(klass)[name] for klass in made.__mro__ if name in vars(klass))
-            reasons = (absent_reason(binding, ioctl, cls.fd_kind) for ioctl in _ioctls_of(value))
-            reason = next((r for r in reasons if r is not None), None)
-            if reason is not None:
-                setattr(made, name, Absent(name, reason))
+        seen: set[str] = set()
+        absent: list[Absent] = []
+        for klass in made.__mro__:  # (each name's value as the class sees it: the first in the MRO)
+            for name, value in vars(klass).items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                reasons = (absent_reason(binding, ioctl, cls.fd_kind) for ioctl in _ioctls_of(value))
+                reason = next((r for r in reasons if r is not None), None)
+                if reason is not None:
+                    absent.append(Absent(name, reason))
+        for attribute in absent:
+            setattr(made, attribute.name, attribute)
         if issubclass(made, VcpuBase):
             VcpuBase.bind_run(made)  # `run` as a method of exactly this class (see kvm/_speedups.c)
         _CLASSES[key] = made
     return made
 
 
-__all__ = ["MIXINS", "Absent", "for_binding"]
+__all__ = ["MIXIN_MODULES", "Absent", "for_binding", "mixin"]

@@ -1,8 +1,9 @@
 """The record types the generated bindings are made of (kvm.generated.*.IOCTLS, STRUCTS, ...)."""
 
-from __future__ import annotations
-
 from typing import NamedTuple
+
+# (No `from __future__ import annotations` here: NamedTuple compiles string annotations one by one, which
+# costs every import of kvm about 0.7 ms; these annotations evaluate as they are.)
 
 
 class IoctlSpec(NamedTuple):
