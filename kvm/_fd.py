@@ -37,12 +37,16 @@ def shared_gate_state(key: Hashable) -> tuple[dict[int, int], set[str]]:
 _CLOSED = -1
 _FORKED = -2
 
-# Every open KvmFd, so that a fork() can mark the child's copies unusable.
-_LIVE: weakref.WeakSet[KvmFd] = weakref.WeakSet()
+# Every open KvmFd (weak references, each removing itself when its object goes), so that a fork() can mark the
+# child's copies unusable. (Not a WeakSet, nor a WeakValueDictionary for the children below: their Python code
+# costs every VM's way to its first exit several microseconds; these are plain C calls.)
+_LIVE: set[weakref.ref[KvmFd]] = set()
 
 
 def _after_fork_in_child() -> None:
-    for obj in list(_LIVE):
+    for obj in [ref() for ref in list(_LIVE)]:
+        if obj is None:
+            continue
         obj._users = []  # (the threads that held its fd, or its lock, are the parent's)
         obj._closing_fd = -1
         obj._lock = _thread.RLock()
@@ -58,6 +62,9 @@ _raw_ioctl = _sys.raw_ioctl()
 _sys_ffi = _sys.ffi
 _thread_id = _sys.thread_id
 _EINTR = errno.EINTR
+# pointer type (a cffi ctype of any binding) -> sizeof(what it points to), for the types _check_room has
+# seen: what every pointer of that type has room for
+_POINTED_ROOM: dict[Any, int] = {}
 _EINTR_ANSWERS = frozenset({"KVM_RUN"})  # ioctls whose EINTR is an answer (kick, immediate_exit), never retried
 
 
@@ -169,22 +176,25 @@ class KvmFd(FdHolders):
         self._binding = binding
         self._ioctls = binding.IOCTLS
         self._parent = parent
-        # children are held weakly (a child the user drops closes its fd at once); the table is made on the
-        # first child (most objects have none: a vCPU, a device)
-        self._children: weakref.WeakValueDictionary[int, KvmFd] | None = None
+        # children are held weakly (a child the user drops closes its fd at once, which takes it out of the
+        # table); the table, id(child) -> a weak reference to it, is made on the first child (most objects
+        # have none: a vCPU, a device)
+        self._children: dict[int, weakref.ref[KvmFd]] | None = None
         self._cap_answers: dict[int, int] = {}  # KVM_CHECK_EXTENSION answers for the gates (see _query_cap)
         self._slot_pages: dict[int, int] = {}  # VM fds: slot -> pages registered (see marshal.memory_region)
         self._gate_ok: set[str] = set()  # ioctl names whose capability was found present
         FdHolders.__init__(self)
+        self._live = weakref.ref(self, _LIVE.discard)
         if parent is not None:
             with parent._lock:  # (a parent closing in another thread: it either closes this child or refuses it)
                 if parent._fd == _CLOSED:
+                    self._fd = _CLOSED  # (the caller closes the number; this object's __del__ must not)
                     raise ClosedError(f"{type(parent).__name__} ({parent.fd_kind} fd) was closed while this "
                                       f"{type(self).__name__} was being made")
                 if parent._children is None:
-                    parent._children = weakref.WeakValueDictionary()
-                parent._children[id(self)] = self
-        _LIVE.add(self)
+                    parent._children = {}
+                parent._children[id(self)] = weakref.ref(self)
+        _LIVE.add(self._live)
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -194,6 +204,12 @@ class KvmFd(FdHolders):
         if fd < 0:
             self._raise_unusable()
         return fd
+
+    def _open_children(self) -> list[KvmFd]:
+        """The objects made through this one that are still open (a VM's vCPUs, devices, ...)."""
+        with self._lock:
+            refs = list(self._children.values()) if self._children is not None else []
+        return [child for child in (ref() for ref in refs) if child is not None]
 
     @property
     def closed(self) -> bool:
@@ -208,7 +224,7 @@ class KvmFd(FdHolders):
             if fd == _CLOSED:
                 return
             self._fd = _CLOSED
-            children = list(self._children.values()) if self._children is not None else []
+            children = self._open_children()
         forked = fd == _FORKED or self._pid != _sys.pid()
         if fd == _FORKED:
             fd = self._inherited_fd
@@ -229,7 +245,7 @@ class KvmFd(FdHolders):
                 with parent._lock:
                     if parent._children is not None:
                         parent._children.pop(id(self), None)
-            _LIVE.discard(self)
+            _LIVE.discard(self._live)
             if fd >= 0:
                 if forked:
                     os.close(fd)  # (the child's copy; the threads that held it are the parent's)
@@ -353,13 +369,20 @@ class KvmFd(FdHolders):
         ffi = self._binding.ffi
         if not isinstance(arg, ffi.CData):
             raise TypeError(f"{name}: the argument must be a cffi pointer to {size} bytes, not {type(arg).__name__}")
+        ctype = ffi.typeof(arg)
+        if _POINTED_ROOM.get(ctype, -1) >= size:
+            return  # (a pointer to a record at least that large: its type alone says so)
         if arg == ffi.NULL:
             return  # (the kernel answers EFAULT, or takes NULL to mean none, as KVM_SET_SIGNAL_MASK does)
-        kind = ffi.typeof(arg).kind
+        kind = ctype.kind
         room = ffi.sizeof(arg) if kind == "array" else len(ffi.buffer(arg)) if kind == "pointer" else 0
         if room < size:
             raise ValueError(f"{name}: the kernel uses {size} bytes at the argument, which holds {room} "
-                             f"({ffi.typeof(arg).cname})")
+                             f"({ctype.cname})")
+        if kind == "pointer" and ctype.item.kind in ("struct", "union", "primitive"):
+            # every pointer of this type has the room of its item at least (an allocation of a record with
+            # a flexible array has more, which is why only sizeof(item) is what the type says)
+            _POINTED_ROOM[ctype] = ffi.sizeof(ctype.item)
 
     @property
     def ioctls(self) -> Any:

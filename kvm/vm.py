@@ -222,12 +222,13 @@ class Vm(Attributes):
     _routed_ioctls = {"KVM_ENABLE_CAP": "_enable_cap_issued"}
 
     def __init__(self, system: Any, fd: int, vm_type: int = 0) -> None:
-        super().__init__(fd, system.binding, system)
+        binding = system.binding
+        super().__init__(fd, binding, system)
         self.system = system
         self.type = vm_type
         # what KVM_CHECK_EXTENSION answers on a VM fd depends on the device and the VM type alone
-        self._cap_answers, self._gate_ok = shared_gate_state(("vm", system.binding.__name__, system.path, vm_type))
-        self._ffi = system.binding.ffi
+        self._cap_answers, self._gate_ok = shared_gate_state(("vm", binding.__name__, system.path, vm_type))
+        self._ffi = binding.ffi
         self._memory: dict[int, GuestMemory] = {}
         self._stats: StatsFd | None = None
         self._dirty_ring_bytes = 0
@@ -299,15 +300,15 @@ class Vm(Attributes):
 
     def _set_region(self, slot: int, flags: int, guest_addr: int, size: int, host_addr: int,
                     guest_memfd: int = -1, guest_memfd_offset: int = 0) -> None:
+        # (the values are checked already: cffi fills the record in one call)
         fields = {"slot": slot, "flags": flags, "guest_phys_addr": guest_addr, "memory_size": size,
                   "userspace_addr": host_addr}
+        name, record = "KVM_SET_USER_MEMORY_REGION", "struct kvm_userspace_memory_region"
         if guest_memfd >= 0:
             fields.update(guest_memfd=guest_memfd, guest_memfd_offset=guest_memfd_offset)
-            marshal.memory_region(self._ioctl, self._ffi, "KVM_SET_USER_MEMORY_REGION2",
-                                  "struct kvm_userspace_memory_region2", None, fields, self._slot_pages)
-        else:
-            marshal.memory_region(self._ioctl, self._ffi, "KVM_SET_USER_MEMORY_REGION",
-                                  "struct kvm_userspace_memory_region", None, fields, self._slot_pages)
+            name, record = "KVM_SET_USER_MEMORY_REGION2", "struct kvm_userspace_memory_region2"
+        marshal.memory_region(self._ioctl, self._ffi, name, record, self._ffi.new(record + " *", fields), {},
+                              self._slot_pages)
 
     @holding_fd
     def add_memory(
@@ -485,8 +486,7 @@ class Vm(Attributes):
     @property
     def vcpus(self) -> list[Vcpu]:
         """The open vCPUs, by id."""
-        children = list(self._children.values()) if self._children is not None else []
-        return sorted((c for c in children if isinstance(c, Vcpu) and not c.closed), key=lambda v: v.id)
+        return sorted((c for c in self._open_children() if isinstance(c, Vcpu) and not c.closed), key=lambda v: v.id)
 
     @holding_fd
     def create_device(self, type: int, *, test: bool = False) -> Device | None:

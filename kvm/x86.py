@@ -366,15 +366,16 @@ class X86Vcpu(KvmFd):
         return memory
 
     def _start(self, sregs: Any, entry: int, stack: int | None) -> None:
-        """Load `sregs`, then the general registers with rip `entry` (and rsp `stack`) and a clean RFLAGS."""
-        ffi = self.ffi
-        marshal.struct_in(self._ioctl, ffi, "KVM_SET_SREGS", "struct kvm_sregs", sregs)
-        regs = marshal.struct_out(self._ioctl, ffi, "KVM_GET_REGS", "struct kvm_regs")
+        """Load `sregs` (a `struct kvm_sregs *` of _get_sregs), then the general registers with rip `entry`
+        (and rsp `stack`) and a clean RFLAGS. (The records are the binding's own, made here: issued as they
+        are, on the way to every VM's first exit.)"""
+        self._ioctl("KVM_SET_SREGS", sregs)
+        regs = marshal.struct_out(self._ioctl, self.ffi, "KVM_GET_REGS", "struct kvm_regs")
         regs.rip = marshal.integer(entry, "entry", 0, (1 << 64) - 1)
         regs.rflags = RFLAGS_RESERVED
         if stack is not None:
             regs.rsp = marshal.integer(stack, "stack", 0, (1 << 64) - 1)
-        marshal.struct_in(self._ioctl, ffi, "KVM_SET_REGS", "struct kvm_regs", regs)
+        self._ioctl("KVM_SET_REGS", regs)
 
     def setup_real_mode(self, entry: int, *, cs: int = 0, stack: int | None = None) -> None:
         """Real mode, CS = `cs` (base cs*16), IP = entry - base; DS/ES/SS = 0."""
