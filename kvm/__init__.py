@@ -27,12 +27,13 @@ package offers a small hand-written API that never hard-codes a number or a layo
 - Every ioctl, from a generated wrapper (`vcpu.ioctls.get_regs()`) or from these classes (`vcpu.regs`),
   crosses the boundary through `kvm.marshal`, the one place arguments are checked.
 
-Importing `kvm` (about 14 ms, see bench/README.md) loads everything a VM needs, so that the first VM of a
-process waits for no import, cffi parsing or table building: the classes, the default binding
+Importing `kvm` (see bench/README.md for what it costs) loads everything a VM needs, so that the first VM
+of a process waits for no import, cffi parsing or table building: the classes, the default binding
 (`kvm.generated`: this host's arch at the newest bundled kernel) with its cffi FFI, the cffi types on the
 way to the first exit (struct kvm_run, the register sets, the memory region) and the exit dispatch table.
-A binding's record layouts (`STRUCTS`) and capability table (`CAPS`), and the other bundled bindings, load
-on first use.
+The rest loads on first use: a binding's tables (record layouts `STRUCTS`, capabilities `CAPS`, the enums
+and the ioctls it cannot issue, in its `tables_*` module), the other bundled bindings, `kvm.arm64`,
+`kvm.riscv64` and `kvm.caps`.
 """
 
 from __future__ import annotations
