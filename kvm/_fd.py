@@ -25,14 +25,15 @@ from .errors import UnavailableError, CapabilityError, ClosedError, ForkedError,
 
 # What the capability gates learnt, shared by the fds whose KVM_CHECK_EXTENSION answers depend on the same
 # things: every Kvm of one device path, every VM of one path and type, their vCPUs. key -> (capability ->
-# answer, names of the ioctls whose gate was passed)
-_GATE_STATE: dict[Hashable, tuple[dict[int, int], set[str]]] = {}
+# answer, ioctl name -> (number, bytes the kernel uses at a pointer argument) of the ioctls whose gate was
+# passed: what `_ioctl` needs of an ioctl, found once)
+_GATE_STATE: dict[Hashable, tuple[dict[int, int], dict[str, tuple[int, int]]]] = {}
 
 
-def shared_gate_state(key: Hashable) -> tuple[dict[int, int], set[str]]:
-    """The `_cap_answers` and `_gate_ok` of the fds of `key` (kind, binding, path[, VM type]): every VM of
+def shared_gate_state(key: Hashable) -> tuple[dict[int, int], dict[str, tuple[int, int]]]:
+    """The `_cap_answers` and `_passed` of the fds of `key` (kind, binding, path[, VM type]): every VM of
     a process does not ask KVM_CHECK_EXTENSION nor check its gates again."""
-    return _GATE_STATE.setdefault(key, ({}, set()))
+    return _GATE_STATE.setdefault(key, ({}, {}))
 
 _CLOSED = -1
 _FORKED = -2
@@ -65,6 +66,8 @@ _EINTR = errno.EINTR
 # pointer type (a cffi ctype of any binding) -> sizeof(what it points to), for the types _check_room has
 # seen: what every pointer of that type has room for
 _POINTED_ROOM: dict[Any, int] = {}
+_typeof = _sys_ffi.typeof  # (the type of a cdata of any FFI)
+_CData = _sys_ffi.CData  # (the class of every cdata, whichever FFI made it)
 _EINTR_ANSWERS = frozenset({"KVM_RUN"})  # ioctls whose EINTR is an answer (kick, immediate_exit), never retried
 
 
@@ -111,9 +114,10 @@ class FdHolders:
     `hold_fd()` blocks), so that close() in another thread never frees the number under them: a new
     object could be given the same number, and the call would land on it."""
 
+    _closing_fd = -1  # see _close_number
+
     def __init__(self) -> None:
         self._users: list[int] = []  # thread ids, one entry per call in progress
-        self._closing_fd = -1  # see _close_number
         # close() claims the fd under it (one close does the work, any other returns at once), and a
         # KvmFd's children table is changed under it (reentrant: a signal handler may close() meanwhile)
         self._lock = _thread.RLock()
@@ -169,21 +173,26 @@ class KvmFd(FdHolders):
     # through its Runner, which kick() and close() can interrupt; a VM notes the dirty ring it enables
     _routed_ioctls: Mapping[str, str] = {}
 
-    def __init__(self, fd: int, binding: ModuleType, parent: KvmFd | None = None) -> None:
+    _inherited_fd = -1  # the fd number a forked child's copy had (see _after_fork_in_child)
+    # children are held weakly (a child the user drops closes its fd at once, which takes it out of the
+    # table); the table, id(child) -> a weak reference to it, is made on the first child (most objects have
+    # none: a vCPU, a device)
+    _children: dict[int, weakref.ref[KvmFd]] | None = None
+
+    def __init__(self, fd: int, binding: ModuleType, parent: KvmFd | None = None, gates: Hashable = None) -> None:
+        """`gates`: the key of the capability answers and passed gates this fd shares (see shared_gate_state),
+        None for its own."""
         self._fd = fd
-        self._inherited_fd = -1
         self._pid = _sys.pid()
         self._binding = binding
         self._ioctls = binding.IOCTLS
         self._parent = parent
-        # children are held weakly (a child the user drops closes its fd at once, which takes it out of the
-        # table); the table, id(child) -> a weak reference to it, is made on the first child (most objects
-        # have none: a vCPU, a device)
-        self._children: dict[int, weakref.ref[KvmFd]] | None = None
-        self._cap_answers: dict[int, int] = {}  # KVM_CHECK_EXTENSION answers for the gates (see _query_cap)
+        # KVM_CHECK_EXTENSION answers for the gates (see _query_cap), and the ioctl names whose capability was
+        # found present
+        self._cap_answers, self._passed = shared_gate_state(gates) if gates is not None else ({}, {})
         self._slot_pages: dict[int, int] = {}  # VM fds: slot -> pages registered (see marshal.memory_region)
-        self._gate_ok: set[str] = set()  # ioctl names whose capability was found present
-        FdHolders.__init__(self)
+        self._users: list[int] = []  # (FdHolders.__init__, inlined: on the way to every VM's first exit)
+        self._lock = _thread.RLock()
         self._live = weakref.ref(self, _LIVE.discard)
         if parent is not None:
             with parent._lock:  # (a parent closing in another thread: it either closes this child or refuses it)
@@ -330,26 +339,25 @@ class KvmFd(FdHolders):
             fd = self._fd
             if fd < 0:
                 self._raise_unusable()
-            spec = self._ioctls.get(name)
-            if spec is None:
-                spec = self._spec(name)
-            if name not in self._gate_ok:
-                self._check_gate(name, spec.capability_for(self.fd_kind))
+            passed = self._passed.get(name)
+            if passed is None:
+                passed = self._pass_gate(name)
+            number, room = passed
             if isinstance(arg, int):  # by value (an int, or an IntEnum member such as a Cap)
-                result: int = _ioctl_value(fd, spec.number, arg)
+                result: int = _ioctl_value(fd, number, arg)
                 while result == -_EINTR and name not in _EINTR_ANSWERS:  # (signal handlers run between tries)
-                    result = _ioctl_value(fd, spec.number, arg)
+                    result = _ioctl_value(fd, number, arg)
                 if result < 0:
                     raise KvmError(name, self.fd_kind, -result)
                 return result
-            if spec.size and spec.direction != "none":
-                self._check_room(name, spec.size, arg)
-            result = _raw_ioctl(fd, spec.number, arg)
+            if room and (not isinstance(arg, _CData) or _POINTED_ROOM.get(_typeof(arg), -1) < room):
+                self._check_room(name, room, arg)  # (unless the pointer's type says it has the room)
+            result = _raw_ioctl(fd, number, arg)
             while result < 0:
                 err = _sys_ffi.errno
                 if err != _EINTR or name in _EINTR_ANSWERS:
                     raise KvmError(name, self.fd_kind, err)
-                result = _raw_ioctl(fd, spec.number, arg)  # (interrupted by a signal: tried again, as os.* do)
+                result = _raw_ioctl(fd, number, arg)  # (interrupted by a signal: tried again, as os.* do)
             return result
         finally:
             users.remove(me)  # (inline _leave: this is every ioctl's path)
@@ -412,6 +420,14 @@ class KvmFd(FdHolders):
         """The object whose fd answers KVM_CHECK_EXTENSION for this one (overridden by Vm, Vcpu, Device)."""
         return self
 
+    def _pass_gate(self, name: str) -> tuple[int, int]:
+        """Check (once per gate key: see shared_gate_state) that ioctl `name` exists for this fd and that the
+        capability gating it is present; its entry of `_passed`."""
+        spec = self._spec(name)
+        self._check_gate(name, spec.capability_for(self.fd_kind))
+        passed = self._passed[name] = (spec.number, spec.size if spec.direction != "none" else 0)
+        return passed
+
     def _check_gate(self, ioctl: str, capability: str | None) -> None:
         reason = absent_reason(self._binding, ioctl, self.fd_kind)
         if reason is not None:
@@ -422,7 +438,6 @@ class KvmFd(FdHolders):
             owner = self._cap_owner()
             if owner._query_cap(value) <= 0:
                 raise CapabilityError(ioctl, self.fd_kind, capability, owner.fd_kind)
-        self._gate_ok.add(ioctl)
 
     def check_extension(self, cap: Any) -> int:
         """KVM_CHECK_EXTENSION, asked on every call of the fd that answers for this object (a VM's own fd

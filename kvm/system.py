@@ -12,9 +12,9 @@ from types import ModuleType
 from typing import Any, Callable
 
 from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone does not see it
-from . import _sys, marshal
-from ._accel import ValueIoctl
-from ._fd import KvmFd, shared_gate_state
+from . import marshal
+from ._accel import ValueIoctl, ioctl
+from ._fd import KvmFd
 from .arches import for_binding
 from .device import ReadableAttributes
 from .errors import ClosedError, DeviceError
@@ -68,7 +68,7 @@ def open_device(path: Any, binding: ModuleType) -> int:
     is wrong and how to fix it."""
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a path, not {type(path).__name__}")
-    name = os.fsdecode(path)
+    name = path if path.__class__ is str else os.fsdecode(path)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError as exc:
@@ -81,9 +81,8 @@ def open_device(path: Any, binding: ModuleType) -> int:
         raise DeviceError(exc.errno, f"{name}: permission denied: {_access_hint(name)}") from None
     except OSError as exc:
         raise DeviceError(exc.errno, f"{name}: cannot open it: {exc.strerror}") from None
-    try:
-        version = _sys.ioctl(fd, binding.IOCTLS["KVM_GET_API_VERSION"].number)
-    except OSError:
+    version: int | None = ioctl(fd, binding.IOCTLS["KVM_GET_API_VERSION"].number, 0)
+    if version is not None and version < 0:  # (-errno)
         version = None
     expected = binding.CONSTANTS["KVM_API_VERSION"]
     if version != expected:
@@ -133,9 +132,10 @@ class Kvm(ReadableAttributes):
 
     def __init__(self, path: str = "/dev/kvm", *, binding: ModuleType | None = None) -> None:
         binding = DEFAULT_BINDING if binding is None else binding
-        super().__init__(open_device(path, binding), binding)
-        self.path: str = os.fsdecode(path)
-        self._cap_answers, self._gate_ok = shared_gate_state(("system", binding.__name__, self.path))
+        fd = open_device(path, binding)
+        name = path if path.__class__ is str else os.fsdecode(path)
+        super().__init__(fd, binding, None, ("system", binding.__name__, name))
+        self.path: str = name
         self._mmap_size: int | None = None
 
     def _release(self) -> None:

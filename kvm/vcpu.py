@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _sys, marshal
 from ._accel import Runner, VcpuBase
-from ._fd import KvmFd, RecordProperty, holding_fd, needs, shared_gate_state
+from ._fd import KvmFd, RecordProperty, holding_fd, needs
 from .device import Attributes
 from .errors import KvmError, StateError
 from .exits import Exit, IntrExit, MemoryFaultExit, UnknownExit, dispatch_table, reason_names
@@ -118,6 +118,11 @@ class Vcpu(Attributes, VcpuBase):
     """
 
     fd_kind = "vcpu"
+    # (what a vCPU starts with and may change later: class attributes, not set by every __init__)
+    _kicked = False
+    _stats: StatsFd | None = None
+    _dirty_ring: _sys.FileMapping | None = None
+    _dirty_index = 0
     _routed_ioctls = {"KVM_RUN": "_run_raw", "KVM_SET_SIGNAL_MASK": "_signal_mask_set"}
 
     if TYPE_CHECKING:
@@ -139,15 +144,10 @@ class Vcpu(Attributes, VcpuBase):
         self._runner = Runner(fd, binding.IOCTLS["KVM_RUN"].number, mapping.view, dispatch_table(binding),
                               cls._run_failed, cls._unknown_exit, cls._run_refused,
                               ffi.offsetof("struct kvm_run", "exit_reason"))
-        self._kicked = False
-        self._stats: StatsFd | None = None
-        self._dirty_ring: _sys.FileMapping | None = None
-        self._dirty_index = 0
         self.vm = vm
         self.id = id
-        super().__init__(fd, binding, vm)
         # (the gates of a vCPU's ioctls depend on what its VM's kind of fd answers: see Vm.__init__)
-        _, self._gate_ok = shared_gate_state(("vcpu", binding.__name__, vm.system.path, vm.type))
+        super().__init__(fd, binding, vm, ("vcpu", binding.__name__, vm.system.path, vm.type))
 
     def _cap_owner(self) -> KvmFd:
         return self.vm.capability_fd()  # type: ignore[no-any-return]

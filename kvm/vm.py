@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from . import _sys, marshal
-from ._fd import FdHolders, KvmFd, holding_fd, needs, shared_gate_state
+from ._fd import FdHolders, KvmFd, holding_fd, needs
 from .arches import for_binding
 from .device import Attributes, Device
 from .errors import CapabilityError, ClosedError, ForkedError, KvmError, ResourceError, StateError
@@ -220,20 +220,20 @@ class Vm(Attributes):
 
     fd_kind = "vm"
     _routed_ioctls = {"KVM_ENABLE_CAP": "_enable_cap_issued"}
+    # (what a VM starts with and may change later: class attributes, not set by every __init__)
+    _stats: StatsFd | None = None
+    _dirty_ring_bytes = 0
+    _caps_on_vm_fd: bool | None = None  # found on first use, by capability_fd()
+    _lowest_free_slot = 0  # no slot below it is free
 
     def __init__(self, system: Any, fd: int, vm_type: int = 0) -> None:
         binding = system.binding
-        super().__init__(fd, binding, system)
+        # what KVM_CHECK_EXTENSION answers on a VM fd depends on the device and the VM type alone
+        super().__init__(fd, binding, system, ("vm", binding.__name__, system.path, vm_type))
         self.system = system
         self.type = vm_type
-        # what KVM_CHECK_EXTENSION answers on a VM fd depends on the device and the VM type alone
-        self._cap_answers, self._gate_ok = shared_gate_state(("vm", binding.__name__, system.path, vm_type))
         self._ffi = binding.ffi
         self._memory: dict[int, GuestMemory] = {}
-        self._stats: StatsFd | None = None
-        self._dirty_ring_bytes = 0
-        self._caps_on_vm_fd: bool | None = None  # found on first use, by capability_fd()
-        self._lowest_free_slot = 0  # no slot below it is free
         self._pending_unmap: list[GuestMemory] = []
         self._slots_lock = _thread.RLock()
 
@@ -402,8 +402,11 @@ class Vm(Attributes):
             mem = GuestMemory(self, slot, guest_addr, size, flags, mapping, fd=fd, file_offset=file_offset,
                               guest_memfd=gmem, guest_memfd_offset=guest_memfd_offset, owns_guest_memfd=owns_gmem)
             try:
-                with gmem.hold_fd() if gmem is not None else contextlib.nullcontext(-1) as gmem_fd:
-                    self._set_region(slot, flags, guest_addr, size, mem.host_addr, gmem_fd, guest_memfd_offset)
+                if gmem is None:
+                    self._set_region(slot, flags, guest_addr, size, mem.host_addr)
+                else:
+                    with gmem.hold_fd() as gmem_fd:
+                        self._set_region(slot, flags, guest_addr, size, mem.host_addr, gmem_fd, guest_memfd_offset)
             except BaseException:
                 mem.unmap()
                 raise
@@ -469,7 +472,7 @@ class Vm(Attributes):
         id = marshal.integer(id, "id", 0, 0xFFFFFFFF)
         mmap_size = self.system.vcpu_mmap_size
         try:
-            fd = marshal.by_value(self._ioctl, "KVM_CREATE_VCPU", id, "id")
+            fd = self._ioctl("KVM_CREATE_VCPU", id)  # (id checked above)
         except KvmError as exc:
             if exc.errno != errno.EEXIST:
                 raise

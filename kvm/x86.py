@@ -367,11 +367,11 @@ class X86Vcpu(KvmFd):
 
     def _start(self, sregs: Any, entry: int, stack: int | None) -> None:
         """Load `sregs` (a `struct kvm_sregs *` of _get_sregs), then the general registers with rip `entry`
-        (and rsp `stack`) and a clean RFLAGS. (The records are the binding's own, made here: issued as they
-        are, on the way to every VM's first exit.)"""
+        (checked by the caller) and rsp `stack`, and a clean RFLAGS. (The records are the binding's own, made
+        here: issued as they are, on the way to every VM's first exit.)"""
         self._ioctl("KVM_SET_SREGS", sregs)
         regs = marshal.struct_out(self._ioctl, self.ffi, "KVM_GET_REGS", "struct kvm_regs")
-        regs.rip = marshal.integer(entry, "entry", 0, (1 << 64) - 1)
+        regs.rip = entry
         regs.rflags = RFLAGS_RESERVED
         if stack is not None:
             regs.rsp = marshal.integer(stack, "stack", 0, (1 << 64) - 1)
