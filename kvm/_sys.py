@@ -61,8 +61,9 @@ def _after_fork_in_child() -> None:
     _pid = os.getpid()
     # A child shares its parent's kvm_run pages: whatever it writes through a view it inherited must not
     # reach the parent's vCPU, so it gets private copies.
-    for mapping in list(_MAPPINGS):
-        mapping.detach()
+    for mapping in [ref() for ref in list(_MAPPINGS)]:
+        if mapping is not None:
+            mapping.detach()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -130,7 +131,7 @@ class FileMapping:
         self._pointer = ffi.gc(_cast("char *", self.address), _unmapper(length))
         self.view = memoryview(ffi.buffer(self._pointer, length))
         self.detached = False
-        _MAPPINGS.add(self)
+        _MAPPINGS.add(weakref.ref(self, _MAPPINGS.discard))
 
     def record(self, record_ffi: Any, ctype: str, offset: int = 0) -> Any:
         """A `ctype *` of `record_ffi` at `offset` in the mapping, keeping the mapping alive.
@@ -158,7 +159,9 @@ class FileMapping:
         view[:] = contents
 
 
-_MAPPINGS: weakref.WeakSet[FileMapping] = weakref.WeakSet()  # detached in a forked child
+# Every FileMapping, detached in a forked child: weak references that remove themselves when their mapping goes
+# (not a WeakSet, whose Python code every vCPU's creation would run)
+_MAPPINGS: set[weakref.ref[FileMapping]] = set()
 
 
 def remap_private(address: int, length: int, fd: int, offset: int) -> bool:
