@@ -227,7 +227,8 @@ def _floor_loop(n: int, name: str) -> dict[str, Any]:
 
     run = getattr(floor, name)
     with kvm.Kvm() as k, k.create_vm() as vm:
-        fd = real_mode_vcpu(vm, PIO_CODE).fileno()
+        vcpu = real_mode_vcpu(vm, PIO_CODE)  # (held: a VM holds its vCPUs weakly, a dropped one closes)
+        fd = vcpu.fileno()
         start = now()
         for _ in range(n):
             run(fd)

@@ -1,0 +1,52 @@
+"""bench/: every workload runs on the real /dev/kvm and agrees with the C baseline (the figures themselves are
+bench/run.py's business: no timing is asserted here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+sys.path.insert(0, BENCH)
+
+import breakdown  # noqa: E402  (bench/ is not a package)
+import run  # noqa: E402
+import workloads  # noqa: E402
+
+SIZES = {"pio": 2000, "mmio": 2000, "ioctl": 2000, "first": 3, "first-stdlib": 3, "memory": 1 << 20}
+
+
+@pytest.fixture(scope="module")
+def built() -> None:
+    if os.uname().machine != "x86_64":
+        pytest.skip("the workloads' guest is x86 real-mode code")
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the C baseline and the floor module")
+    run.build_baseline()
+    breakdown.build_floor(run.kvm_header_flags()[0])
+
+
+def _run(command: list[str]) -> dict[str, object]:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("name", sorted(workloads.WORKLOADS))
+def test_workload_runs_and_agrees_with_c(system, built, name):
+    n = SIZES.get(name, 2000)
+    python = _run([sys.executable, run.WORKLOADS_SCRIPT, name, str(n)])
+    assert python.get("seconds") or python.get("write_seconds"), python
+    c_name = {"first-stdlib": "first"}.get(name, name)
+    if c_name in ("pio", "mmio", "ioctl", "first", "memory"):
+        c = _run([run.BASELINE_BINARY, c_name, str(n)])
+        agreeing = [key for key in run.AGREEING_KEYS if key in c]
+        assert {k: python.get(k) for k in agreeing} == {k: c[k] for k in agreeing}
+    if name.startswith("first"):
+        assert len(python["seconds"]) == n  # type: ignore[arg-type]
