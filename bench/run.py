@@ -132,7 +132,10 @@ def build_baseline() -> str:
 
 
 def run_rounds(sizes: dict[str, int], rounds: int, failures: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
-    """Per workload, one {"c": ..., "python": ...} pair of outputs per round, C run first in each pair.
+    """Per workload, one {"c": ..., "python": ...} pair of outputs per round (with "stdlib" in the Python
+    one for the workloads of STDLIB_TWINS). The order of the programs turns by one each round, so that
+    whatever a process leaves behind for the next one (KVM frees a VM's memory after its process exits)
+    falls on each of them in turn rather than always on the same.
 
     A workload that fails (or whose C and Python runs disagree) is recorded in `failures` and dropped.
     """
@@ -141,14 +144,21 @@ def run_rounds(sizes: dict[str, int], rounds: int, failures: dict[str, str]) -> 
         for name, n in sizes.items():
             if name in failures:
                 continue
+            programs = {"c": [BASELINE_BINARY, name, str(n)], "python": [sys.executable, WORKLOADS_SCRIPT, name, str(n)]}
+            if name in STDLIB_TWINS:  # the same work in plain Python
+                programs["stdlib"] = [sys.executable, WORKLOADS_SCRIPT, STDLIB_TWINS[name], str(n)]
+            order = list(programs)
+            shift = round_number % len(order)
+            outputs: dict[str, dict[str, Any]] = {}
+            seconds: dict[str, float] = {}
             try:
-                start = time.perf_counter()
-                c = run_json([BASELINE_BINARY, name, str(n)])
-                middle = time.perf_counter()
-                python = run_json([sys.executable, WORKLOADS_SCRIPT, name, str(n)])
-                end = time.perf_counter()
-                if name in STDLIB_TWINS:  # the same work in plain Python, third in the round
-                    python["stdlib"] = run_json([sys.executable, WORKLOADS_SCRIPT, STDLIB_TWINS[name], str(n)])
+                for program in order[shift:] + order[:shift]:
+                    start = time.perf_counter()
+                    outputs[program] = run_json(programs[program])
+                    seconds[program] = time.perf_counter() - start
+                c, python = outputs["c"], outputs["python"]
+                if "stdlib" in outputs:
+                    python["stdlib"] = outputs["stdlib"]
                 for key in AGREEING_KEYS:
                     if key in c and c[key] != python.get(key):
                         raise BenchError(f"{name}: C gives {key} = {c[key]}, Python {python.get(key)}")
@@ -157,8 +167,8 @@ def run_rounds(sizes: dict[str, int], rounds: int, failures: dict[str, str]) -> 
                 print(f"round {round_number}/{rounds} {name}: FAILED (reported at the end)", file=sys.stderr)
                 continue
             pairs[name].append({"c": c, "python": python})
-            print(f"round {round_number}/{rounds} {name:<6} C process {middle - start:5.2f} s, "
-                  f"Python process {end - middle:5.2f} s", file=sys.stderr)
+            print(f"round {round_number}/{rounds} {name:<6} " + ", ".join(f"{program} process {seconds[program]:5.2f} s"
+                                                                  for program in order), file=sys.stderr)
     return pairs
 
 
