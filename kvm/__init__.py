@@ -46,6 +46,7 @@ except ImportError as exc:  # kvm/ of a source tree (a checkout, an unpacked sdi
     raise ImportError(f"{__path__[0]} is kvm's source, which holds no kvm.generated (installing maps generated/ "
                       "there): `pip install -e .` in the checkout, or run from another directory (`python -m "
                       "pytest` puts the current one first on sys.path; the `pytest` script does not)") from None
+import importlib
 from typing import TYPE_CHECKING
 
 from . import marshal, stats, x86
@@ -103,8 +104,6 @@ _ON_FIRST_USE = ("arm64", "riscv64", "caps")  # modules no x86 VM needs to run: 
 
 def __getattr__(name: str) -> object:
     if name in _ON_FIRST_USE:
-        import importlib
-
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -187,8 +187,8 @@ class KvmFd(FdHolders):
         self._binding = binding
         self._ioctls = binding.IOCTLS
         self._parent = parent
-        # KVM_CHECK_EXTENSION answers for the gates (see _query_cap), and the ioctl names whose capability was
-        # found present
+        # KVM_CHECK_EXTENSION answers for the gates (see _query_cap), and what _ioctl needs of the ioctls
+        # whose gate was passed (see _pass_gate)
         self._cap_answers, self._passed = shared_gate_state(gates) if gates is not None else ({}, {})
         self._slot_pages: dict[int, int] = {}  # VM fds: slot -> pages registered (see marshal.memory_region)
         self._users: list[int] = []  # (FdHolders.__init__, inlined: on the way to every VM's first exit)

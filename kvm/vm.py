@@ -300,7 +300,7 @@ class Vm(Attributes):
 
     def _set_region(self, slot: int, flags: int, guest_addr: int, size: int, host_addr: int,
                     guest_memfd: int = -1, guest_memfd_offset: int = 0) -> None:
-        # (the values are checked already: cffi fills the record in one call)
+        # (every caller checked the values: cffi fills the record in one call)
         fields = {"slot": slot, "flags": flags, "guest_phys_addr": guest_addr, "memory_size": size,
                   "userspace_addr": host_addr}
         name, record = "KVM_SET_USER_MEMORY_REGION", "struct kvm_userspace_memory_region"
@@ -439,6 +439,7 @@ class Vm(Attributes):
     @holding_fd
     def set_memory_flags(self, memory: GuestMemory, flags: int) -> None:
         """Change a slot's flags in place (e.g. turn KVM_MEM_LOG_DIRTY_PAGES on or off)."""
+        flags = marshal.integer(flags, "flags", 0, 0xFFFFFFFF)
         with self._slots_lock:  # (one change of the slot table at a time)
             if self._memory.get(getattr(memory, "slot", -1)) is not memory:
                 raise ValueError(f"{memory!r} is not a memory slot of this VM")

@@ -93,6 +93,18 @@ def test_memory_slot_limits_and_invalid_flags(vm):
     assert [m.slot for m in vm.memory] == [nr - 1]
 
 
+def test_set_memory_flags_checks_the_flags_by_name(vm):
+    mem = vm.add_memory(0, PAGE)
+    for bad, error in ((True, TypeError), (1.0, TypeError), ("1", TypeError), (-1, ValueError), (1 << 32, ValueError)):
+        with pytest.raises(error, match="flags"):
+            vm.set_memory_flags(mem, bad)
+    assert mem.flags == 0
+    log_dirty = vm.binding.CONSTANTS["KVM_MEM_LOG_DIRTY_PAGES"]
+    vm.set_memory_flags(mem, log_dirty)
+    assert mem.flags == log_dirty
+    assert len(vm.get_dirty_log(mem)) == 8  # (the kernel now keeps a bitmap for the slot: one word)
+
+
 def test_guest_memfd_basics(vm):
     require_cap(vm, "GUEST_MEMFD")
     try:
