@@ -15,7 +15,7 @@ import importlib
 import os
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from types import ModuleType
 from typing import Any, Concatenate, NoReturn, ParamSpec, Self, TypeVar, overload
 
@@ -30,10 +30,35 @@ from .errors import UnavailableError, CapabilityError, ClosedError, ForkedError,
 _GATE_STATE: dict[Hashable, tuple[dict[int, int], dict[str, tuple[int, int]]]] = {}
 
 
-def shared_gate_state(key: Hashable) -> tuple[dict[int, int], dict[str, tuple[int, int]]]:
+def shared_gate_state(key: Hashable, binding: ModuleType, fd_kind: str) -> tuple[dict[int, int], dict[str, tuple[int, int]]]:
     """The `_cap_answers` and `_passed` of the fds of `key` (kind, binding, path[, VM type]): every VM of
-    a process does not ask KVM_CHECK_EXTENSION nor check its gates again."""
-    return _GATE_STATE.setdefault(key, ({}, {}))
+    a process does not ask KVM_CHECK_EXTENSION nor check its gates again. A new one starts with the gates
+    `prepass` passed."""
+    state = _GATE_STATE.get(key)
+    if state is None:
+        state = _GATE_STATE[key] = ({}, dict(_PREPASSED.get((binding.__name__, fd_kind), ())))
+    return state
+
+
+# (binding name, fd kind) -> the `_passed` entries prepass made
+_PREPASSED: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+
+
+def prepass(binding: ModuleType, fd_kind: str, names: Iterable[str]) -> None:
+    """Pass now the gates of those ioctls of `names` that exist for `fd_kind` fds and that no capability gates
+    there (the binding's facts alone decide): the gate states made afterwards start with them passed.
+    kvm.system does it at import for the ioctls on the way to the first exit."""
+    table = _PREPASSED.setdefault((binding.__name__, fd_kind), {})
+    for name in names:
+        spec = binding.IOCTLS.get(name)
+        if spec is not None and spec.capability_for(fd_kind) is None and absent_reason(binding, name, fd_kind) is None:
+            table[name] = passed_entry(spec)
+
+
+def passed_entry(spec: Any) -> tuple[int, int]:
+    """What `_ioctl` needs of an ioctl whose gate was passed: its number, and the bytes the kernel uses at a
+    pointer argument (0 when it uses none)."""
+    return spec.number, spec.size if spec.direction != "none" else 0
 
 _CLOSED = -1
 _FORKED = -2
@@ -66,6 +91,13 @@ _EINTR = errno.EINTR
 # pointer type (a cffi ctype of any binding) -> sizeof(what it points to), for the types _check_room has
 # seen: what every pointer of that type has room for
 _POINTED_ROOM: dict[Any, int] = {}
+
+
+def note_record_pointer(ffi: Any, record: str) -> None:
+    """Note now what _check_room would find on the first `record *` argument: its room (kvm.system does it
+    at import for the records on the way to the first exit)."""
+    _POINTED_ROOM[ffi.typeof(record + " *")] = ffi.sizeof(record)
+
 _typeof = _sys_ffi.typeof  # (the type of a cdata of any FFI)
 _CData = _sys_ffi.CData  # (the class of every cdata, whichever FFI made it)
 _EINTR_ANSWERS = frozenset({"KVM_RUN"})  # ioctls whose EINTR is an answer (kick, immediate_exit), never retried
@@ -189,7 +221,8 @@ class KvmFd(FdHolders):
         self._parent = parent
         # KVM_CHECK_EXTENSION answers for the gates (see _query_cap), and what _ioctl needs of the ioctls
         # whose gate was passed (see _pass_gate)
-        self._cap_answers, self._passed = shared_gate_state(gates) if gates is not None else ({}, {})
+        self._cap_answers, self._passed = (shared_gate_state(gates, binding, self.fd_kind) if gates is not None
+                                           else ({}, {}))
         self._slot_pages: dict[int, int] = {}  # VM fds: slot -> pages registered (see marshal.memory_region)
         self._users: list[int] = []  # (FdHolders.__init__, inlined: on the way to every VM's first exit)
         self._lock = _thread.RLock()
@@ -425,7 +458,7 @@ class KvmFd(FdHolders):
         capability gating it is present; its entry of `_passed`."""
         spec = self._spec(name)
         self._check_gate(name, spec.capability_for(self.fd_kind))
-        passed = self._passed[name] = (spec.number, spec.size if spec.direction != "none" else 0)
+        passed = self._passed[name] = passed_entry(spec)
         return passed
 
     def _check_gate(self, ioctl: str, capability: str | None) -> None:
@@ -454,14 +487,14 @@ class KvmFd(FdHolders):
         return marshal.struct_in(self._issue, self._binding.ffi, "KVM_ENABLE_CAP", "struct kvm_enable_cap", None,
                                  {"cap": self._cap_value(cap), "flags": flags, "args": list(args)})
 
+    @holding_fd
     def _query_cap(self, value: int) -> int:
         """KVM_CHECK_EXTENSION of `value` on this fd, asked once (what the capability gates use;
         `check_extension` asks every time)."""
         answers = self._cap_answers
         cached = answers.get(value)
         if cached is None:
-            with self.hold_fd() as fd:
-                result = _ioctl_value(fd, self._ioctls["KVM_CHECK_EXTENSION"].number, value)
+            result = _ioctl_value(self._fd, self._ioctls["KVM_CHECK_EXTENSION"].number, value)
             if result < 0:
                 raise KvmError("KVM_CHECK_EXTENSION", self.fd_kind, -result)
             cached = answers[value] = result

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone does not see it
 from . import marshal
 from ._accel import ValueIoctl, ioctl
-from ._fd import KvmFd
+from ._fd import KvmFd, note_record_pointer, prepass
 from .arches import for_binding
 from .device import ReadableAttributes
 from .errors import ClosedError, DeviceError
@@ -25,24 +25,29 @@ from .vm import Vm
 # The binding `Kvm()` uses unless given another: the host arch at the newest bundled kernel.
 DEFAULT_BINDING: ModuleType = generated.load()
 
-# The records the path to a VM's first exit goes through (vm.py, vcpu.py, x86.py).
+# The records and the ioctls (by fd kind) the path to a VM's first exit goes through (vm.py, vcpu.py, x86.py).
 _FIRST_EXIT_RECORDS = ("struct kvm_userspace_memory_region", "struct kvm_run", "struct kvm_regs", "struct kvm_sregs")
+_FIRST_EXIT_IOCTLS = {"system": ("KVM_CREATE_VM", "KVM_GET_VCPU_MMAP_SIZE"),
+                      "vm": ("KVM_SET_USER_MEMORY_REGION", "KVM_CREATE_VCPU"),
+                      "vcpu": ("KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_GET_REGS", "KVM_SET_REGS")}
 
 
 def _prepare(binding: ModuleType) -> None:
     """Do now what the first VM would otherwise do on its way to its first exit: load the binding's FFI,
     have cffi parse and lay out the records of that path (0.3 ms, most of it struct kvm_run), build the
-    exit dispatch table, and compose the binding's Kvm, Vm and Vcpu classes (kvm/arches.py)."""
+    exit dispatch table, compose the binding's Kvm, Vm and Vcpu classes (kvm/arches.py), and pass the gates
+    of the path's ioctls that no capability gates (KVM_SET_USER_MEMORY_REGION's is the host's to answer)."""
     ffi = binding.ffi
     for record in _FIRST_EXIT_RECORDS:
         try:
             ffi.sizeof(record)  # lays out the record and the records it holds
         except ffi.error:
             continue  # not a record of this arch
-        ffi.typeof(record + " *")  # the type string the code asks for
+        note_record_pointer(ffi, record)  # (parses the type string the code asks for)
     dispatch_table(binding)
     for cls in (Kvm, Vm, Vcpu):
         for_binding(cls, binding)
+        prepass(binding, cls.fd_kind, _FIRST_EXIT_IOCTLS[cls.fd_kind])
 
 
 def _weak_method(obj: Any, function: Any) -> Any:

@@ -74,3 +74,20 @@ def test_a_second_vm_issues_only_the_ioctls_of_its_first_exit(system, monkeypatc
     assert [names[n] for n in issued] == ["KVM_CREATE_VM", "KVM_SET_USER_MEMORY_REGION", "KVM_GET_VCPU_MMAP_SIZE",
                                          "KVM_CREATE_VCPU", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_GET_REGS",
                                          "KVM_SET_REGS"]
+
+
+def test_import_passes_only_the_gates_the_binding_alone_decides():
+    binding = kvm.system.DEFAULT_BINDING
+    fresh = object()  # (a gate key no fd has used: its state is made now)
+    _answers, vm_passed = kvm._fd.shared_gate_state(("vm", fresh), binding, "vm")
+    # creating a vCPU needs no capability; registering memory needs KVM_CAP_USER_MEMORY, which only the host
+    # can answer
+    assert "KVM_CREATE_VCPU" in vm_passed and "KVM_SET_USER_MEMORY_REGION" not in vm_passed
+    _answers, vcpu_passed = kvm._fd.shared_gate_state(("vcpu", fresh), binding, "vcpu")
+    if binding.ARCH == "x86_64":  # (arm64 and riscv64 have no KVM_GET_REGS: nothing is passed for it there)
+        regs = binding.IOCTLS["KVM_GET_REGS"]
+        assert vcpu_passed["KVM_GET_REGS"] == (regs.number, binding.ffi.sizeof("struct kvm_regs"))
+    else:
+        assert "KVM_GET_REGS" not in vcpu_passed
+    assert all(binding.IOCTLS[name].capability_for(kind) is None
+               for kind, passed in (("vm", vm_passed), ("vcpu", vcpu_passed)) for name in passed)
