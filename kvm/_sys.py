@@ -34,7 +34,11 @@ _memfd_create = _function("int(*)(const char *, unsigned int)", "memfd_create")
 _syscall3 = _function("long(*)(long, long, long, long)", "syscall")
 
 NULL = ffi.NULL
+# (the types the calls below cast to, parsed once here: a type string cffi has not seen yet costs it several
+# microseconds to parse on the way to the first VM)
 _void_p = ffi.typeof("void *")
+_char_p = ffi.typeof("char *")
+UINTPTR = ffi.typeof("uintptr_t")
 _cast = ffi.cast
 
 # mmap(2) and friends: the values are the kernel's generic ones, identical on every arch Linux runs on.
@@ -104,7 +108,7 @@ def raw_ioctl() -> Any:
 def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
     """mmap(2) at an address the kernel picks; returns the address as an int."""
     address = _mmap(NULL, length, prot, flags, fd, offset)
-    value = int(_cast("uintptr_t", address))
+    value = int(_cast(UINTPTR, address))
     if value == MAP_FAILED:
         _raise_errno("mmap")
     return value
@@ -128,7 +132,7 @@ class FileMapping:
     def __init__(self, fd: int, length: int, offset: int = 0) -> None:
         self.length = length
         self.address = mmap(length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset)
-        self._pointer = ffi.gc(_cast("char *", self.address), _unmapper(length))
+        self._pointer = ffi.gc(_cast(_char_p, self.address), _unmapper(length))
         self.view = memoryview(ffi.buffer(self._pointer, length))
         self.detached = False
         _MAPPINGS.add(weakref.ref(self, _MAPPINGS.discard))
@@ -154,7 +158,7 @@ class FileMapping:
         contents = bytes(view)
         fixed = _mmap(_cast(_void_p, self.address), self.length, PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
-        if int(_cast("uintptr_t", fixed)) == MAP_FAILED:
+        if int(_cast(UINTPTR, fixed)) == MAP_FAILED:
             _raise_errno("mmap (detaching a closed fd's mapping)")
         view[:] = contents
 
@@ -169,10 +173,10 @@ def remap_private(address: int, length: int, fd: int, offset: int) -> bool:
     the contents stay, writes no longer reach the file or anyone else mapping it. Where that fails, by
     zero-filled anonymous memory (returns False): never shared, never unmapped under a view."""
     fixed = _mmap(_cast(_void_p, address), length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, offset)
-    if int(_cast("uintptr_t", fixed)) != MAP_FAILED:
+    if int(_cast(UINTPTR, fixed)) != MAP_FAILED:
         return True
     fixed = _mmap(_cast(_void_p, address), length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
-    if int(_cast("uintptr_t", fixed)) == MAP_FAILED:
+    if int(_cast(UINTPTR, fixed)) == MAP_FAILED:
         _raise_errno("mmap (a forked child's private copy of guest memory)")
     return False
 
@@ -225,4 +229,4 @@ def tgkill(tid: int, sig: int) -> bool:
 
 def address_of(cdata: Any) -> int:
     """The address a cffi pointer or buffer cdata points to."""
-    return int(_cast("uintptr_t", cdata))
+    return int(_cast(UINTPTR, cdata))

@@ -20,7 +20,6 @@ from .errors import ClosedError, ForkedError, GuestMemoryError
 from .marshal import boolean, integer
 
 PAGE_SIZE = _mmap.PAGESIZE
-_UINTPTR = _sys.ffi.typeof("uintptr_t")
 
 
 def _after_fork_in_child() -> None:
@@ -67,7 +66,7 @@ class GuestMemory:
         self.guest_memfd_offset = guest_memfd_offset
         self._owns_guest_memfd = owns_guest_memfd
         with _sys.ffi.from_buffer(mapping) as pinned:  # a buffer export, for as long as it takes to read the address
-            self.host_addr = int(_sys.ffi.cast(_UINTPTR, pinned))
+            self.host_addr = int(_sys.ffi.cast(_sys.UINTPTR, pinned))
         if fd >= 0:
             _SHARED.add(self)
 
