@@ -226,7 +226,6 @@ class KvmFd(FdHolders):
         self._slot_pages: dict[int, int] = {}  # VM fds: slot -> pages registered (see marshal.memory_region)
         self._users: list[int] = []  # (FdHolders.__init__, inlined: on the way to every VM's first exit)
         self._lock = _thread.RLock()
-        self._live = weakref.ref(self, _LIVE.discard)
         if parent is not None:
             with parent._lock:  # (a parent closing in another thread: it either closes this child or refuses it)
                 if parent._fd == _CLOSED:
@@ -236,6 +235,7 @@ class KvmFd(FdHolders):
                 if parent._children is None:
                     parent._children = {}
                 parent._children[id(self)] = weakref.ref(self)
+        self._live = weakref.ref(self, _LIVE.discard)  # (made here: a refused object never was in _LIVE)
         _LIVE.add(self._live)
 
     # -- lifetime ---------------------------------------------------------------------------------
@@ -487,14 +487,14 @@ class KvmFd(FdHolders):
         return marshal.struct_in(self._issue, self._binding.ffi, "KVM_ENABLE_CAP", "struct kvm_enable_cap", None,
                                  {"cap": self._cap_value(cap), "flags": flags, "args": list(args)})
 
-    @holding_fd
     def _query_cap(self, value: int) -> int:
         """KVM_CHECK_EXTENSION of `value` on this fd, asked once (what the capability gates use;
         `check_extension` asks every time)."""
         answers = self._cap_answers
         cached = answers.get(value)
         if cached is None:
-            result = _ioctl_value(self._fd, self._ioctls["KVM_CHECK_EXTENSION"].number, value)
+            with self.hold_fd() as fd:
+                result = _ioctl_value(fd, self._ioctls["KVM_CHECK_EXTENSION"].number, value)
             if result < 0:
                 raise KvmError("KVM_CHECK_EXTENSION", self.fd_kind, -result)
             cached = answers[value] = result

@@ -228,14 +228,15 @@ class Vm(Attributes):
 
     def __init__(self, system: Any, fd: int, vm_type: int = 0) -> None:
         binding = system.binding
-        # what KVM_CHECK_EXTENSION answers on a VM fd depends on the device and the VM type alone
-        super().__init__(fd, binding, system, ("vm", binding.__name__, system.path, vm_type))
         self.system = system
         self.type = vm_type
         self._ffi = binding.ffi
         self._memory: dict[int, GuestMemory] = {}
         self._pending_unmap: list[GuestMemory] = []
         self._slots_lock = _thread.RLock()
+        # last: from here on the VM is its system's child, which a close() there in another thread may close
+        # (what KVM_CHECK_EXTENSION answers on a VM fd depends on the device and the VM type alone)
+        super().__init__(fd, binding, system, ("vm", binding.__name__, system.path, vm_type))
 
     def capability_fd(self) -> KvmFd:
         """The fd that answers KVM_CHECK_EXTENSION for this VM: the VM's own when the host supports that
@@ -337,7 +338,7 @@ class Vm(Attributes):
             flags = marshal.integer(flags, "flags", 0, 0xFFFFFFFF)
             if slot is None:
                 slot = self._free_slot()
-            elif marshal.integer(slot, "slot", 0, 0xFFFFFFFF) in self._memory:
+            elif (slot := marshal.integer(slot, "slot", 0, 0xFFFFFFFF)) in self._memory:
                 raise ValueError(f"slot {slot} is already in use by {self._memory[slot]!r}")
             file_offset = marshal.integer(file_offset, "file_offset", 0, (1 << 63) - 1 - size)
             if file_offset % PAGE_SIZE:
@@ -460,10 +461,13 @@ class Vm(Attributes):
     @holding_fd
     def create_guest_memfd(self, size: int, flags: int = 0) -> GuestMemfd:
         """KVM_CREATE_GUEST_MEMFD."""
-        fd = marshal.new_fd(marshal.struct_in(self._ioctl, self._ffi, "KVM_CREATE_GUEST_MEMFD",
-                                              "struct kvm_create_guest_memfd", None,
-                                              marshal.required({"size": size, "flags": flags})))
-        return GuestMemfd(self, fd, size, flags)
+        fd = marshal.struct_in(self._ioctl, self._ffi, "KVM_CREATE_GUEST_MEMFD", "struct kvm_create_guest_memfd",
+                               None, marshal.required({"size": size, "flags": flags}))
+        try:
+            return GuestMemfd(self, marshal.new_fd(fd), size, flags)
+        except BaseException:  # (refused, e.g. by a close() of the VM meanwhile: the fd is ours to close)
+            os.close(fd)
+            raise
 
     # -- vCPUs and devices ------------------------------------------------------------------------
 
@@ -500,7 +504,12 @@ class Vm(Attributes):
                                        None, marshal.required({"type": type, "flags": flags}))
         if test:
             return None
-        return Device(self, marshal.new_fd(int(request.fd)), int(type))
+        fd = int(request.fd)
+        try:
+            return Device(self, marshal.new_fd(fd), int(type))
+        except BaseException:  # (refused, e.g. by a close() of the VM meanwhile: the fd is ours to close)
+            os.close(fd)
+            raise
 
     # -- interrupts -------------------------------------------------------------------------------
 

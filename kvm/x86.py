@@ -369,12 +369,14 @@ class X86Vcpu(KvmFd):
         """Load `sregs` (a `struct kvm_sregs *` of _get_sregs), then the general registers with rip `entry`
         (checked by the caller) and rsp `stack`, and a clean RFLAGS. (The records are the binding's own, made
         here: issued as they are, on the way to every VM's first exit.)"""
+        if stack is not None:  # (checked before anything is changed)
+            stack = marshal.integer(stack, "stack", 0, (1 << 64) - 1)
         self._ioctl("KVM_SET_SREGS", sregs)
         regs = marshal.struct_out(self._ioctl, self.ffi, "KVM_GET_REGS", "struct kvm_regs")
         regs.rip = entry
         regs.rflags = RFLAGS_RESERVED
         if stack is not None:
-            regs.rsp = marshal.integer(stack, "stack", 0, (1 << 64) - 1)
+            regs.rsp = stack
         self._ioctl("KVM_SET_REGS", regs)
 
     def setup_real_mode(self, entry: int, *, cs: int = 0, stack: int | None = None) -> None:

@@ -753,6 +753,19 @@ def test_10_long_mode_and_attribute_arguments_are_checked(vm) -> None:
         kvm.marshal.attr_set(vm._ioctl, vm.ffi, "KVM_SET_DEVICE_ATTR", 0, 0, 0, size=True)
 
 
+def test_10b_a_bad_stack_changes_no_register(vm) -> None:
+    import kvm.x86
+    if vm.arch != "x86_64":
+        pytest.skip("the mode set-up helpers are x86's")
+    vm.add_memory(0, 0x10000)
+    vcpu = vm.create_vcpu(0)
+    sregs, regs = bytes(vm.ffi.buffer(vcpu.sregs)), bytes(vm.ffi.buffer(vcpu.regs))
+    for stack, error in ((-1, ValueError), (2**64, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="stack"):
+            kvm.x86.setup_real_mode(vcpu, 0x1000, stack=stack)
+    assert bytes(vm.ffi.buffer(vcpu.sregs)) == sregs and bytes(vm.ffi.buffer(vcpu.regs)) == regs
+
+
 def test_11_a_kick_consumed_by_the_raw_run_does_not_stop_the_next_run(vm) -> None:
     mem, vcpu = real_mode_guest(vm, bytes([0xF4]))  # hlt
     vcpu.kick()

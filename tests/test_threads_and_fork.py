@@ -425,3 +425,52 @@ print("ok")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("make", ["create_vcpu", "create_device"])
+def test_a_child_refused_because_its_vm_closed_meanwhile_leaks_nothing(system, monkeypatch, make):
+    """A close() of the VM in another thread lands between the ioctl that made the child's fd and the child's
+    registration: the child is refused (ClosedError), its fd is closed once, and nothing is reported later by
+    the refused object's finalizer."""
+    import gc
+    import sys
+
+    import kvm.vm as kvm_vm
+
+    vm = system.create_vm()
+    vfio = vm.binding.CONSTANTS.get("KVM_DEV_TYPE_VFIO")
+    if make == "create_device":
+        try:
+            vm.create_device(vfio, test=True)
+        except (kvm.KvmError, kvm.CapabilityError, TypeError) as exc:
+            pytest.skip(f"this host creates no VFIO device: {exc}")
+    made: list[int] = []
+    real_new_fd, real_for_binding = kvm_vm.marshal.new_fd, kvm_vm.for_binding
+
+    def close_the_vm_meanwhile() -> None:
+        closer = threading.Thread(target=vm.close)
+        closer.start()
+        while not vm.closed:  # (close() marks the VM closed, then waits for this call to leave)
+            time.sleep(0.001)
+
+    def new_fd(fd: int) -> int:
+        made.append(fd)
+        close_the_vm_meanwhile()
+        return real_new_fd(fd)
+
+    def for_binding(cls: type, binding: object) -> type:
+        close_the_vm_meanwhile()
+        return real_for_binding(cls, binding)
+
+    monkeypatch.setattr(kvm_vm.marshal, "new_fd", new_fd)
+    monkeypatch.setattr(kvm_vm, "for_binding", for_binding)
+    reported: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(kvm.ClosedError):
+        vm.create_device(vfio) if make == "create_device" else vm.create_vcpu(0)
+    gc.collect()
+    time.sleep(0.05)  # (the closing thread finishes)
+    left = set(os.listdir("/proc/self/fd")) - before
+    assert not left, [os.readlink(f"/proc/self/fd/{fd}") for fd in left]
+    assert not reported
