@@ -100,6 +100,7 @@ def note_record_pointer(ffi: Any, record: str) -> None:
 
 _typeof = _sys_ffi.typeof  # (the type of a cdata of any FFI)
 _CData = _sys_ffi.CData  # (the class of every cdata, whichever FFI made it)
+_FROM_BUFFER = _sys.FROM_BUFFER
 _EINTR_ANSWERS = frozenset({"KVM_RUN"})  # ioctls whose EINTR is an answer (kick, immediate_exit), never retried
 
 
@@ -383,7 +384,8 @@ class KvmFd(FdHolders):
                 if result < 0:
                     raise KvmError(name, self.fd_kind, -result)
                 return result
-            if room and (not isinstance(arg, _CData) or _POINTED_ROOM.get(_typeof(arg), -1) < room):
+            if room and (not isinstance(arg, _CData) or arg.__class__ is _FROM_BUFFER
+                         or _POINTED_ROOM.get(_typeof(arg), -1) < room):
                 self._check_room(name, room, arg)  # (unless the pointer's type says it has the room)
             result = _raw_ioctl(fd, number, arg)
             while result < 0:
@@ -411,11 +413,15 @@ class KvmFd(FdHolders):
         if not isinstance(arg, ffi.CData):
             raise TypeError(f"{name}: the argument must be a cffi pointer to {size} bytes, not {type(arg).__name__}")
         ctype = ffi.typeof(arg)
+        kind = ctype.kind
+        if kind == "pointer" and arg.__class__ is _FROM_BUFFER:
+            raise TypeError(f"{name}: a {ctype.cname} made by ffi.from_buffer() does not say how large its buffer is "
+                            f"(cffi reports sizeof({ctype.item.cname})): pass ffi.from_buffer(\"char[]\", buffer), "
+                            "or a record of ffi.new()")
         if _POINTED_ROOM.get(ctype, -1) >= size:
             return  # (a pointer to a record at least that large: its type alone says so)
         if arg == ffi.NULL:
             return  # (the kernel answers EFAULT, or takes NULL to mean none, as KVM_SET_SIGNAL_MASK does)
-        kind = ctype.kind
         room = ffi.sizeof(arg) if kind == "array" else len(ffi.buffer(arg)) if kind == "pointer" else 0
         if room < size:
             raise ValueError(f"{name}: the kernel uses {size} bytes at the argument, which holds {room} "

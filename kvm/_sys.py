@@ -39,6 +39,9 @@ NULL = ffi.NULL
 _void_p = ffi.typeof("void *")
 _char_p = ffi.typeof("char *")
 UINTPTR = ffi.typeof("uintptr_t")
+# The class of the cdata ffi.from_buffer() makes (whichever FFI): as a pointer ("struct kvm_regs *"), such a
+# cdata reports the size of its type, not of the buffer under it, which may be smaller
+FROM_BUFFER = type(ffi.from_buffer("char[]", bytearray(1)))
 _cast = ffi.cast
 
 # mmap(2) and friends: the values are the kernel's generic ones, identical on every arch Linux runs on.

@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeAlias
 
+from . import _sys
 from .errors import KvmError
 
 CData: TypeAlias = Any  # a cffi cdata (e.g. a `struct kvm_regs *`)
@@ -240,6 +241,9 @@ def record_pointer(ffi: Any, ctype: str, arg: Any, what: str = "arg") -> CData:
     if kind is ffi.typeof(ctype + " *"):
         if arg == ffi.NULL:
             raise ValueError(f"{what} is a NULL {ctype} pointer")
+        if arg.__class__ is _sys.FROM_BUFFER:
+            raise TypeError(f"{what}: a {ctype} * made by ffi.from_buffer() does not say how large its buffer is "
+                            f"(cffi reports sizeof({ctype})): copy it into ffi.new(\"{ctype} *\")")
         return arg
     if kind is ffi.typeof(ctype):
         return ffi.addressof(arg)

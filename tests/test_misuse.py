@@ -109,6 +109,30 @@ def test_2_a_buffer_smaller_than_the_ioctl_encodes_is_refused_unissued() -> None
     ]
 
 
+def test_2b_a_from_buffer_pointer_over_a_small_buffer_is_refused_unissued() -> None:
+    """cffi reports sizeof(T) for ffi.from_buffer("T *", buf) whatever the buffer's size: such a pointer is
+    refused (the kernel would write past an 8-byte buffer), even after a pointer of the same type was
+    accepted; a "char[]" over the buffer says its size and is checked by it."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("KVM_GET_REGS is x86's")
+    out = isolated("""
+        k = kvm.Kvm(); vm = k.create_vm(); v = vm.create_vcpu(0); ffi = v.ffi
+        v._ioctl("KVM_GET_REGS", ffi.new("struct kvm_regs *"))  # (a pointer of that type, accepted first)
+        small = bytearray(8)
+        for call in (lambda: v._ioctl("KVM_GET_REGS", ffi.from_buffer("struct kvm_regs *", small)),
+                     lambda: v.ioctls.set_regs(ffi.from_buffer("struct kvm_regs *", small)),
+                     lambda: setattr(v, "regs", ffi.from_buffer("struct kvm_regs *", small)),
+                     lambda: v._ioctl("KVM_GET_REGS", ffi.from_buffer("char[]", small))):
+            try:
+                call()
+                print("accepted")
+            except (TypeError, ValueError) as exc:
+                print(type(exc).__name__, "from_buffer" in str(exc) or "holds 8" in str(exc))
+        print(small == bytearray(8), v._ioctl("KVM_GET_REGS", ffi.from_buffer("char[]", bytearray(144))))
+    """)
+    assert out.splitlines() == ["TypeError True"] * 3 + ["ValueError True", "True 0"]
+
+
 def test_3_close_from_another_thread_while_run_is_in_the_guest() -> None:
     out = isolated("""
         k = kvm.Kvm()
