@@ -48,9 +48,9 @@ class Device(Attributes):
     fd_kind = "device"
 
     def __init__(self, vm: Any, fd: int, type: int) -> None:
-        super().__init__(fd, vm.binding, vm)
         self.vm = vm
         self.type = type
+        super().__init__(fd, vm.binding, vm)  # (last: from here on a close() of the VM may close it)
 
     def _cap_owner(self) -> KvmFd:
         return self.vm.capability_fd()  # type: ignore[no-any-return]

@@ -193,10 +193,10 @@ class GuestMemfd(KvmFd):
     fd_kind = "guest_memfd"
 
     def __init__(self, vm: Vm, fd: int, size: int, flags: int) -> None:
-        super().__init__(fd, vm.binding, vm)
         self.vm = vm
         self.size = size
         self.flags = flags
+        super().__init__(fd, vm.binding, vm)  # (last: from here on a close() of the VM may close it)
 
     def _cap_owner(self) -> KvmFd:
         return self.vm.capability_fd()
