@@ -142,6 +142,16 @@ def holding_fd(method: Callable[Concatenate[_H, _P], _R]) -> Callable[Concatenat
     return held
 
 
+def adopt_fd(fd: int, make: Callable[[], _R]) -> _R:
+    """`make()`: the object that takes over `fd`, which an ioctl just returned. Should making it fail (the
+    parent closed meanwhile, a mapping refused), `fd` never became the object's, and is closed here."""
+    try:
+        return make()
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class FdHolders:
     """Which threads are inside a call that uses an object's fd number (the ioctls of a KvmFd, and
     `hold_fd()` blocks), so that close() in another thread never frees the number under them: a new
@@ -414,10 +424,8 @@ class KvmFd(FdHolders):
             raise TypeError(f"{name}: the argument must be a cffi pointer to {size} bytes, not {type(arg).__name__}")
         ctype = ffi.typeof(arg)
         kind = ctype.kind
-        if kind == "pointer" and arg.__class__ is _FROM_BUFFER:
-            raise TypeError(f"{name}: a {ctype.cname} made by ffi.from_buffer() does not say how large its buffer is "
-                            f"(cffi reports sizeof({ctype.item.cname})): pass ffi.from_buffer(\"char[]\", buffer), "
-                            "or a record of ffi.new()")
+        if kind == "pointer":
+            marshal.refuse_unsized(arg, name, ctype.cname, ctype.item.cname)
         if _POINTED_ROOM.get(ctype, -1) >= size:
             return  # (a pointer to a record at least that large: its type alone says so)
         if arg == ffi.NULL:

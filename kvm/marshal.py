@@ -232,6 +232,15 @@ def fill(ffi: Any, target: CData, value: Any, what: str) -> None:
                         f"not {type(value).__name__}")
 
 
+def refuse_unsized(pointer: Any, what: str, cname: str, item: str) -> None:
+    """Refuse a pointer (of C type `cname`, to `item`) that ffi.from_buffer() made: cffi reports sizeof(item)
+    for it whatever the size of the buffer under it, so nothing could check that the kernel's bytes fit."""
+    if pointer.__class__ is _sys.FROM_BUFFER:
+        raise TypeError(f"{what}: a {cname} made by ffi.from_buffer() does not say how large its buffer is (cffi "
+                        f"reports sizeof({item})): pass a record of ffi.new(), or, where raw bytes are taken, "
+                        "ffi.from_buffer(\"char[]\", buffer)")
+
+
 def record_pointer(ffi: Any, ctype: str, arg: Any, what: str = "arg") -> CData:
     """`arg` as a `ctype *`: a `ctype *` cdata as it is, a `ctype` cdata (a member, an array item) by
     address; anything else, including a pointer to another record, is refused."""
@@ -241,9 +250,7 @@ def record_pointer(ffi: Any, ctype: str, arg: Any, what: str = "arg") -> CData:
     if kind is ffi.typeof(ctype + " *"):
         if arg == ffi.NULL:
             raise ValueError(f"{what} is a NULL {ctype} pointer")
-        if arg.__class__ is _sys.FROM_BUFFER:
-            raise TypeError(f"{what}: a {ctype} * made by ffi.from_buffer() does not say how large its buffer is "
-                            f"(cffi reports sizeof({ctype})): copy it into ffi.new(\"{ctype} *\")")
+        refuse_unsized(arg, what, ctype + " *", ctype)
         return arg
     if kind is ffi.typeof(ctype):
         return ffi.addressof(arg)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone does not see it
 from . import marshal
 from ._accel import ValueIoctl, ioctl
-from ._fd import KvmFd, note_record_pointer, prepass
+from ._fd import KvmFd, adopt_fd, note_record_pointer, prepass
 from .arches import for_binding
 from .device import ReadableAttributes
 from .errors import ClosedError, DeviceError
@@ -195,11 +195,7 @@ class Kvm(ReadableAttributes):
     def create_vm(self, type: int = 0) -> Vm:
         """KVM_CREATE_VM: a new `Vm` (type 0 is the default VM type)."""
         fd = marshal.by_value(self._ioctl, "KVM_CREATE_VM", type, "type")
-        try:
-            return for_binding(Vm, self._binding)(self, fd, type)
-        except BaseException:
-            os.close(fd)
-            raise
+        return adopt_fd(fd, lambda: for_binding(Vm, self._binding)(self, fd, type))
 
 
 _prepare(DEFAULT_BINDING)

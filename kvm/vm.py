@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from . import _sys, marshal
-from ._fd import FdHolders, KvmFd, holding_fd, needs
+from ._fd import FdHolders, KvmFd, adopt_fd, holding_fd, needs
 from .arches import for_binding
 from .device import Attributes, Device
 from .errors import CapabilityError, ClosedError, ForkedError, KvmError, ResourceError, StateError
@@ -463,11 +463,7 @@ class Vm(Attributes):
         """KVM_CREATE_GUEST_MEMFD."""
         fd = marshal.struct_in(self._ioctl, self._ffi, "KVM_CREATE_GUEST_MEMFD", "struct kvm_create_guest_memfd",
                                None, marshal.required({"size": size, "flags": flags}))
-        try:
-            return GuestMemfd(self, marshal.new_fd(fd), size, flags)
-        except BaseException:  # (refused, e.g. by a close() of the VM meanwhile: the fd is ours to close)
-            os.close(fd)
-            raise
+        return adopt_fd(fd, lambda: GuestMemfd(self, marshal.new_fd(fd), size, flags))
 
     # -- vCPUs and devices ------------------------------------------------------------------------
 
@@ -484,12 +480,7 @@ class Vm(Attributes):
             state = ("is open" if any(v.id == id for v in self.vcpus)
                      else "was closed or dropped (KVM keeps a vCPU until its VM goes)")
             raise KvmError("KVM_CREATE_VCPU", "vm", exc.errno, f"vCPU {id} exists already: its Vcpu {state}") from None
-        try:
-            vcpu = for_binding(Vcpu, self._binding)(self, fd, id, mmap_size)
-        except BaseException:
-            os.close(fd)
-            raise
-        return vcpu
+        return adopt_fd(fd, lambda: for_binding(Vcpu, self._binding)(self, fd, id, mmap_size))
 
     @property
     def vcpus(self) -> list[Vcpu]:
@@ -505,11 +496,7 @@ class Vm(Attributes):
         if test:
             return None
         fd = int(request.fd)
-        try:
-            return Device(self, marshal.new_fd(fd), int(type))
-        except BaseException:  # (refused, e.g. by a close() of the VM meanwhile: the fd is ours to close)
-            os.close(fd)
-            raise
+        return adopt_fd(fd, lambda: Device(self, marshal.new_fd(fd), int(type)))
 
     # -- interrupts -------------------------------------------------------------------------------
 
