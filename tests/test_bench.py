@@ -50,3 +50,14 @@ def test_workload_runs_and_agrees_with_c(system, built, name):
         assert {k: python.get(k) for k in agreeing} == {k: c[k] for k in agreeing}
     if name.startswith("first"):
         assert len(python["seconds"]) == n  # type: ignore[arg-type]
+
+
+def test_opcodes_counts_both_vms(system):
+    if os.uname().machine != "x86_64":
+        pytest.skip("the workloads' guest is x86 real-mode code")
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "opcodes.py"), "--top", "1"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    totals = [int(line.split(": ")[1].split()[0].replace(",", "")) for line in done.stdout.splitlines()
+              if "bytecode instructions" in line]
+    assert len(totals) == 2 and totals[0] >= totals[1] > 0, done.stdout  # (the first VM does the first-time work)
