@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (`typing` is not imported at run time: it would cost every `import kvm`)
+    from typing import Any
 
 # (kernel version, linux release, arch) of every bundled binding, oldest first.
 BUNDLED: tuple[tuple[str, str, str], ...] = (

@@ -14,7 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kvm import marshal as _m
-from kvm.marshal import CData as CData
+
+if TYPE_CHECKING:
+    from kvm.marshal import CData as CData
 
 from . import linux_6_12_x86_64 as _binding
 

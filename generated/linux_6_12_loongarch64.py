@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from kvm.spec import IoctlSpec as _I
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (`typing` is not imported at run time: it would cost every `import kvm`)
+    from typing import Any
+
     from kvm.spec import CapSpec, StructSpec
 
     from .tables_linux_6_12_loongarch64 import Cap, ExitReason, MemoryRegionFlag, SystemEvent, InternalErrorSuberror, DeviceType, MpState, GuestDebugFlag, IrqRoutingType, DirtyGfnFlag, MsrExitReason, StatsType, StatsUnit, StatsBase

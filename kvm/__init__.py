@@ -47,7 +47,6 @@ except ImportError as exc:  # kvm/ of a source tree (a checkout, an unpacked sdi
                       "there): `pip install -e .` in the checkout, or run from another directory (`python -m "
                       "pytest` puts the current one first on sys.path; the `pytest` script does not)") from None
 import importlib
-from typing import TYPE_CHECKING
 
 from . import marshal, stats, x86
 from .device import Device
@@ -94,6 +93,7 @@ from .vcpu import CoalescedAccess, DirtyGfn, Vcpu, install_kick_handler
 from .vm import EventFd, GuestMemfd, IrqchipRoute, MsiRoute, Vm
 from .x86 import CpuidEntry, MsrFilterRange, Translation
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # (at run time imported on first use: see __getattr__)
     from . import arm64, caps, riscv64
 

@@ -8,20 +8,29 @@ ioctl, come from the binding in use (`kvm.generated` by default), never from thi
 from __future__ import annotations
 
 import _thread
-import contextlib
 import errno
 import functools
 import importlib
 import os
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from types import ModuleType
-from typing import Any, Concatenate, NoReturn, ParamSpec, Self, TypeVar, overload
 
 from . import _sys, marshal
 from ._accel import ioctl as _ioctl_value
 from .errors import UnavailableError, CapabilityError, ClosedError, ForkedError, KvmError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (`typing` is not imported at run time: see kvm/_namedtuple.py)
+    from collections.abc import Callable, Hashable, Iterable
+    from contextlib import AbstractContextManager
+    from typing import Any, Concatenate, NoReturn, ParamSpec, Self, TypeVar, overload
+
+    _F = TypeVar("_F", bound=Callable[..., Any])
+    _P = ParamSpec("_P")
+    _R = TypeVar("_R")
+    _H = TypeVar("_H", bound="FdHolders")
 
 # What the capability gates learnt, shared by the fds whose KVM_CHECK_EXTENSION answers depend on the same
 # things: every Kvm of one device path, every VM of one path and type, their vCPUs. key -> (capability ->
@@ -104,9 +113,6 @@ _FROM_BUFFER = _sys.FROM_BUFFER
 _EINTR_ANSWERS = frozenset({"KVM_RUN"})  # ioctls whose EINTR is an answer (kick, immediate_exit), never retried
 
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
 def needs(*ioctls: str) -> Callable[[_F], _F]:
     """Mark an ergonomic method (or a property's getter) as issuing `ioctls` on the object's own fd: the
     classes made for a binding in which one of them does not exist there (another arch's ioctl, a newer
@@ -117,11 +123,6 @@ def needs(*ioctls: str) -> Callable[[_F], _F]:
         return function
 
     return mark
-
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-_H = TypeVar("_H", bound="FdHolders")
 
 
 def holding_fd(method: Callable[Concatenate[_H, _P], _R]) -> Callable[Concatenate[_H, _P], _R]:
@@ -168,16 +169,10 @@ class FdHolders:
     def fileno(self) -> int:
         raise NotImplementedError
 
-    @contextlib.contextmanager
-    def hold_fd(self) -> Iterator[int]:
+    def hold_fd(self) -> AbstractContextManager[int]:
         """The open fd (ClosedError once closed), which close() in another thread does not close before
         the block ends: `with vm.hold_fd() as fd: os.fstat(fd)`."""
-        me = _thread_id()
-        self._users.append(me)
-        try:
-            yield self.fileno()
-        finally:
-            self._leave(me)
+        return _HeldFd(self)
 
     def _leave(self, me: int) -> None:
         users = self._users
@@ -205,6 +200,34 @@ class FdHolders:
             self._closing_fd = fd
         else:
             os.close(fd)
+
+
+class _HeldFd:
+    """What `hold_fd()` returns: entering holds the fd (see FdHolders) and gives its number, leaving lets go."""
+
+    __slots__ = ("_owner", "_me")
+
+    def __init__(self, owner: FdHolders) -> None:
+        self._owner = owner
+        self._me: int | None = None
+
+    def __enter__(self) -> int:
+        if self._me is not None:
+            raise RuntimeError("this hold_fd() block is entered already: call hold_fd() again")
+        owner, me = self._owner, _thread_id()
+        owner._users.append(me)
+        try:
+            fd = owner.fileno()
+        except BaseException:
+            owner._leave(me)
+            raise
+        self._me = me
+        return fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        me, self._me = self._me, None
+        if me is not None:
+            self._owner._leave(me)
 
 
 class KvmFd(FdHolders):
@@ -559,11 +582,12 @@ class RecordProperty:
     def _get(self, owner: KvmFd) -> marshal.Record:
         return marshal.struct_out(owner._ioctl, owner._binding.ffi, self.get_ioctl, self.ctype)  # type: ignore[no-any-return]
 
-    @overload
-    def __get__(self, owner: None, owner_type: type | None = None) -> RecordProperty: ...
+    if TYPE_CHECKING:
+        @overload
+        def __get__(self, owner: None, owner_type: type | None = None) -> RecordProperty: ...
 
-    @overload
-    def __get__(self, owner: KvmFd, owner_type: type | None = None) -> marshal.Record: ...
+        @overload
+        def __get__(self, owner: KvmFd, owner_type: type | None = None) -> marshal.Record: ...
 
     def __get__(self, owner: KvmFd | None, owner_type: type | None = None) -> RecordProperty | marshal.Record:
         if owner is None:

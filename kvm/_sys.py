@@ -10,13 +10,16 @@ the kernel receives it on every Linux ABI (integers are passed cast to a pointer
 
 from __future__ import annotations
 
+import _thread
 import mmap as _mmap_module
 import os
-import threading
 import weakref
-from typing import Any
 
 import _cffi_backend as _backend  # type: ignore[import-untyped]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 ffi = _backend.FFI()
 _libc = _backend.load_library(None)
@@ -76,7 +79,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-thread_id = threading.get_ident  # (pthread_self: no system call, unlike threading.get_native_id)
+thread_id = _thread.get_ident  # (pthread_self: no system call, unlike get_native_id)
 
 
 def pid() -> int:

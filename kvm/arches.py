@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any, TypeVar
 
 from ._accel import VcpuBase
 from ._fd import KvmFd, absent_reason
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    _T = TypeVar("_T", bound=KvmFd)
 
 # arch -> the module of its mixins (its MIXINS: fd kind -> the mixin of that arch's objects of that kind),
 # imported when a binding of that arch is first used
@@ -29,7 +34,6 @@ def mixin(arch: str, fd_kind: str) -> type | None:
     mixins: dict[str, type] = importlib.import_module(module).MIXINS
     return mixins.get(fd_kind)
 
-_T = TypeVar("_T", bound=KvmFd)
 _CLASSES: dict[tuple[type, str], type] = {}
 
 

@@ -4,10 +4,13 @@ it shares with VM and vCPU fds and, reading only, with /dev/kvm."""
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from . import marshal
 from ._fd import KvmFd, needs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ReadableAttributes(KvmFd):

@@ -13,11 +13,14 @@ A reason this module has no class for becomes `UnknownExit`, never an error.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from ._accel import ExitBase, Field
 from .errors import ClosedError
 from .marshal import integer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _BYTEORDER = sys.byteorder
 

@@ -24,30 +24,31 @@ import errno
 import itertools
 import mmap
 import os
-import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeAlias
+from collections.abc import Iterable, Mapping, Sequence
 
 from . import _sys
 from .errors import KvmError
 
-CData: TypeAlias = Any  # a cffi cdata (e.g. a `struct kvm_regs *`)
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (names for type checkers only: `typing` is not imported at run time, see kvm/_namedtuple.py)
+    from collections.abc import Callable
+    from typing import Any, Protocol, TypeAlias
 
+    CData: TypeAlias = Any  # a cffi cdata (e.g. a `struct kvm_regs *`)
 
-class Record(Protocol):
-    """What type checkers know of a record the ergonomic layer returns, a cffi cdata such as a `struct
-    kvm_regs *`: members are read and written as attributes, elements by index (cffi carries no static
-    types, so the values are Any)."""
+    class Record(Protocol):
+        """What type checkers know of a record the ergonomic layer returns, a cffi cdata such as a `struct
+        kvm_regs *`: members are read and written as attributes, elements by index (cffi carries no static
+        types, so the values are Any)."""
 
-    def __getattr__(self, name: str) -> Any: ...
+        def __getattr__(self, name: str) -> Any: ...
 
-    def __setattr__(self, name: str, value: Any) -> None: ...
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
-    def __getitem__(self, index: int) -> Any: ...
+        def __getitem__(self, index: int) -> Any: ...
 
-
-Ioctl = Callable[[str, Any], int]
+    Ioctl: TypeAlias = Callable[[str, Any], int]
 
 _PAGE_SIZE = mmap.PAGESIZE  # the unit of KVM's dirty bitmaps: one bit per page of the running kernel
 MAX_ENTRIES = 1 << 16  # largest flexible array an argument may hold, or an E2BIG loop grows to
@@ -568,7 +569,17 @@ def one_reg_set(ioctl: Ioctl, ffi: Any, constants: Mapping[str, int], name: str,
     return ioctl(name, ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buffer))}))
 
 
-_PATH_PART = re.compile(r"(\w+)(?:\[(\d+)\])?")
+def _path_part(part: str) -> tuple[str, int | None] | None:
+    """("regs", None) for "regs", ("vregs", 3) for "vregs[3]", None for anything else."""
+    name, bracket, index = part.partition("[")
+    if not name.isidentifier():
+        return None
+    if not bracket:
+        return name, None
+    digits = index[:-1]
+    if not index.endswith("]") or not digits.isascii() or not digits.isdigit():
+        return None
+    return name, int(digits)
 
 
 def member_layout(ffi: Any, ctype: str, path: str) -> tuple[int, int]:
@@ -579,16 +590,16 @@ def member_layout(ffi: Any, ctype: str, path: str) -> tuple[int, int]:
     kind = ffi.typeof(ctype)
     steps: list[str | int] = []
     for part in path.split("."):
-        match = _PATH_PART.fullmatch(part)
+        parsed = _path_part(part)
         fields = dict(kind.fields or ()) if kind.kind in ("struct", "union") else {}
-        if match is None or match.group(1) not in fields:
+        if parsed is None or parsed[0] not in fields:
             raise ValueError(f"{ctype} has no member {path!r}")
-        kind = fields[match.group(1)].type
-        steps.append(match.group(1))
-        if match.group(2) is not None:
-            index = int(match.group(2))
+        member, index = parsed
+        kind = fields[member].type
+        steps.append(member)
+        if index is not None:
             if kind.kind != "array" or index >= kind.length:
-                raise ValueError(f"{ctype} has no member {path!r}: {match.group(1)} has no element {index}")
+                raise ValueError(f"{ctype} has no member {path!r}: {member} has no element {index}")
             kind = kind.item
             steps.append(index)
     if kind.kind != "primitive" and kind is not ffi.typeof("__uint128_t"):
@@ -656,7 +667,7 @@ def attr_set(ioctl: Ioctl, ffi: Any, name: str, group: Any, attr: Any, value: An
 
 
 __all__ = [
-    "ATTR_BYTES", "MAX_BYTES", "MAX_ENTRIES", "ULONG_MAX", "CData", "Ioctl", "array_assign", "assign",
+    "ATTR_BYTES", "MAX_BYTES", "MAX_ENTRIES", "ULONG_MAX", "array_assign", "assign",
     "attr_get", "attr_has", "attr_set", "items", "member_layout", "reg_size_bits", "bitmap_bytes", "build", "by_value", "clear_dirty_log", "count",
     "dirty_log", "fill", "memory_region", "flex_set", "grow", "index_list", "integer", "msrs_get", "msrs_set", "new_fd",
     "one_reg_get", "one_reg_set", "xsave_set", "record_pointer", "reg_size", "scalar_in", "scalar_inout", "scalar_out",

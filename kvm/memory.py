@@ -8,16 +8,19 @@ is removed.
 
 from __future__ import annotations
 
+import _thread
 import mmap as _mmap
 import os
 import sys
-import threading
 import weakref
-from typing import Any
 
 from . import _sys
 from .errors import ClosedError, ForkedError, GuestMemoryError
 from .marshal import boolean, integer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PAGE_SIZE = _mmap.PAGESIZE
 
@@ -57,7 +60,7 @@ class GuestMemory:
         self.guest_addr = guest_addr
         self.size = size
         self.flags = flags
-        self._lock = threading.Lock()  # (unmap() claims the mapping and the fd under it)
+        self._lock = _thread.allocate_lock()  # (unmap() claims the mapping and the fd under it)
         self._mm: _mmap.mmap | None = mapping
         self._view: memoryview | None = memoryview(mapping)
         self._fd = fd

@@ -9,9 +9,14 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
 from . import marshal
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from ._namedtuple import NamedTuple
 
 
 class StatDescriptor(NamedTuple):

@@ -9,7 +9,6 @@ import os
 import stat
 import weakref
 from types import ModuleType
-from typing import Any, Callable
 
 from . import generated  # type: ignore[attr-defined,unused-ignore]  # mypy on kvm/ alone does not see it
 from . import marshal
@@ -21,6 +20,11 @@ from .errors import ClosedError, DeviceError
 from .exits import dispatch_table
 from .vcpu import Vcpu
 from .vm import Vm
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 # The binding `Kvm()` uses unless given another: the host arch at the newest bundled kernel.
 DEFAULT_BINDING: ModuleType = generated.load()

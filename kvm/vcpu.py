@@ -6,16 +6,15 @@ in front of this class for the binding in use.
 
 from __future__ import annotations
 
+import _thread
 import errno as _errno
 import os
 import signal
 import sys
-import threading
 import time
 import warnings
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _sys, marshal
 from ._accel import Runner, VcpuBase
@@ -25,6 +24,12 @@ from .errors import KvmError, StateError
 from .exits import Exit, IntrExit, MemoryFaultExit, UnknownExit, dispatch_table, reason_names
 from .memory import PAGE_SIZE
 from .stats import StatsFd
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from ._namedtuple import NamedTuple
 
 _EINTR = _errno.EINTR
 _STOP_TIMEOUT = 5.0  # seconds close() waits for a kicked run() to return
@@ -80,9 +85,9 @@ def install_kick_handler(signum: int | None = None) -> bool:
 def _ensure_kick_handler(signum: int) -> None:
     if callable(signal.getsignal(signum)):
         return
-    if threading.current_thread() is threading.main_thread():
+    try:
         signal.signal(signum, _noop_handler)
-    else:  # (signal.signal() is for the main thread only)
+    except ValueError:  # (signal.signal() is for the main thread only: signum was checked)
         _sys.set_noop_handler(signum)
 
 
@@ -183,7 +188,7 @@ class Vcpu(Attributes, VcpuBase):
         thread return (it then raises ClosedError), and wait until it has left KVM_RUN. A thread that
         does not leave (it blocks KICK_SIGNAL) is warned about, and the fd closed under it anyway: it
         holds the vCPU until KVM_RUN returns, and its run() then raises ClosedError."""
-        if not runner.tid or runner.tid == threading.get_native_id():
+        if not runner.tid or runner.tid == _thread.get_native_id():
             return
         self._run.immediate_exit = 1
         deadline = time.monotonic() + _STOP_TIMEOUT

@@ -5,7 +5,6 @@ What every arch's VM has; the arch's own methods come from the mixin kvm/arches.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import mmap as _mmap
@@ -16,7 +15,6 @@ import _thread
 import sys
 import weakref
 from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 from . import _sys, marshal
 from ._fd import FdHolders, KvmFd, adopt_fd, holding_fd, needs
@@ -26,6 +24,12 @@ from .errors import CapabilityError, ClosedError, ForkedError, KvmError, Resourc
 from .memory import PAGE_SIZE, GuestMemory
 from .stats import StatsFd
 from .vcpu import CoalescedAccess, Vcpu
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from ._namedtuple import NamedTuple
 
 
 def _check_backing_file(fd: int, end: int, name: object) -> None:
@@ -551,7 +555,8 @@ class Vm(Attributes):
 
     def _irqfd(self, eventfd: EventFd, gsi: int, flags: int, resample: EventFd | None = None) -> None:
         gsi = marshal.integer(gsi, "gsi", 0, 0xFFFFFFFF)
-        with eventfd.hold_fd() as fd, (resample.hold_fd() if resample is not None else contextlib.nullcontext(-1)) as rfd:
+        # (without `resample`, the second block holds `eventfd` once more, and its number goes unused)
+        with eventfd.hold_fd() as fd, (eventfd if resample is None else resample).hold_fd() as rfd:
             fields = {"fd": fd, "gsi": gsi, "flags": flags}
             if resample is not None:
                 fields["resamplefd"] = rfd

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
 
 from . import marshal
 from ._fd import KvmFd, RecordProperty, needs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from ._namedtuple import NamedTuple
 
 CR0_PE = 1 << 0
 CR0_MP = 1 << 1

@@ -46,6 +46,15 @@ def test_import_loads_what_the_first_vm_needs():
     assert out.split("\n")[:2] == ["8 True False False", "True True True"]
 
 
+def test_import_loads_neither_typing_nor_re():
+    """`import kvm` imports neither `typing` nor what it drags in on 3.11 (re, contextlib), which cost a
+    program ~10 ms: only what the interpreter's start (site, .pth files) had loaded already is there."""
+    code = ("import sys; before = set(sys.modules); import kvm; kvm.Kvm; print(sorted(m for m in "
+            "('typing', 're', 'contextlib', 'kvm.caps', 'kvm.arm64') if m in sys.modules and m not in before))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "[]\n"
+
+
 def test_binding_tables_are_built_on_first_use():
     binding = kvm.generated.load("6.1", "arm64")
     structs = binding.STRUCTS

@@ -14,6 +14,7 @@ import pathlib
 KVM = pathlib.Path(__file__).resolve().parent.parent / "kvm"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
+    ("_namedtuple",),
     ("_sys", "errors", "spec"),
     ("marshal",),
     ("_pure", "_speedups", "_accel"),
