@@ -61,8 +61,9 @@ class Row:
 
 def run_process(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `command` to completion, capturing its output; BenchError with its stderr when it fails or hangs.
-    It runs in the checkout, unless `env` has PYTHONPATH: then there (a copy of kvm, see package_copy)."""
-    cwd = env["PYTHONPATH"] if env and "PYTHONPATH" in env else REPO_ROOT
+    It runs in the checkout, unless `env` has PYTHONPATH: then in its first directory (a copy of kvm, see
+    package_copy)."""
+    cwd = env["PYTHONPATH"].split(os.pathsep)[0] if env and "PYTHONPATH" in env else REPO_ROOT
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PROCESS_TIMEOUT, cwd=cwd, env=env)
     except subprocess.TimeoutExpired:
@@ -172,9 +173,14 @@ def run_rounds(sizes: dict[str, int], rounds: int, failures: dict[str, str]) -> 
     return pairs
 
 
+# A bare interpreter (no site module) for the import figures: what a venv's .pth files import at start-up
+# (this checkout's editable install imports re, pathlib and contextlib) would not count as kvm's.
+BARE = [sys.executable, "-S"]
+
+
 def import_ms(module: str, env: dict[str, str] | None = None) -> float:
-    """A fresh interpreter's own `-X importtime` total for `module`, in ms."""
-    stderr = run_process([sys.executable, "-X", "importtime", "-c", f"import {module}"], env).stderr
+    """A fresh bare interpreter's own `-X importtime` total for `module`, in ms."""
+    stderr = run_process([*BARE, "-X", "importtime", "-c", f"import {module}"], env).stderr
     totals = [int(m.group(1)) for m in re.finditer(rf"\|\s*(\d+) \| {re.escape(module)}$", stderr, re.M)]
     if not totals:
         raise BenchError(f"-X importtime reported no total for {module}:\n{stderr[-2000:]}")
@@ -183,7 +189,10 @@ def import_ms(module: str, env: dict[str, str] | None = None) -> float:
 
 def package_copy(directory: str, bytecode: bool) -> dict[str, str]:
     """A copy of the installed kvm package (its compiled run loop and kvm.generated included) in
-    `directory`, with or without its bytecode written, and the environment that imports it from there."""
+    `directory`, with or without its bytecode written, and the environment that imports it from there in a
+    bare interpreter (cffi's backend found where it is installed)."""
+    import _cffi_backend
+
     import kvm
     import kvm.generated
 
@@ -194,8 +203,9 @@ def package_copy(directory: str, bytecode: bool) -> dict[str, str]:
         shutil.copytree(generated, os.path.join(target, "generated"), ignore=shutil.ignore_patterns("__pycache__"))
     if bytecode:
         run_process([sys.executable, "-m", "compileall", "-q", target])
-    env = dict(os.environ, PYTHONPATH=directory, PYTHONDONTWRITEBYTECODE="1")
-    found = run_process([sys.executable, "-c", "import kvm; print(kvm.__file__)"], env).stdout.strip()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([directory, os.path.dirname(_cffi_backend.__file__)]),
+               PYTHONDONTWRITEBYTECODE="1")
+    found = run_process([*BARE, "-c", "import kvm; print(kvm.__file__)"], env).stdout.strip()
     if os.path.dirname(found) != target:
         raise BenchError(f"the copy of kvm in {directory} is not the one imported ({found})")
     return env
@@ -210,9 +220,9 @@ def measure_imports(runs: int) -> dict[str, list[float]]:
             "import kvm, no bytecode (importtime ms)": [import_ms("kvm", no_bytecode) for _ in range(runs)],
             "import kvm, bytecode (importtime ms)": [import_ms("kvm", bytecode) for _ in range(runs)],
             "import kvm.generated (importtime ms)": [import_ms("kvm.generated", bytecode) for _ in range(runs)],
-            "python -c 'import kvm' (wall ms)": [1000 * wall_seconds([sys.executable, "-c", "import kvm"], bytecode)
+            "python -S -c 'import kvm' (wall ms)": [1000 * wall_seconds([*BARE, "-c", "import kvm"], bytecode)
                                                  for _ in range(runs)],
-            "python -c pass (wall ms)": [1000 * wall_seconds([sys.executable, "-c", "pass"]) for _ in range(runs)],
+            "python -S -c pass (wall ms)": [1000 * wall_seconds([*BARE, "-c", "pass"]) for _ in range(runs)],
         }
 
 
@@ -290,11 +300,11 @@ def import_rows(imports: dict[str, list[float]]) -> list[Row]:
     targets = {"import kvm, no bytecode (importtime ms)": 50.0, "import kvm, bytecode (importtime ms)": 20.0,
                "import kvm.generated (importtime ms)": 50.0}
     labels = {
-        "import kvm, no bytecode (importtime ms)": "import kvm, its bytecode not written (-X importtime)",
-        "import kvm, bytecode (importtime ms)": "import kvm, its bytecode written (-X importtime)",
-        "import kvm.generated (importtime ms)": "import kvm.generated, bytecode written (-X importtime)",
-        "python -c 'import kvm' (wall ms)": "python -c 'import kvm', bytecode written, wall",
-        "python -c pass (wall ms)": "python -c pass, wall (interpreter alone)",
+        "import kvm, no bytecode (importtime ms)": "import kvm, its bytecode not written (-S -X importtime)",
+        "import kvm, bytecode (importtime ms)": "import kvm, its bytecode written (-S -X importtime)",
+        "import kvm.generated (importtime ms)": "import kvm.generated, bytecode written (-S -X importtime)",
+        "python -S -c 'import kvm' (wall ms)": "python -S -c 'import kvm', bytecode written, wall",
+        "python -S -c pass (wall ms)": "python -S -c pass, wall (interpreter alone)",
     }
     rows = []
     for key, samples in imports.items():

@@ -61,3 +61,11 @@ def test_opcodes_counts_both_vms(system):
     totals = [int(line.split(": ")[1].split()[0].replace(",", "")) for line in done.stdout.splitlines()
               if "bytecode instructions" in line]
     assert len(totals) == 2 and totals[0] >= totals[1] > 0, done.stdout  # (the first VM does the first-time work)
+
+
+def test_import_is_measured_on_a_copy_in_a_bare_interpreter():
+    """measure_imports imports the copies it makes (package_copy checks which kvm a bare interpreter finds)
+    and gets a figure for each import, each with its row in the table."""
+    imports = run.measure_imports(1)
+    assert all(len(samples) == 1 and samples[0] > 0 for samples in imports.values()), imports
+    assert len(run.import_rows(imports)) == len(imports)
