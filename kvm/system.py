@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import grp
 import os
 import stat
 import weakref
@@ -106,8 +107,6 @@ def _access_hint(path: str) -> str:
         info = os.stat(path)
     except OSError:
         return "run as root, or ask for access to it"
-    import grp  # (here: only this hint needs it)
-
     try:
         group = grp.getgrgid(info.st_gid).gr_name
     except KeyError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import _thread
 import errno as _errno
 import os
+import signal
 import sys
 import time
 import warnings
@@ -39,28 +40,7 @@ _MEMORY_FAULT_ERRNOS = (_errno.EFAULT, EHWPOISON)
 
 # -- kick: a no-op handler on a real-time signal, so that a signal interrupts KVM_RUN with EINTR ------
 
-# The signal kick() sends, read as `kvm.vcpu.KICK_SIGNAL`: SIGRTMIN + 2 unless install_kick_handler() named
-# another. It is found on first use, and the signal module imported then: with the enum module it imports,
-# it would cost every `import kvm` about 2 ms.
-_kick_signal: int | None = None
-if TYPE_CHECKING:
-    KICK_SIGNAL: int
-
-
-def __getattr__(name: str) -> int:
-    if name == "KICK_SIGNAL":
-        return _current_kick_signal()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _current_kick_signal() -> int:
-    """The signal `Vcpu.kick()` sends (`kvm.vcpu.KICK_SIGNAL`)."""
-    global _kick_signal
-    if _kick_signal is None:
-        import signal
-
-        _kick_signal = int(signal.SIGRTMIN) + 2 if hasattr(signal, "SIGRTMIN") else int(signal.SIGUSR1)
-    return _kick_signal
+KICK_SIGNAL: int = int(signal.SIGRTMIN) + 2 if hasattr(signal, "SIGRTMIN") else int(signal.SIGUSR1)
 
 
 def _noop_handler(signum: int, frame: Any) -> None:
@@ -73,8 +53,6 @@ _SIGNAL_MASKS: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyD
 
 def _kick_signals() -> frozenset[int]:
     """The signals fit to kick with: those with no other meaning (SIGUSR1, SIGUSR2, the real-time ones)."""
-    import signal
-
     signals = {int(signal.SIGUSR1), int(signal.SIGUSR2)}
     if hasattr(signal, "SIGRTMIN"):
         signals.update(range(int(signal.SIGRTMIN), int(signal.SIGRTMAX) + 1))
@@ -88,10 +66,8 @@ def install_kick_handler(signum: int | None = None) -> bool:
     A Python handler someone else installed on the signal is kept. `signum` must be SIGUSR1, SIGUSR2 or a
     real-time signal (a signal with another meaning would change what the process does on it).
     """
-    global _kick_signal
+    global KICK_SIGNAL
     if signum is not None:
-        import signal
-
         if signum.__class__ is not int and not isinstance(signum, signal.Signals):
             raise TypeError(f"signum must be an int, not {type(signum).__name__}")
         if int(signum) not in _kick_signals():
@@ -101,14 +77,12 @@ def install_kick_handler(signum: int | None = None) -> bool:
         if masked:
             raise ValueError(f"signum {signum} is blocked while the guest runs by the signal mask of {masked[0]!r} "
                              "(set_signal_mask): it could not interrupt run()")
-        _kick_signal = int(signum)
-    _ensure_kick_handler(_current_kick_signal())
+        KICK_SIGNAL = int(signum)
+    _ensure_kick_handler(KICK_SIGNAL)
     return True
 
 
 def _ensure_kick_handler(signum: int) -> None:
-    import signal
-
     if callable(signal.getsignal(signum)):
         return
     try:
@@ -120,9 +94,8 @@ def _ensure_kick_handler(signum: int) -> None:
 def _kick_thread(tid: int) -> None:
     """Interrupt KVM_RUN in thread `tid` (a kernel thread id) with KICK_SIGNAL, making sure first that
     the signal has a handler (someone may have set SIG_IGN or SIG_DFL on it since)."""
-    signum = _current_kick_signal()
-    _ensure_kick_handler(signum)
-    _sys.tgkill(tid, signum)
+    _ensure_kick_handler(KICK_SIGNAL)
+    _sys.tgkill(tid, KICK_SIGNAL)
 
 
 class CoalescedAccess(NamedTuple):
@@ -226,7 +199,7 @@ class Vcpu(Attributes, VcpuBase):
             time.sleep(0.001)  # (releases the GIL, which the running thread needs to return)
             if time.monotonic() > deadline:
                 warnings.warn(f"vCPU {self.id}: the thread in run() did not leave KVM_RUN within {_STOP_TIMEOUT} s "
-                              f"of being kicked (does it block signal {_current_kick_signal()}?); closing the vCPU anyway",
+                              f"of being kicked (does it block signal {KICK_SIGNAL}?); closing the vCPU anyway",
                               RuntimeWarning, stacklevel=4)
                 return
 
@@ -258,8 +231,8 @@ class Vcpu(Attributes, VcpuBase):
             length = min(int(arg.len), len(ffi.buffer(arg)) - ffi.offsetof("struct kvm_signal_mask", "sigset"))
             bits = int.from_bytes(ffi.buffer(arg.sigset, max(length, 0))[:], sys.byteorder)
             signals = frozenset(n + 1 for n in range(bits.bit_length()) if bits >> n & 1)
-        if _current_kick_signal() in signals:
-            raise ValueError(f"signals: {_current_kick_signal()} is KICK_SIGNAL, which kick() and close() interrupt run() "
+        if KICK_SIGNAL in signals:
+            raise ValueError(f"signals: {KICK_SIGNAL} is KICK_SIGNAL, which kick() and close() interrupt run() "
                              "with: it cannot be blocked while the guest runs")
         result = self._ioctl("KVM_SET_SIGNAL_MASK", arg)
         _SIGNAL_MASKS[self] = signals
