@@ -11,9 +11,12 @@ import struct
 import sys
 import threading
 import weakref
-from typing import Any
 
 from . import _sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _BYTEORDER = sys.byteorder
 _raw_ioctl = _sys.raw_ioctl()

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Any
 
 from . import marshal
 from ._fd import KvmFd, needs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # init()'s named features -> the KVM_ARM_VCPU_* feature bits each sets
 NAMED_FEATURES = {
