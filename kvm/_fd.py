@@ -19,6 +19,7 @@ from types import ModuleType
 
 from . import _sys, marshal
 from ._accel import ioctl as _ioctl_value
+from ._accel import ioctl_method
 from .errors import UnavailableError, CapabilityError, ClosedError, ForkedError, KvmError
 
 TYPE_CHECKING = False
@@ -106,6 +107,7 @@ def note_record_pointer(ffi: Any, record: str) -> None:
     """Note now what _check_room would find on the first `record *` argument: its room (kvm.system does it
     at import for the records on the way to the first exit)."""
     _POINTED_ROOM[ffi.typeof(record + " *")] = ffi.sizeof(record)
+
 
 _typeof = _sys_ffi.typeof  # (the type of a cdata of any FFI)
 _CData = _sys_ffi.CData  # (the class of every cdata, whichever FFI made it)
@@ -393,7 +395,7 @@ class KvmFd(FdHolders):
             raise UnavailableError(name, self.fd_kind, absent_reason(self._binding, name, self.fd_kind) or name)
         return spec
 
-    def _ioctl(self, name: str, arg: Any = 0) -> int:
+    def _ioctl_in_python(self, name: str, arg: Any = 0) -> int:
         """Issue ioctl `name` on this fd, after checking (once) the capability that gates it.
 
         `arg` is an int passed by value (-2**63 to 2**64 - 1) or a cffi pointer/buffer. Raises KvmError (with the ioctl's name,
@@ -431,6 +433,11 @@ class KvmFd(FdHolders):
             users.remove(me)  # (inline _leave: this is every ioctl's path)
             if self._closing_fd >= 0 and not users:
                 self._close_deferred()
+
+    # `_ioctl_in_python`, in one C call with the compiled module where the gate was passed and the argument
+    # is an int or a pointer whose type says it has the room (kvm/_speedups.c, IoctlMethod); the rest goes
+    # to the Python method
+    _ioctl = ioctl_method(_ioctl_in_python, _raw_ioctl, _sys_ffi, _FROM_BUFFER, _POINTED_ROOM, _EINTR_ANSWERS, KvmError)
 
     def _issue(self, name: str, arg: Any = 0) -> int:
         """`_ioctl(name, arg)`, or the method `_routed_ioctls` names for it."""

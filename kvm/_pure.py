@@ -16,7 +16,10 @@ from . import _sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    _F = TypeVar("_F", bound=Callable[..., Any])
 
 _BYTEORDER = sys.byteorder
 _raw_ioctl = _sys.raw_ioctl()
@@ -51,6 +54,13 @@ def ioctl(fd: int, request: int, value: int) -> int:
         raise OverflowError("ioctl argument does not fit in 64 bits")
     result = _raw_ioctl(fd, request, _cast(_void_p, value & 0xFFFFFFFFFFFFFFFF))
     return int(result) if result >= 0 else -_sys_ffi.errno
+
+
+def ioctl_method(fallback: _F, raw_ioctl: Any, ffi: Any, from_buffer: type, pointed_room: dict[Any, int],
+                 eintr_answers: frozenset[str], error: Any) -> _F:
+    """KvmFd._ioctl as it is: `fallback`, the Python method (the compiled module's issues the common case in
+    one C call, see kvm/_speedups.c)."""
+    return fallback
 
 
 class ValueIoctl:

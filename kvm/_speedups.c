@@ -1040,6 +1040,351 @@ static PyTypeObject ValueIoctlType = {
     .tp_members = value_ioctl_members,
 };
 
+/* ---- IoctlMethod ------------------------------------------------------------------------------ */
+
+/* KvmFd._ioctl (kvm/_fd.py) in one C call, for an ioctl whose gate this fd's `_passed` table says was
+ * passed, with an int argument (by value) or a cdata pointer whose type says it has the room the
+ * kernel uses. It does what the Python method does on that path, in the same order: note the
+ * calling thread in `_users` (close() in another thread waits for it), check the fd, issue the ioctl
+ * (the GIL released; EINTR retried after running signal handlers, unless the name is in
+ * `eintr_answers`), raise `error(name, fd_kind, errno)` on failure, then leave `_users` and close
+ * the fd if a close() deferred it. Anything else (a closed or forked fd, a gate not passed yet, an
+ * argument to check) is `fallback(obj, name, arg)`: the Python method, which reports or checks. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fallback;       /* the Python method: fallback(obj, name, arg=0) */
+    PyObject *raw_ioctl;      /* the cffi function int ioctl(int, unsigned long, void *) */
+    PyObject *ffi;            /* its FFI: errno, typeof() */
+    PyObject *from_buffer;    /* the class of ffi.from_buffer() cdata, whose type tells nothing of its room */
+    PyObject *pointed_room;   /* dict: pointer ctype -> bytes every pointer of that type has room for */
+    PyObject *eintr_answers;  /* frozenset of the names whose EINTR is an answer */
+    PyObject *error;          /* KvmError */
+    PyObject *cdata;          /* ffi.CData */
+    PyObject *type_of;        /* ffi.typeof */
+    vectorcallfunc vectorcall;
+} IoctlMethodObject;
+
+static PyObject *str_users, *str_fd, *str_passed, *str_closing_fd, *str_close_deferred, *str_fd_kind,
+    *str_errno;
+
+static PyObject *ioctl_method_fallback(IoctlMethodObject *self, PyObject *obj, PyObject *name, PyObject *arg) {
+    PyObject *args[3] = {obj, name, arg};
+    return PyObject_Vectorcall(self->fallback, args, arg == NULL ? 2 : 3, NULL);
+}
+
+/* Take `me` out of obj._users (the first entry equal to it, as list.remove does), then close the fd if
+ * a close() left it to the last user. Keeps an exception being raised. */
+static int ioctl_method_leave(PyObject *obj, PyObject *users, PyObject *me) {
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    int failed = 0;
+    Py_ssize_t n = PyList_GET_SIZE(users), i;
+    for (i = 0; i < n; i++) {
+        int equal = PyObject_RichCompareBool(PyList_GET_ITEM(users, i), me, Py_EQ);
+        if (equal < 0) {
+            failed = 1;
+            break;
+        }
+        if (equal) {
+            failed = PyList_SetSlice(users, i, i + 1, NULL) < 0;
+            break;
+        }
+    }
+    if (!failed && PyList_GET_SIZE(users) == 0) {
+        PyObject *closing = PyObject_GetAttr(obj, str_closing_fd);
+        long closing_fd = closing == NULL ? -1 : PyLong_AsLong(closing);
+        Py_XDECREF(closing);
+        if (PyErr_Occurred())
+            failed = 1;
+        else if (closing_fd >= 0) {
+            PyObject *done = PyObject_CallMethodNoArgs(obj, str_close_deferred);
+            failed = done == NULL;
+            Py_XDECREF(done);
+        }
+    }
+    if (type != NULL || value != NULL) {  /* the call's own exception wins */
+        if (failed)
+            PyErr_Clear();
+        PyErr_Restore(type, value, traceback);
+        return -1;
+    }
+    return failed ? -1 : 0;
+}
+
+static PyObject *ioctl_method_failed(PyObject *obj, PyObject *error, PyObject *name, int err) {
+    PyObject *fd_kind = PyObject_GetAttr(obj, str_fd_kind);
+    if (fd_kind == NULL)
+        return NULL;
+    PyObject *exc = PyObject_CallFunction(error, "OOi", name, fd_kind, err);
+    Py_DECREF(fd_kind);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+/* Whether `arg` is a cdata whose type says it has at least `room` bytes (see KvmFd._check_room). */
+static int ioctl_method_has_room(IoctlMethodObject *self, PyObject *arg, long room) {
+    if (room == 0)
+        return 1;
+    if ((PyObject *)Py_TYPE(arg) == self->from_buffer)
+        return 0;
+    int is_cdata = PyObject_IsInstance(arg, self->cdata);
+    if (is_cdata <= 0)
+        return is_cdata;
+    PyObject *ctype = PyObject_CallOneArg(self->type_of, arg);
+    if (ctype == NULL)
+        return -1;
+    PyObject *known = PyDict_GetItemWithError(self->pointed_room, ctype);  /* borrowed */
+    Py_DECREF(ctype);
+    if (known == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    long size = PyLong_AsLong(known);
+    if (size == -1 && PyErr_Occurred())
+        return -1;
+    return size >= room;
+}
+
+/* The ioctl itself: its result, or -1 with an exception set. */
+static long ioctl_method_issue(IoctlMethodObject *self, PyObject *obj, PyObject *name, int fd,
+                               unsigned long number, PyObject *arg, int by_value, unsigned long value) {
+    for (;;) {
+        long result;
+        int err;
+        if (by_value) {
+            Py_BEGIN_ALLOW_THREADS
+            result = ioctl(fd, number, value);
+            err = errno;
+            Py_END_ALLOW_THREADS
+        } else {
+            PyObject *fd_obj = PyLong_FromLong(fd), *number_obj = PyLong_FromUnsignedLong(number);
+            PyObject *answer = NULL;
+            if (fd_obj != NULL && number_obj != NULL) {
+                PyObject *args[3] = {fd_obj, number_obj, arg};
+                answer = PyObject_Vectorcall(self->raw_ioctl, args, 3, NULL);  /* (cffi releases the GIL) */
+            }
+            Py_XDECREF(fd_obj);
+            Py_XDECREF(number_obj);
+            if (answer == NULL)
+                return -1;
+            result = PyLong_AsLong(answer);
+            Py_DECREF(answer);
+            if (result == -1 && PyErr_Occurred())
+                return -1;
+            err = 0;
+            if (result < 0) {
+                PyObject *saved = PyObject_GetAttr(self->ffi, str_errno);
+                if (saved == NULL)
+                    return -1;
+                err = (int)PyLong_AsLong(saved);
+                Py_DECREF(saved);
+                if (err == -1 && PyErr_Occurred())
+                    return -1;
+            }
+        }
+        if (result >= 0)
+            return result;
+        int answers = err == EINTR ? PySet_Contains(self->eintr_answers, name) : 1;
+        if (answers < 0)
+            return -1;
+        if (answers) {
+            ioctl_method_failed(obj, self->error, name, err);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0)  /* (interrupted by a signal: its handler runs, then the ioctl again) */
+            return -1;
+    }
+}
+
+static PyObject *ioctl_method_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                         PyObject *kwnames) {
+    IoctlMethodObject *self = (IoctlMethodObject *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (self->fallback == NULL) {
+        PyErr_SetString(PyExc_ValueError, "this IoctlMethod was cleared");
+        return NULL;
+    }
+    if (kwnames != NULL || nargs < 2 || nargs > 3 || !PyUnicode_CheckExact(args[1]))
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    PyObject *obj = args[0], *name = args[1], *arg = nargs == 3 ? args[2] : NULL;
+
+    PyObject *users = PyObject_GetAttr(obj, str_users);
+    if (users == NULL)
+        return NULL;
+    if (!PyList_CheckExact(users)) {
+        Py_DECREF(users);
+        return ioctl_method_fallback(self, obj, name, arg);
+    }
+    PyObject *me = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (me == NULL || PyList_Append(users, me) < 0) {
+        Py_XDECREF(me);
+        Py_DECREF(users);
+        return NULL;
+    }
+    /* From here on `me` is in _users: every way out goes through ioctl_method_leave(). */
+    PyObject *result = NULL;
+    int fd = -1, by_value = 0, fast = 0;
+    unsigned long number = 0, value = 0;
+    long room = 0;
+    PyObject *fd_obj = PyObject_GetAttr(obj, str_fd), *passed = NULL, *entry = NULL;
+    if (fd_obj == NULL)
+        goto leave;
+    long fd_long = PyLong_Check(fd_obj) ? PyLong_AsLong(fd_obj) : -1;
+    if (fd_long == -1 && PyErr_Occurred())
+        goto leave;
+    passed = PyObject_GetAttr(obj, str_passed);
+    if (passed == NULL)
+        goto leave;
+    if (fd_long < 0 || fd_long > INT_MAX || !PyDict_CheckExact(passed))
+        goto decided;
+    entry = PyDict_GetItemWithError(passed, name);  /* borrowed */
+    if (entry == NULL) {
+        if (PyErr_Occurred())
+            goto leave;
+        goto decided;  /* the gate is not passed yet: the Python method passes it */
+    }
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2)
+        goto decided;
+    number = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(entry, 0));
+    room = PyLong_AsLong(PyTuple_GET_ITEM(entry, 1));
+    if (PyErr_Occurred())
+        goto leave;
+    fd = (int)fd_long;
+    if (arg == NULL || PyLong_Check(arg)) {
+        by_value = 1;
+        if (arg != NULL && as_ioctl_value(arg, &value) < 0) {
+            PyErr_Clear();  /* (out of range: the Python method says so) */
+            goto decided;
+        }
+        fast = 1;
+    } else {
+        int has_room = ioctl_method_has_room(self, arg, room);
+        if (has_room < 0)
+            goto leave;
+        fast = has_room;
+    }
+decided:
+    if (fast) {
+        long answer = ioctl_method_issue(self, obj, name, fd, number, arg, by_value, value);
+        if (answer >= 0)
+            result = PyLong_FromLong(answer);
+    }
+leave:
+    Py_XDECREF(fd_obj);
+    Py_XDECREF(passed);
+    if (ioctl_method_leave(obj, users, me) < 0)
+        Py_CLEAR(result);
+    Py_DECREF(me);
+    Py_DECREF(users);
+    if (!fast && !PyErr_Occurred())
+        return ioctl_method_fallback(self, obj, name, arg);  /* (the Python method holds the fd itself) */
+    return result;
+}
+
+static PyObject *ioctl_method_get(PyObject *self, PyObject *obj, PyObject *type) {
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(self);
+        return self;
+    }
+    return PyMethod_New(self, obj);
+}
+
+static int ioctl_method_traverse(IoctlMethodObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->raw_ioctl);
+    Py_VISIT(self->ffi);
+    Py_VISIT(self->from_buffer);
+    Py_VISIT(self->pointed_room);
+    Py_VISIT(self->eintr_answers);
+    Py_VISIT(self->error);
+    Py_VISIT(self->cdata);
+    Py_VISIT(self->type_of);
+    return 0;
+}
+
+static int ioctl_method_clear(IoctlMethodObject *self) {
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->raw_ioctl);
+    Py_CLEAR(self->ffi);
+    Py_CLEAR(self->from_buffer);
+    Py_CLEAR(self->pointed_room);
+    Py_CLEAR(self->eintr_answers);
+    Py_CLEAR(self->error);
+    Py_CLEAR(self->cdata);
+    Py_CLEAR(self->type_of);
+    return 0;
+}
+
+static void ioctl_method_dealloc(IoctlMethodObject *self) {
+    PyObject_GC_UnTrack(self);
+    ioctl_method_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef ioctl_method_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(IoctlMethodObject, vectorcall), READONLY},
+    {"__wrapped__", T_OBJECT, offsetof(IoctlMethodObject, fallback), READONLY},
+    {NULL},
+};
+
+static PyTypeObject IoctlMethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kvm._speedups.IoctlMethod",
+    .tp_doc = "KvmFd._ioctl in one C call where the gate was passed and the argument needs no check; see\n"
+              "ioctl_method().",
+    .tp_basicsize = sizeof(IoctlMethodObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_dealloc = (destructor)ioctl_method_dealloc,
+    .tp_traverse = (traverseproc)ioctl_method_traverse,
+    .tp_clear = (inquiry)ioctl_method_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = ioctl_method_get,
+    .tp_vectorcall_offset = offsetof(IoctlMethodObject, vectorcall),
+    .tp_members = ioctl_method_members,
+};
+
+static PyObject *speedups_ioctl_method(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *keywords[] = {"fallback", "raw_ioctl", "ffi", "from_buffer", "pointed_room", "eintr_answers",
+                               "error", NULL};
+    PyObject *fallback, *raw_ioctl, *ffi, *from_buffer, *pointed_room, *eintr_answers, *error;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO!O!O:ioctl_method", keywords, &fallback, &raw_ioctl, &ffi,
+                                     &from_buffer, &PyDict_Type, &pointed_room, &PyFrozenSet_Type, &eintr_answers,
+                                     &error))
+        return NULL;
+    if (!PyCallable_Check(fallback) || !PyCallable_Check(raw_ioctl) || !PyCallable_Check(error) ||
+        !PyType_Check(from_buffer)) {
+        PyErr_SetString(PyExc_TypeError, "ioctl_method: fallback, raw_ioctl and error must be callable, "
+                                         "from_buffer a class");
+        return NULL;
+    }
+    PyObject *cdata = PyObject_GetAttrString(ffi, "CData");
+    PyObject *type_of = cdata == NULL ? NULL : PyObject_GetAttrString(ffi, "typeof");
+    if (type_of == NULL) {
+        Py_XDECREF(cdata);
+        return NULL;
+    }
+    IoctlMethodObject *self = PyObject_GC_New(IoctlMethodObject, &IoctlMethodType);
+    if (self == NULL) {
+        Py_DECREF(cdata);
+        Py_DECREF(type_of);
+        return NULL;
+    }
+    self->fallback = Py_NewRef(fallback);
+    self->raw_ioctl = Py_NewRef(raw_ioctl);
+    self->ffi = Py_NewRef(ffi);
+    self->from_buffer = Py_NewRef(from_buffer);
+    self->pointed_room = Py_NewRef(pointed_room);
+    self->eintr_answers = Py_NewRef(eintr_answers);
+    self->error = Py_NewRef(error);
+    self->cdata = cdata;
+    self->type_of = type_of;
+    self->vectorcall = ioctl_method_vectorcall;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 /* ---- ioctl ------------------------------------------------------------------------------------- */
 
 static PyObject *speedups_ioctl(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -1069,6 +1414,11 @@ static PyObject *speedups_ioctl(PyObject *module, PyObject *const *args, Py_ssiz
 }
 
 static PyMethodDef speedups_functions[] = {
+    {"ioctl_method", (PyCFunction)(void (*)(void))speedups_ioctl_method, METH_VARARGS | METH_KEYWORDS,
+     "ioctl_method(fallback, raw_ioctl, ffi, from_buffer, pointed_room, eintr_answers, error)\n\n"
+     "KvmFd._ioctl, compiled: what to set as the method. It issues in one C call an ioctl whose gate was\n"
+     "passed, with an int argument or a cdata pointer of known room; anything else goes to\n"
+     "fallback(obj, name, arg), the Python method."},
     {"ioctl", (PyCFunction)(void (*)(void))speedups_ioctl, METH_FASTCALL,
      "ioctl(fd, request, value) -> result, or -errno on failure: `value` passed by value (the GIL\n"
      "is released during the call)."},
@@ -1085,7 +1435,16 @@ static struct PyModuleDef speedups_module = {
 
 PyMODINIT_FUNC PyInit__speedups(void) {
     if (PyType_Ready(&RunnerType) < 0 || PyType_Ready(&VcpuBaseType) < 0 || PyType_Ready(&ExitBaseType) < 0 ||
-        PyType_Ready(&FieldType) < 0 || PyType_Ready(&ValueIoctlType) < 0)
+        PyType_Ready(&FieldType) < 0 || PyType_Ready(&ValueIoctlType) < 0 || PyType_Ready(&IoctlMethodType) < 0)
+        return NULL;
+    str_users = PyUnicode_InternFromString("_users");
+    str_fd = PyUnicode_InternFromString("_fd");
+    str_passed = PyUnicode_InternFromString("_passed");
+    str_closing_fd = PyUnicode_InternFromString("_closing_fd");
+    str_close_deferred = PyUnicode_InternFromString("_close_deferred");
+    str_fd_kind = PyUnicode_InternFromString("fd_kind");
+    str_errno = PyUnicode_InternFromString("errno");
+    if (!str_users || !str_fd || !str_passed || !str_closing_fd || !str_close_deferred || !str_fd_kind || !str_errno)
         return NULL;
     if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         PyErr_SetString(PyExc_OSError, "pthread_atfork failed");

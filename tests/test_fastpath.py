@@ -7,6 +7,7 @@ whole suite a second time with KVM_PURE_PYTHON=1, so real guests go through both
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import shutil
@@ -334,3 +335,90 @@ def test_value_ioctl_answers_ints_and_leaves_the_rest_to_its_fallback(impl, syst
     assert calls == [("USER_MEMORY",), (2**64,), (), (cap,), (cap,)]
     with pytest.raises(TypeError):
         impl.ValueIoctl(0, number, None)
+
+
+class _FdStandIn:
+    """What KvmFd._ioctl reads of its object, on a real /dev/kvm fd: the fd, the passed gates, the holders."""
+
+    fd_kind = "system"
+
+    def __init__(self, fd: int, passed: dict[str, tuple[int, int]]) -> None:
+        self._fd, self._passed, self._users, self._closing_fd = fd, passed, [], -1
+        self.deferred_closes = 0
+
+    def _close_deferred(self) -> None:
+        self.deferred_closes += 1
+        self._closing_fd = -1
+
+
+@pytest.fixture
+def compiled_ioctl(system):
+    """An IoctlMethod over a stand-in of `system` whose fallback records what it was handed (and the
+    holders it found: none, since the compiled call leaves before handing over)."""
+    if speedups is None:
+        pytest.skip("kvm._speedups was not built")
+    handed = []
+
+    def fallback(obj, name, arg=0):
+        handed.append((name, arg, list(obj._users)))
+        return "fallback"
+
+    method = speedups.ioctl_method(fallback, kvm._fd._raw_ioctl, kvm._fd._sys_ffi, kvm._fd._FROM_BUFFER,
+                                   kvm._fd._POINTED_ROOM, kvm._fd._EINTR_ANSWERS, kvm.KvmError)
+    ioctls = system.binding.IOCTLS
+    kvm._fd.note_record_pointer(system.ffi, "struct kvm_msr_list")  # (a `struct kvm_msr_list *` has its room)
+    passed = {name: kvm._fd.passed_entry(ioctls[name]) for name in ("KVM_GET_API_VERSION", "KVM_CHECK_EXTENSION",
+                                                                      "KVM_GET_MSR_INDEX_LIST")}
+    return method, _FdStandIn(system.fileno(), passed), handed
+
+
+def test_the_compiled_ioctl_issues_a_passed_ioctl_in_one_call(system, compiled_ioctl):
+    method, obj, handed = compiled_ioctl
+    cap = system.binding.CONSTANTS["KVM_CAP_USER_MEMORY"]
+    assert method(obj, "KVM_GET_API_VERSION") == 12 and method(obj, "KVM_CHECK_EXTENSION", cap) == 1
+    assert method(obj, "KVM_CHECK_EXTENSION", kvm.generated.Cap.USER_MEMORY) == 1
+    with pytest.raises(kvm.KvmError) as info:  # the kernel's answer, reported as the Python method does
+        method(obj, "KVM_GET_MSR_INDEX_LIST", system.ffi.new("struct kvm_msr_list *"))
+    assert (info.value.ioctl, info.value.fd_kind, info.value.errno) == ("KVM_GET_MSR_INDEX_LIST", "system", errno.E2BIG)
+    assert handed == [] and obj._users == [] and obj.deferred_closes == 0
+
+
+def test_the_compiled_ioctl_hands_the_rest_to_the_python_method(system, compiled_ioctl):
+    method, obj, handed = compiled_ioctl
+    ffi = system.ffi
+    small = ffi.new("char[2]")
+    from_buffer = ffi.from_buffer("struct kvm_msr_list *", bytearray(64))
+    assert method(obj, "KVM_CREATE_VM") == "fallback"  # a gate not passed yet
+    assert method(obj, "KVM_CHECK_EXTENSION", 2**64) == "fallback"  # out of range: the method says so
+    assert method(obj, "KVM_GET_MSR_INDEX_LIST", small) == "fallback"  # its room is checked there
+    assert method(obj, "KVM_GET_MSR_INDEX_LIST", from_buffer) == "fallback"  # cffi's type lies about its room
+    assert method(obj, "KVM_GET_MSR_INDEX_LIST", b"\0" * 64) == "fallback"  # not a cdata
+    assert method(obj, name="KVM_GET_API_VERSION") == "fallback"
+    obj._fd = -1
+    assert method(obj, "KVM_GET_API_VERSION") == "fallback"  # closed: the method raises ClosedError
+    assert [h[:2] for h in handed] == [("KVM_CREATE_VM", 0), ("KVM_CHECK_EXTENSION", 2**64),
+                                       ("KVM_GET_MSR_INDEX_LIST", small), ("KVM_GET_MSR_INDEX_LIST", from_buffer),
+                                       ("KVM_GET_MSR_INDEX_LIST", b"\0" * 64), ("KVM_GET_API_VERSION", 0),
+                                       ("KVM_GET_API_VERSION", 0)]
+    assert all(users == [] for _, _, users in handed) and obj._users == []
+
+
+def test_the_compiled_ioctl_closes_an_fd_a_close_left_to_it(system, compiled_ioctl):
+    method, obj, handed = compiled_ioctl
+    obj._closing_fd = 1000  # (close() found this thread inside a call: the last holder closes)
+    obj._users.append(-1)  # another holder: not the last one
+    assert method(obj, "KVM_GET_API_VERSION") == 12 and obj.deferred_closes == 0 and obj._users == [-1]
+    obj._users.clear()
+    assert method(obj, "KVM_GET_API_VERSION") == 12 and obj.deferred_closes == 1 and obj._closing_fd == -1
+
+
+def test_every_fd_object_issues_through_the_compiled_ioctl_where_it_is_built(vm):
+    if not kvm._accel.NATIVE:
+        pytest.skip("the pure-Python run: _ioctl is the Python method")
+    assert type(kvm._fd.KvmFd.__dict__["_ioctl"]).__qualname__ == "IoctlMethod"
+    assert kvm._fd.KvmFd._ioctl.__wrapped__ is kvm._fd.KvmFd._ioctl_in_python
+    vcpu = vm.create_vcpu(0)
+    regs = vcpu.regs
+    regs.rip = 0x1234
+    vcpu.regs = regs
+    assert vcpu.regs.rip == 0x1234 and vcpu._users == [] and vm._users == []
