@@ -1,6 +1,6 @@
 """Where the time of a port-I/O exit goes: the loop of bench/run.py taken apart step by step.
 
-Run: python bench/breakdown.py [--rounds R] [--exits N] [--first | --coldness]
+Run: python bench/breakdown.py [--rounds R] [--exits N] [--first | --steps | --coldness]
 
 Each step is a bench/workloads.py variant run right after the C baseline (`baseline pio N`), in fresh
 processes, R rounds; the figure is the median over rounds of (Python ns/exit - C ns/exit). The first two
@@ -9,7 +9,9 @@ module into bench/build/); then each step adds one thing to the previous one; th
 variants: a lower bound for eagerly decoded exits, the data as a memoryview, the pure-Python path.
 
 With --first, the steady-state first exit instead: C's time next to Python's, which bench/syscall_clock.c
-(preloaded) splits into time inside system calls and time outside them. With --coldness, bench/coldness.c:
+(preloaded) splits into time inside system calls and time outside them. With --steps, the same first exit
+step by step (Kvm(), create_vm, add_memory, ...), kvm's against the plain-stdlib program's, the two
+alternating in one process. With --coldness, bench/coldness.c:
 what a distinct line of code or page of data costs right after an exit, beyond its cost after an ioctl
 that stays in the host.
 """
@@ -81,6 +83,25 @@ def first_exit_split(rounds: int, vms: int) -> None:
         print(f"{statistics.median(value) * 1e6:>22.1f}  {label}")
 
 
+def first_exit_steps(rounds: int, vms: int) -> None:
+    """Steady-state first exit, step by step: kvm's public API against the plain-stdlib program, alternating in
+    one process (`workloads.py first-steps`), R processes; the median over processes of each step's median."""
+    medians: dict[str, dict[str, list[float]]] = {}
+    for round_number in range(rounds):
+        out = run_json([sys.executable, WORKLOADS_SCRIPT, "first-steps", str(vms)])
+        for side, steps in out.items():
+            for step, seconds in steps.items():
+                medians.setdefault(side, {}).setdefault(step, []).append(statistics.median(seconds))
+        print(f"round {round_number + 1}/{rounds} done", file=sys.stderr)
+    kvm_side, stdlib_side = medians["kvm"], medians["stdlib"]
+    print(f"{'step':>16}  {'kvm us':>8}  {'stdlib us':>9}  {'kvm - stdlib':>12}")
+    for step in kvm_side:
+        ours, plain = statistics.median(kvm_side[step]) * 1e6, statistics.median(stdlib_side[step]) * 1e6
+        print(f"{step:>16}  {ours:>8.1f}  {plain:>9.1f}  {ours - plain:>+12.1f}")
+    total = [sum(statistics.median(s[step]) for step in s) * 1e6 for s in (kvm_side, stdlib_side)]
+    print(f"{'all (sum)':>16}  {total[0]:>8.1f}  {total[1]:>9.1f}  {total[0] - total[1]:>+12.1f}")
+
+
 def coldness(rounds: int, n: int) -> None:
     """What a distinct code line or data page costs after a KVM_RUN exit, against after a host-only ioctl."""
     binary = os.path.join(BENCH_DIR, "build", "coldness")
@@ -104,12 +125,18 @@ def main() -> None:
     parser.add_argument("--exits", type=int, default=100_000)
     parser.add_argument("--first", action="store_true",
                         help="take the steady-state first exit apart instead (--exits is then VMs per process)")
+    parser.add_argument("--steps", action="store_true",
+                        help="the steady-state first exit step by step, kvm against the plain-stdlib program "
+                             "(--exits is then VMs of each per process)")
     parser.add_argument("--coldness", action="store_true",
                         help="measure what code and data cost right after an exit (bench/coldness.c)")
     args = parser.parse_args()
     check_host()
     if args.coldness:
         coldness(args.rounds, min(args.exits, 50_000))
+        return
+    if args.steps:
+        first_exit_steps(args.rounds, min(args.exits, 400))
         return
     build_baseline()
     if args.first:

@@ -1,6 +1,6 @@
 """The Python side of each benchmark figure, written against the public `kvm` API only.
 
-Run: python bench/workloads.py pio|mmio|ioctl|first|first-stdlib|memory N
+Run: python bench/workloads.py pio|mmio|ioctl|first|first-stdlib|first-steps|memory N
 
 Each workload mirrors the same-named one of bench/baseline.c (same guest code, same work, same timed
 part) and prints one JSON object with the same keys; `first` also reports how long `import kvm` took,
@@ -86,6 +86,37 @@ def ioctl(n: int) -> dict[str, Any]:
     return {"calls": n, "seconds": seconds, "present": present}
 
 
+# the steps of a first exit, as `first-steps` splits it (each ends where the next begins)
+FIRST_STEPS = ("Kvm()", "create_vm", "add_memory", "write", "create_vcpu", "setup_real_mode", "run")
+
+
+def _kvm_first_exit(marks: list[float] | None) -> tuple[Any, ...]:
+    """Nothing -> first exit through kvm's public API; the clock read after each step into `marks` (if given).
+    Returns what must outlive the clock: the Kvm, the VM, their memory and vCPU, and the exit."""
+    k = kvm.Kvm()
+    if marks is not None:
+        marks.append(now())
+    vm = k.create_vm()
+    if marks is not None:
+        marks.append(now())
+    mem = vm.add_memory(0, MEM_SIZE)
+    if marks is not None:
+        marks.append(now())
+    mem.write(CODE_ADDR, PIO_CODE)
+    if marks is not None:
+        marks.append(now())
+    vcpu = vm.create_vcpu(0)
+    if marks is not None:
+        marks.append(now())
+    kvm.x86.setup_real_mode(vcpu, entry=CODE_ADDR)
+    if marks is not None:
+        marks.append(now())
+    exit = vcpu.run()
+    if marks is not None:
+        marks.append(now())
+    return k, vm, mem, vcpu, exit
+
+
 def first(n: int) -> dict[str, Any]:
     """n times: nothing -> first exit (open /dev/kvm, VM, memory, vCPU, registers, run).
 
@@ -98,18 +129,15 @@ def first(n: int) -> dict[str, Any]:
         if clock is not None:
             clock.syscall_clock_start()
         start = now()
-        with kvm.Kvm() as k, k.create_vm() as vm:
-            mem = vm.add_memory(0, MEM_SIZE)
-            mem.write(CODE_ADDR, PIO_CODE)
-            vcpu = vm.create_vcpu(0)
-            kvm.x86.setup_real_mode(vcpu, entry=CODE_ADDR)
-            exit = vcpu.run()
-            samples.append(now() - start)
-            if clock is not None:
-                syscall_seconds.append(clock.syscall_clock_ns() / 1e9)
-                syscalls.append(clock.syscall_clock_calls())
-            if not isinstance(exit, kvm.IoExit):
-                raise WorkloadError(f"expected an IoExit first, got {exit!r}")
+        k, vm, mem, vcpu, exit = _kvm_first_exit(None)
+        samples.append(now() - start)
+        if clock is not None:
+            syscall_seconds.append(clock.syscall_clock_ns() / 1e9)
+            syscalls.append(clock.syscall_clock_calls())
+        if not isinstance(exit, kvm.IoExit):
+            raise WorkloadError(f"expected an IoExit first, got {exit!r}")
+        vm.close()
+        k.close()
         # Dropped outside the clock, as C's teardown is: rebinding these names in the next round would free
         # the objects inside its clock, and the exit holds (a private copy of) the closed vCPU's kvm_run
         # page, unmapped when the last reference to it goes.
@@ -120,65 +148,126 @@ def first(n: int) -> dict[str, Any]:
     return out
 
 
-def first_stdlib(n: int) -> dict[str, Any]:
-    """`first` written as the plainest Python program would: os, fcntl, mmap, struct and ctypes only
-    (the ioctl numbers and record offsets are read from the binding before any clock runs). The figure
-    kvm's start-up is held to: no slower than this, doing the same work in the same run."""
+class _StdlibPlan:
+    """What the plain-stdlib first exit needs of the binding (ioctl numbers, record offsets and sizes), read
+    before any clock runs."""
+
+    def __init__(self) -> None:
+        binding = kvm.generated
+        number = {name: spec.number for name, spec in binding.IOCTLS.items()}
+        self.get_api_version, self.create_vm = number["KVM_GET_API_VERSION"], number["KVM_CREATE_VM"]
+        self.set_memory, self.create_vcpu = number["KVM_SET_USER_MEMORY_REGION"], number["KVM_CREATE_VCPU"]
+        self.mmap_size, self.kvm_run = number["KVM_GET_VCPU_MMAP_SIZE"], number["KVM_RUN"]
+        self.get_sregs, self.set_sregs = number["KVM_GET_SREGS"], number["KVM_SET_SREGS"]
+        self.get_regs, self.set_regs = number["KVM_GET_REGS"], number["KVM_SET_REGS"]
+        ffi = binding.ffi
+        self.segments = [ffi.offsetof("struct kvm_sregs", s) for s in ("ds", "es", "fs", "gs", "ss", "cs")]
+        self.selector = ffi.offsetof("struct kvm_segment", "selector")
+        self.rip, self.rflags = ffi.offsetof("struct kvm_regs", "rip"), ffi.offsetof("struct kvm_regs", "rflags")
+        self.sregs_size, self.regs_size = ffi.sizeof("struct kvm_sregs"), ffi.sizeof("struct kvm_regs")
+        self.exit_reason = ffi.offsetof("struct kvm_run", "exit_reason")
+        self.api_version, self.exit_io = binding.CONSTANTS["KVM_API_VERSION"], binding.CONSTANTS["KVM_EXIT_IO"]
+
+
+def _stdlib_first_exit(plan: _StdlibPlan, marks: list[float] | None) -> tuple[Any, ...]:
+    """`_kvm_first_exit` written as the plainest Python program would: os, fcntl, mmap, struct and ctypes
+    only. Returns the fds, mappings and address to release, and the exit reason."""
     import ctypes
     import fcntl
     import mmap
     import struct
 
-    binding = kvm.generated
-    number = {name: spec.number for name, spec in binding.IOCTLS.items()}
-    get_api_version, create_vm = number["KVM_GET_API_VERSION"], number["KVM_CREATE_VM"]
-    set_memory, create_vcpu = number["KVM_SET_USER_MEMORY_REGION"], number["KVM_CREATE_VCPU"]
-    mmap_size, kvm_run = number["KVM_GET_VCPU_MMAP_SIZE"], number["KVM_RUN"]
-    get_sregs, set_sregs = number["KVM_GET_SREGS"], number["KVM_SET_SREGS"]
-    get_regs, set_regs = number["KVM_GET_REGS"], number["KVM_SET_REGS"]
-    ffi = binding.ffi
-    segments = [ffi.offsetof("struct kvm_sregs", s) for s in ("ds", "es", "fs", "gs", "ss", "cs")]
-    selector = ffi.offsetof("struct kvm_segment", "selector")
-    rip, rflags = ffi.offsetof("struct kvm_regs", "rip"), ffi.offsetof("struct kvm_regs", "rflags")
-    sregs_size, regs_size = ffi.sizeof("struct kvm_sregs"), ffi.sizeof("struct kvm_regs")
-    exit_reason = ffi.offsetof("struct kvm_run", "exit_reason")
-    api_version, exit_io = binding.CONSTANTS["KVM_API_VERSION"], binding.CONSTANTS["KVM_EXIT_IO"]
+    system = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    if fcntl.ioctl(system, plan.get_api_version) != plan.api_version:
+        raise WorkloadError("KVM_GET_API_VERSION")
+    if marks is not None:
+        marks.append(now())
+    vm = fcntl.ioctl(system, plan.create_vm, 0)
+    if marks is not None:
+        marks.append(now())
+    memory = mmap.mmap(-1, MEM_SIZE)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    fcntl.ioctl(vm, plan.set_memory, struct.pack("IIQQQ", 0, 0, 0, MEM_SIZE, address))
+    if marks is not None:
+        marks.append(now())
+    memory[CODE_ADDR:CODE_ADDR + len(PIO_CODE)] = PIO_CODE
+    if marks is not None:
+        marks.append(now())
+    vcpu = fcntl.ioctl(vm, plan.create_vcpu, 0)
+    run = mmap.mmap(vcpu, fcntl.ioctl(system, plan.mmap_size))
+    if marks is not None:
+        marks.append(now())
+    sregs = bytearray(plan.sregs_size)
+    fcntl.ioctl(vcpu, plan.get_sregs, sregs)
+    for offset in plan.segments:
+        struct.pack_into("Q", sregs, offset, 0)
+        struct.pack_into("H", sregs, offset + plan.selector, 0)
+    fcntl.ioctl(vcpu, plan.set_sregs, sregs)
+    regs = bytearray(plan.regs_size)
+    fcntl.ioctl(vcpu, plan.get_regs, regs)
+    struct.pack_into("Q", regs, plan.rip, CODE_ADDR)
+    struct.pack_into("Q", regs, plan.rflags, 2)
+    fcntl.ioctl(vcpu, plan.set_regs, regs)
+    if marks is not None:
+        marks.append(now())
+    fcntl.ioctl(vcpu, plan.kvm_run, 0)
+    reason = struct.unpack_from("I", run, plan.exit_reason)[0]
+    if marks is not None:
+        marks.append(now())
+    return system, vm, vcpu, memory, run, address, reason
+
+
+def _stdlib_release(system: int, vm: int, vcpu: int, memory: Any, run: Any) -> None:
+    run.close()
+    os.close(vcpu)
+    os.close(vm)
+    memory.close()
+    os.close(system)
+
+
+def first_stdlib(n: int) -> dict[str, Any]:
+    """`first` written as the plainest Python program would (see _stdlib_first_exit; the ioctl numbers and
+    record offsets are read from the binding before any clock runs). The figure kvm's start-up is held to: no
+    slower than this, doing the same work in the same run."""
+    plan = _StdlibPlan()
     samples = []
     for _ in range(n):
         start = now()
-        system = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-        if fcntl.ioctl(system, get_api_version) != api_version:
-            raise WorkloadError("KVM_GET_API_VERSION")
-        vm = fcntl.ioctl(system, create_vm, 0)
-        memory = mmap.mmap(-1, MEM_SIZE)
-        memory[CODE_ADDR:CODE_ADDR + len(PIO_CODE)] = PIO_CODE
-        address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
-        fcntl.ioctl(vm, set_memory, struct.pack("IIQQQ", 0, 0, 0, MEM_SIZE, address))
-        vcpu = fcntl.ioctl(vm, create_vcpu, 0)
-        run = mmap.mmap(vcpu, fcntl.ioctl(system, mmap_size))
-        sregs = bytearray(sregs_size)
-        fcntl.ioctl(vcpu, get_sregs, sregs)
-        for offset in segments:
-            struct.pack_into("Q", sregs, offset, 0)
-            struct.pack_into("H", sregs, offset + selector, 0)
-        fcntl.ioctl(vcpu, set_sregs, sregs)
-        regs = bytearray(regs_size)
-        fcntl.ioctl(vcpu, get_regs, regs)
-        struct.pack_into("Q", regs, rip, CODE_ADDR)
-        struct.pack_into("Q", regs, rflags, 2)
-        fcntl.ioctl(vcpu, set_regs, regs)
-        fcntl.ioctl(vcpu, kvm_run, 0)
-        reason = struct.unpack_from("I", run, exit_reason)[0]
+        system, vm, vcpu, memory, run, address, reason = _stdlib_first_exit(plan, None)
         samples.append(now() - start)
-        if reason != exit_io:
+        if reason != plan.exit_io:
             raise WorkloadError(f"expected an I/O exit first, got exit reason {reason}")
-        run.close()
-        os.close(vcpu)
-        os.close(vm)
-        del address
-        memory.close()
-        os.close(system)
+        del address  # (the ctypes view of the mapping: gone before the mapping closes)
+        _stdlib_release(system, vm, vcpu, memory, run)
     return {"seconds": samples}
+
+
+def first_steps(n: int) -> dict[str, Any]:
+    """n first exits through kvm and n as the plain-stdlib program, alternating in this one process (kvm's
+    first, after one of each to warm up), each split into FIRST_STEPS: {"kvm": {step: [seconds]},
+    "stdlib": {step: [seconds]}} (bench/breakdown.py --steps)."""
+    plan = _StdlibPlan()
+    out: dict[str, dict[str, list[float]]] = {side: {step: [] for step in FIRST_STEPS} for side in ("kvm", "stdlib")}
+    for round_number in range(n + 1):
+        for side in ("kvm", "stdlib"):
+            marks = [now()]
+            if side == "kvm":
+                k, vm, mem, vcpu, exit = _kvm_first_exit(marks)
+                ok = isinstance(exit, kvm.IoExit)
+                vm.close()
+                k.close()
+                del exit, vcpu, mem, vm, k
+            else:
+                system, vm_fd, vcpu_fd, memory, run, address, reason = _stdlib_first_exit(plan, marks)
+                ok = reason == plan.exit_io
+                del address
+                _stdlib_release(system, vm_fd, vcpu_fd, memory, run)
+            if not ok:
+                raise WorkloadError(f"{side}: the first exit was not an I/O exit")
+            if round_number:  # (the first of each: not steady state)
+                for step, begin, end in zip(FIRST_STEPS, marks, marks[1:]):
+                    out[side][step].append(end - begin)
+    return out
 
 
 def _syscall_clock() -> Any:
@@ -316,7 +405,8 @@ def pio_data_view(n: int) -> dict[str, Any]:
 
 
 WORKLOADS: dict[str, Callable[[int], dict[str, Any]]] = {
-    "pio": pio, "mmio": mmio, "ioctl": ioctl, "first": first, "first-stdlib": first_stdlib, "memory": memory,
+    "pio": pio, "mmio": mmio, "ioctl": ioctl, "first": first, "first-stdlib": first_stdlib,
+    "first-steps": first_steps, "memory": memory,
     "pio-run-only": pio_run_only, "pio-port-only": pio_port_only,
     "pio-data-view": pio_data_view, "pio-floor-release-gil": pio_floor_release_gil,
     "pio-floor-keep-gil": pio_floor_keep_gil, "pio-slot-reads": pio_slot_reads,
