@@ -133,13 +133,13 @@ def holding_fd(method: Callable[Concatenate[_H, _P], _R]) -> Callable[Concatenat
     registered, a stats fd made after the others were closed)."""
 
     def held(self: _H, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        me = _thread_id()  # (hold_fd() inlined: this is on the way to every VM's first exit)
-        self._users.append(me)
+        me, users = _thread_id(), self._users  # (hold_fd() inlined: this is on the way to every VM's first exit)
+        users.append(me)
         try:
             self.fileno()
             return method(self, *args, **kwargs)
         finally:
-            self._leave(me)
+            self._leave(users, me)
 
     functools.update_wrapper(held, method)  # (its name, docstring and the ioctls needs() marked)
     return held
@@ -176,10 +176,11 @@ class FdHolders:
         the block ends: `with vm.hold_fd() as fd: os.fstat(fd)`."""
         return _HeldFd(self)
 
-    def _leave(self, me: int) -> None:
-        users = self._users
+    def _leave(self, users: list[int], me: int) -> None:
+        """Take `me` out of `users`, the holders list it was put in (a fork in the block gave the child a list
+        of its own: the closing below is the parent's business then)."""
         users.remove(me)
-        if self._closing_fd >= 0 and not users:
+        if users is self._users and self._closing_fd >= 0 and not users:
             self._close_deferred()
 
     def _close_deferred(self) -> None:
@@ -207,29 +208,33 @@ class FdHolders:
 class _HeldFd:
     """What `hold_fd()` returns: entering holds the fd (see FdHolders) and gives its number, leaving lets go."""
 
-    __slots__ = ("_owner", "_me")
+    __slots__ = ("_owner", "_unused", "_held")
 
     def __init__(self, owner: FdHolders) -> None:
         self._owner = owner
-        self._me: int | None = None
+        self._unused = [True]  # (emptied by the one __enter__ allowed: list.pop is atomic, even across threads)
+        self._held: tuple[list[int], int] | None = None
 
     def __enter__(self) -> int:
-        if self._me is not None:
-            raise RuntimeError("this hold_fd() block is entered already: call hold_fd() again")
+        try:
+            self._unused.pop()
+        except IndexError:
+            raise RuntimeError("a hold_fd() block is entered once: call hold_fd() again") from None
         owner, me = self._owner, _thread_id()
-        owner._users.append(me)
+        users = owner._users
+        users.append(me)
         try:
             fd = owner.fileno()
         except BaseException:
-            owner._leave(me)
+            owner._leave(users, me)
             raise
-        self._me = me
+        self._held = (users, me)
         return fd
 
     def __exit__(self, *exc_info: object) -> None:
-        me, self._me = self._me, None
-        if me is not None:
-            self._owner._leave(me)
+        held, self._held = self._held, None
+        if held is not None:
+            self._owner._leave(*held)
 
 
 class KvmFd(FdHolders):

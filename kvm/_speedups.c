@@ -1066,50 +1066,59 @@ typedef struct {
 } IoctlMethodObject;
 
 static PyObject *str_users, *str_fd, *str_passed, *str_closing_fd, *str_close_deferred, *str_fd_kind,
-    *str_errno;
+    *str_errno, *str_remove;
 
 static PyObject *ioctl_method_fallback(IoctlMethodObject *self, PyObject *obj, PyObject *name, PyObject *arg) {
     PyObject *args[3] = {obj, name, arg};
     return PyObject_Vectorcall(self->fallback, args, arg == NULL ? 2 : 3, NULL);
 }
 
-/* Take `me` out of obj._users (the first entry equal to it, as list.remove does), then close the fd if
- * a close() left it to the last user. Keeps an exception being raised. */
+/* Take `me` out of `users` (list.remove: the list is the user's to fill with anything), then close the fd
+ * if a close() left it to the last user and `users` is still the object's (a fork handler gives the child
+ * a list of its own). An exception of leaving replaces the call's own, which becomes its __context__, as
+ * an exception raised in a `finally:` block does. */
 static int ioctl_method_leave(PyObject *obj, PyObject *users, PyObject *me) {
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
     int failed = 0;
-    Py_ssize_t n = PyList_GET_SIZE(users), i;
-    for (i = 0; i < n; i++) {
-        int equal = PyObject_RichCompareBool(PyList_GET_ITEM(users, i), me, Py_EQ);
-        if (equal < 0) {
-            failed = 1;
-            break;
-        }
-        if (equal) {
-            failed = PyList_SetSlice(users, i, i + 1, NULL) < 0;
-            break;
-        }
-    }
+    PyObject *removed = PyObject_CallMethodOneArg(users, str_remove, me);
+    if (removed == NULL)
+        failed = 1;
+    Py_XDECREF(removed);
     if (!failed && PyList_GET_SIZE(users) == 0) {
-        PyObject *closing = PyObject_GetAttr(obj, str_closing_fd);
+        PyObject *current = PyObject_GetAttr(obj, str_users);
+        PyObject *closing = current == NULL ? NULL : PyObject_GetAttr(obj, str_closing_fd);
         long closing_fd = closing == NULL ? -1 : PyLong_AsLong(closing);
-        Py_XDECREF(closing);
         if (PyErr_Occurred())
             failed = 1;
-        else if (closing_fd >= 0) {
+        else if (closing_fd >= 0 && current == users) {
             PyObject *done = PyObject_CallMethodNoArgs(obj, str_close_deferred);
             failed = done == NULL;
             Py_XDECREF(done);
         }
+        Py_XDECREF(current);
+        Py_XDECREF(closing);
     }
-    if (type != NULL || value != NULL) {  /* the call's own exception wins */
-        if (failed)
-            PyErr_Clear();
+    if (type == NULL)
+        return failed ? -1 : 0;
+    if (!failed) {
         PyErr_Restore(type, value, traceback);
         return -1;
     }
-    return failed ? -1 : 0;
+    PyObject *new_type, *new_value, *new_traceback;
+    PyErr_Fetch(&new_type, &new_value, &new_traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    PyErr_NormalizeException(&new_type, &new_value, &new_traceback);
+    if (traceback != NULL && value != NULL)
+        PyException_SetTraceback(value, traceback);
+    if (new_value != NULL && value != NULL && new_value != value)
+        PyException_SetContext(new_value, value);  /* (steals the reference to value) */
+    else
+        Py_XDECREF(value);
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    PyErr_Restore(new_type, new_value, new_traceback);
+    return -1;
 }
 
 static PyObject *ioctl_method_failed(PyObject *obj, PyObject *error, PyObject *name, int err) {
@@ -1323,6 +1332,21 @@ static void ioctl_method_dealloc(IoctlMethodObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* __name__ and __qualname__ are the Python method's, for reprs and tracebacks */
+static PyObject *ioctl_method_fallback_attr(IoctlMethodObject *self, void *name) {
+    if (self->fallback == NULL) {
+        PyErr_SetString(PyExc_ValueError, "this IoctlMethod was cleared");
+        return NULL;
+    }
+    return PyObject_GetAttrString(self->fallback, (const char *)name);
+}
+
+static PyGetSetDef ioctl_method_getset[] = {
+    {"__name__", (getter)ioctl_method_fallback_attr, NULL, NULL, "__name__"},
+    {"__qualname__", (getter)ioctl_method_fallback_attr, NULL, NULL, "__qualname__"},
+    {NULL},
+};
+
 static PyMemberDef ioctl_method_members[] = {
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(IoctlMethodObject, vectorcall), READONLY},
     {"__wrapped__", T_OBJECT, offsetof(IoctlMethodObject, fallback), READONLY},
@@ -1343,6 +1367,7 @@ static PyTypeObject IoctlMethodType = {
     .tp_descr_get = ioctl_method_get,
     .tp_vectorcall_offset = offsetof(IoctlMethodObject, vectorcall),
     .tp_members = ioctl_method_members,
+    .tp_getset = ioctl_method_getset,
 };
 
 static PyObject *speedups_ioctl_method(PyObject *module, PyObject *args, PyObject *kwds) {
@@ -1444,7 +1469,9 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     str_close_deferred = PyUnicode_InternFromString("_close_deferred");
     str_fd_kind = PyUnicode_InternFromString("fd_kind");
     str_errno = PyUnicode_InternFromString("errno");
-    if (!str_users || !str_fd || !str_passed || !str_closing_fd || !str_close_deferred || !str_fd_kind || !str_errno)
+    str_remove = PyUnicode_InternFromString("remove");
+    if (!str_users || !str_fd || !str_passed || !str_closing_fd || !str_close_deferred || !str_fd_kind || !str_errno ||
+        !str_remove)
         return NULL;
     if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         PyErr_SetString(PyExc_OSError, "pthread_atfork failed");

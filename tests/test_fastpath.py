@@ -422,3 +422,35 @@ def test_every_fd_object_issues_through_the_compiled_ioctl_where_it_is_built(vm)
     regs.rip = 0x1234
     vcpu.regs = regs
     assert vcpu.regs.rip == 0x1234 and vcpu._users == [] and vm._users == []
+
+
+def test_the_compiled_ioctl_leaves_as_list_remove_does_whatever_the_holders_list_holds(system, compiled_ioctl):
+    method, obj, handed = compiled_ioctl
+
+    class Emptying:
+        """An entry whose comparison empties the list under the search (it must not crash the search)."""
+
+        def __eq__(self, other: object) -> bool:
+            obj._users.clear()
+            return False
+
+        __hash__ = object.__hash__
+
+    obj._users.append(Emptying())
+    with pytest.raises(ValueError, match="not in list"):  # (list.remove's own answer)
+        method(obj, "KVM_GET_API_VERSION")
+    assert obj._users == []
+
+
+def test_a_failure_to_leave_replaces_the_calls_exception_as_a_finally_block_would(system, compiled_ioctl):
+    method, obj, handed = compiled_ioctl
+
+    def failing_close() -> None:
+        raise OSError("the deferred close failed")
+
+    obj._close_deferred = failing_close
+    obj._closing_fd = 1000
+    with pytest.raises(OSError, match="deferred close failed") as info:
+        method(obj, "KVM_GET_MSR_INDEX_LIST", system.ffi.new("struct kvm_msr_list *"))  # (E2BIG)
+    assert isinstance(info.value.__context__, kvm.KvmError) and info.value.__context__.errno == errno.E2BIG
+    assert obj._users == []

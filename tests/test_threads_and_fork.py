@@ -474,3 +474,45 @@ def test_a_child_refused_because_its_vm_closed_meanwhile_leaks_nothing(system, m
     left = set(os.listdir("/proc/self/fd")) - before
     assert not left, [os.readlink(f"/proc/self/fd/{fd}") for fd in left]
     assert not reported
+
+
+def test_one_hold_fd_block_is_entered_once_even_from_two_threads(vm):
+    held = vm.hold_fd()
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with held:
+            inside.set()
+            leave.wait(5)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert inside.wait(5)
+    with pytest.raises(RuntimeError, match="entered once"):
+        with held:
+            pass
+    leave.set()
+    thread.join(5)
+    assert vm._users == [] and not vm.closed
+    vm.close()  # (nothing left holding the fd: returns at once)
+
+
+def test_a_fork_inside_a_hold_fd_block_leaves_it_cleanly_in_both_processes(vm):
+    pid = -1
+    try:
+        with vm.hold_fd() as fd:
+            pid = os.fork()
+    except BaseException:
+        if pid == 0:
+            os._exit(3)  # (the child could not leave the block)
+        raise
+    if pid == 0:
+        try:
+            vm.check_extension(0)
+        except kvm.ForkedError:
+            os._exit(0)
+        except BaseException:
+            pass
+        os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and fd == vm.fileno() and vm._users == []
