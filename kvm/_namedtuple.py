@@ -50,7 +50,7 @@ class _NamedTupleMeta(type):
         cls = _make_class(name, fields, defaults=[namespace[field] for field in with_default],
                                      module=namespace["__module__"])
         cls.__qualname__ = namespace.get("__qualname__", name)
-        cls.__annotations__ = dict(annotations)
+        cls.__annotations__ = cls.__new__.__annotations__ = dict(annotations)
         for key, value in namespace.items():
             if key in _PROHIBITED:
                 raise AttributeError(f"{name}: cannot overwrite NamedTuple attribute {key}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import typing
 
@@ -39,8 +40,11 @@ def test_class_attributes_match_typing(attr):
     assert getattr(Ours, attr) == getattr(Theirs, attr)
 
 
-def test_type_hints_match_typing():
+def test_type_hints_and_signature_match_typing():
     assert typing.get_type_hints(Ours) == typing.get_type_hints(Theirs) == {"x": int, "y": int, "label": str}
+    parameters = [[(p.name, p.default, p.kind) for p in inspect.signature(cls).parameters.values()] for cls in (Ours, Theirs)]
+    assert parameters[0] == parameters[1]
+    assert all(p.annotation is not inspect.Parameter.empty for p in inspect.signature(Ours).parameters.values())
 
 
 def test_instances_behave_as_typing_s():
