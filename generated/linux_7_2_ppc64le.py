@@ -917,6 +917,15 @@ _TABLES = ("UNAVAILABLE_IOCTLS", "STRUCTS", "CAPS", "ENUMS")
 ENUM_NAMES = ('Cap', 'ExitReason', 'MemoryRegionFlag', 'SystemEvent', 'InternalErrorSuberror', 'DeviceType', 'MpState', 'GuestDebugFlag', 'IrqRoutingType', 'DirtyGfnFlag', 'MsrExitReason', 'StatsType', 'StatsUnit', 'StatsBase')
 
 
+def preload() -> None:
+    """Import now what this module imports on first use: its FFI, tables and enums, and the binding's
+    generated wrappers and typed capabilities (see kvm.preload)."""
+    for name in ("ffi", *_TABLES, *ENUM_NAMES):
+        if name not in globals():
+            __getattr__(name)
+    from . import caps_linux_7_2_ppc64le, ioctls_linux_7_2_ppc64le  # noqa: F401
+
+
 def __getattr__(name: str) -> Any:
     value: Any
     if name == "ffi":  # cffi's out-of-line ABI module for these records

@@ -88,7 +88,7 @@ from .exits import (
     XenExit,
 )
 from .memory import GuestMemory
-from .system import Kvm
+from .system import Kvm, preload
 from .vcpu import CoalescedAccess, DirtyGfn, Vcpu, install_kick_handler
 from .vm import EventFd, GuestMemfd, IrqchipRoute, MsiRoute, Vm
 from .x86 import CpuidEntry, MsrFilterRange, Translation
@@ -115,7 +115,7 @@ __all__ = [
     "InternalErrorExit", "IntrExit", "IoExit", "IoapicEoiExit", "IrqWindowOpenExit", "IrqchipRoute", "Kvm",
     "KvmError", "MemoryFaultExit", "MmioExit", "MsiRoute", "MsrFilterRange", "NmiExit", "NotifyExit", "RdmsrExit", "ResourceError",
     "SetTprExit", "ShutdownExit", "StateError", "SystemEventExit", "TdxExit", "TprAccessExit", "Translation", "UnknownExit",
-    "UnavailableError", "Vcpu", "Vm", "WrmsrExit", "X86BusLockExit", "X86DebugExit", "X86HypercallExit", "XenExit", "install_kick_handler",
+    "UnavailableError", "Vcpu", "Vm", "WrmsrExit", "X86BusLockExit", "X86DebugExit", "X86HypercallExit", "XenExit", "install_kick_handler", "preload",
     "arm64", "caps", "device", "errors", "exits", "generated", "marshal", "memory", "riscv64", "stats", "system", "vcpu",
     "vm", "x86",
 ]

@@ -68,7 +68,28 @@ def _weak_method(obj: Any, function: Any) -> Any:
     return call
 
 
-_BINDING_NAMES = ("ARCH", "KERNEL", "IOCTLS", "CONSTANTS", "ffi")  # what a generated binding module has
+_BINDING_NAMES = ("ARCH", "KERNEL", "IOCTLS", "CONSTANTS", "ffi", "preload")  # what a generated binding module has
+
+
+def _checked_binding(binding: Any) -> ModuleType:
+    """`binding`, or DEFAULT_BINDING for None; TypeError for anything but a generated binding module."""
+    if binding is None:
+        return DEFAULT_BINDING
+    if binding is not DEFAULT_BINDING and (not isinstance(binding, ModuleType)
+                                           or not all(hasattr(binding, n) for n in _BINDING_NAMES)):
+        raise TypeError(f"binding must be a generated binding module (kvm.generated.load(...)), not {binding!r}")
+    return binding
+
+
+def preload(binding: ModuleType | None = None) -> None:
+    """Import now everything kvm would import on first use for `binding` (default: this host's, the one
+    `Kvm()` uses): its tables and enums, its generated wrappers (`obj.ioctls`) and typed capabilities
+    (`obj.caps`), and its arch's classes. A process that is about to chroot, or to drop the privileges
+    that let it read its Python files, calls it first: afterwards, nothing kvm does needs a file."""
+    binding = _checked_binding(binding)
+    binding.preload()
+    for cls in (Kvm, Vm, Vcpu):
+        for_binding(cls, binding)
 
 
 def open_device(path: Any, binding: ModuleType) -> int:
@@ -130,10 +151,7 @@ class Kvm(ReadableAttributes):
 
     def __new__(cls, path: str = "/dev/kvm", *, binding: ModuleType | None = None) -> Kvm:
         # an instance of the class made for the binding's arch (see kvm/arches.py); nothing is opened yet
-        binding = DEFAULT_BINDING if binding is None else binding
-        if binding is not DEFAULT_BINDING and (not isinstance(binding, ModuleType)
-                                               or not all(hasattr(binding, n) for n in _BINDING_NAMES)):
-            raise TypeError(f"binding must be a generated binding module (kvm.generated.load(...)), not {binding!r}")
+        binding = _checked_binding(binding)
         if binding.ARCH != DEFAULT_BINDING.ARCH:
             raise ValueError(f"binding is for {binding.ARCH}; this host's KVM is {DEFAULT_BINDING.ARCH}'s "
                              f"(kvm.generated.load(version) picks this arch's)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -111,3 +112,52 @@ def test_import_passes_only_the_gates_the_binding_alone_decides():
         assert "KVM_GET_REGS" not in vcpu_passed
     assert all(binding.IOCTLS[name].capability_for(kind) is None
                for kind, passed in (("vm", vm_passed), ("vcpu", vcpu_passed)) for name in passed)
+
+
+def _in_a_chroot(vm_binding_preloaded: bool) -> list[str]:
+    """Make a VM and vCPU, optionally kvm.preload(), chroot into an empty directory (where no Python file can
+    be read), then use what kvm loads on first use; the failures, as "what: error"."""
+    import tempfile
+
+    script = f"""if True:
+        import os, sys, tempfile
+        import kvm
+        k = kvm.Kvm(); vm = k.create_vm(); vcpu = vm.create_vcpu(0)
+        if {vm_binding_preloaded}:
+            kvm.preload()
+        os.chroot(sys.argv[1]); os.chdir("/")
+        checks = {{
+            "ioctls": lambda: vcpu.ioctls.get_regs().rflags,
+            "caps": lambda: vm.caps,
+            "enum": lambda: kvm.generated.ExitReason.IO,
+            "structs": lambda: k.binding.STRUCTS["struct kvm_regs"].size,
+            "unavailable": lambda: vm.ioctls._ioctl("KVM_NO_SUCH_IOCTL"),
+        }}
+        for what, check in checks.items():
+            try:
+                check()
+            except kvm.UnavailableError:
+                pass  # (what the unknown ioctl must raise)
+            except Exception as exc:
+                print(f"{{what}}: {{type(exc).__name__}}")
+        vm.close(); k.close()
+    """
+    with tempfile.TemporaryDirectory() as empty:
+        done = subprocess.run([sys.executable, "-c", script, empty], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_preload_leaves_nothing_to_import_after_a_chroot(system):
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    assert _in_a_chroot(True) == []
+    # (without it, what is loaded on first use cannot be: the check above is one that can fail)
+    assert len(_in_a_chroot(False)) >= 3
+
+
+def test_preload_takes_bindings_only():
+    with pytest.raises(TypeError, match="binding must be a generated binding module"):
+        kvm.preload(binding=kvm)
+    kvm.preload(kvm.generated.load("6.1", "arm64"))  # another arch's: its tables and classes, nothing opened
+    assert "kvm.arm64" in sys.modules
