@@ -178,9 +178,9 @@ class FdHolders:
 
     def _leave(self, users: list[int], me: int) -> None:
         """Take `me` out of `users`, the holders list it was put in (a fork in the block gave the child a list
-        of its own: the closing below is the parent's business then)."""
+        of its own, and no deferred close: see _after_fork_in_child)."""
         users.remove(me)
-        if users is self._users and self._closing_fd >= 0 and not users:
+        if self._closing_fd >= 0 and not users:
             self._close_deferred()
 
     def _close_deferred(self) -> None:

@@ -2,18 +2,12 @@
 
 On Python 3.11, `import typing` pulls in `re`, `contextlib` and `functools` with it and costs a fresh
 interpreter about 10 ms, more than a third of `import kvm` (bench/README.md). kvm's modules import
-`NamedTuple` from here at run time and from `typing` for type checkers:
-
-    TYPE_CHECKING = False
-    if TYPE_CHECKING:
-        from typing import NamedTuple
-    else:
-        from ._namedtuple import NamedTuple
+`NamedTuple` from here; type checkers see typing's.
 
 The modules that use it have `from __future__ import annotations`, which keeps the annotations of a class
-body in its namespace on every Python. The classes made are those typing.NamedTuple makes: collections.namedtuple classes, fields in the order
-of the class's annotations, defaults from the values assigned to them, and the class body's methods,
-properties and docstring.
+body in its namespace on every Python. The classes made are those typing.NamedTuple makes:
+collections.namedtuple classes, fields in the order of the class's annotations, defaults from the values
+assigned to them, and the class body's methods, properties and docstring.
 """
 
 from __future__ import annotations
@@ -23,7 +17,7 @@ import collections
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, NamedTuple as NamedTuple
 
 # (called through a name of its own: type checkers take a direct call for a definition of their own)
 _make_class: Callable[..., Any] = collections.namedtuple
@@ -61,4 +55,5 @@ class _NamedTupleMeta(type):
 
 # (made without running _NamedTupleMeta.__new__: it is the marker the class statement derives from)
 _Base = type.__new__(_NamedTupleMeta, "NamedTuple", (), {})
-NamedTuple = _Base
+if not TYPE_CHECKING:
+    NamedTuple = _Base

@@ -1073,10 +1073,10 @@ static PyObject *ioctl_method_fallback(IoctlMethodObject *self, PyObject *obj, P
     return PyObject_Vectorcall(self->fallback, args, arg == NULL ? 2 : 3, NULL);
 }
 
-/* Take `me` out of `users` (list.remove: the list is the user's to fill with anything), then close the fd
- * if a close() left it to the last user and `users` is still the object's (a fork handler gives the child
- * a list of its own). An exception of leaving replaces the call's own, which becomes its __context__, as
- * an exception raised in a `finally:` block does. */
+/* Take `me` out of `users`, the list it was put in (list.remove: the list is the user's to fill with
+ * anything), then close the fd if a close() left it to the last user: KvmFd._leave. An exception of
+ * leaving replaces the call's own, which becomes its __context__, as an exception raised in a `finally:`
+ * block does. */
 static int ioctl_method_leave(PyObject *obj, PyObject *users, PyObject *me) {
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
@@ -1086,18 +1086,16 @@ static int ioctl_method_leave(PyObject *obj, PyObject *users, PyObject *me) {
         failed = 1;
     Py_XDECREF(removed);
     if (!failed && PyList_GET_SIZE(users) == 0) {
-        PyObject *current = PyObject_GetAttr(obj, str_users);
-        PyObject *closing = current == NULL ? NULL : PyObject_GetAttr(obj, str_closing_fd);
+        PyObject *closing = PyObject_GetAttr(obj, str_closing_fd);
         long closing_fd = closing == NULL ? -1 : PyLong_AsLong(closing);
+        Py_XDECREF(closing);
         if (PyErr_Occurred())
             failed = 1;
-        else if (closing_fd >= 0 && current == users) {
+        else if (closing_fd >= 0) {
             PyObject *done = PyObject_CallMethodNoArgs(obj, str_close_deferred);
             failed = done == NULL;
             Py_XDECREF(done);
         }
-        Py_XDECREF(current);
-        Py_XDECREF(closing);
     }
     if (type == NULL)
         return failed ? -1 : 0;

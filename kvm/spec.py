@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import NamedTuple
-else:
-    from ._namedtuple import NamedTuple  # (typing.NamedTuple without importing typing: see kvm/_namedtuple.py)
+from ._namedtuple import NamedTuple  # (typing.NamedTuple's, without importing typing)
 
 
 class IoctlSpec(NamedTuple):

@@ -11,12 +11,11 @@ import struct
 from collections.abc import Callable
 
 from . import marshal
+from ._namedtuple import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, NamedTuple
-else:
-    from ._namedtuple import NamedTuple
+    from typing import Any
 
 
 class StatDescriptor(NamedTuple):

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from . import _sys, marshal
 from ._accel import Runner, VcpuBase
 from ._fd import KvmFd, RecordProperty, holding_fd, needs
+from ._namedtuple import NamedTuple
 from .device import Attributes
 from .errors import KvmError, StateError
 from .exits import Exit, IntrExit, MemoryFaultExit, UnknownExit, dispatch_table, reason_names
@@ -27,9 +28,7 @@ from .stats import StatsFd
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, NamedTuple
-else:
-    from ._namedtuple import NamedTuple
+    from typing import Any
 
 _EINTR = _errno.EINTR
 _STOP_TIMEOUT = 5.0  # seconds close() waits for a kicked run() to return

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from . import _sys, marshal
 from ._fd import FdHolders, KvmFd, adopt_fd, holding_fd, needs
+from ._namedtuple import NamedTuple
 from .arches import for_binding
 from .device import Attributes, Device
 from .errors import CapabilityError, ClosedError, ForkedError, KvmError, ResourceError, StateError
@@ -27,9 +28,7 @@ from .vcpu import CoalescedAccess, Vcpu
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, NamedTuple
-else:
-    from ._namedtuple import NamedTuple
+    from typing import Any
 
 
 def _check_backing_file(fd: int, end: int, name: object) -> None:

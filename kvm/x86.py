@@ -17,12 +17,11 @@ from collections.abc import Iterable, Mapping
 
 from . import marshal
 from ._fd import KvmFd, RecordProperty, needs
+from ._namedtuple import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, NamedTuple
-else:
-    from ._namedtuple import NamedTuple
+    from typing import Any
 
 CR0_PE = 1 << 0
 CR0_MP = 1 << 1
